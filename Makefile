@@ -1,0 +1,39 @@
+# Two entry points: `make run` serves on the SQLite default, `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest tools bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/conductor-api serve
+
+# wrk drives the benchmark smoke test; it comes from Debian's packages.
+tools:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects nothing; that must not pass silently, nor fail CI.
+pytest: $(STAMP) tools
+	$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test: lint typecheck pytest
+
+bench: $(STAMP) tools
+	$(BIN)/python bench/run.py --db both --workers 1,2 --out bench/RESULTS.md
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
