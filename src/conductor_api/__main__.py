@@ -1,0 +1,3 @@
+from conductor_api.cli import main
+
+main()

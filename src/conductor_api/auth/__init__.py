@@ -1,0 +1,1 @@
+"""Login, refresh, lockout and the current-user dependency."""

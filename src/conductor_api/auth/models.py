@@ -1,0 +1,22 @@
+"""The login_throttles table: failure counters per username and per client address."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from conductor_api.db import Base, UTCDateTime
+
+
+class LoginThrottle(Base):
+    """Failures (and in-flight reservations) for one username key or one client address."""
+
+    __tablename__ = "login_throttles"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "user" or "ip"
+    key: Mapped[str] = mapped_column(String(150), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

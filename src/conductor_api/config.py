@@ -1,0 +1,234 @@
+"""Settings, read from the environment and `.env`, validated before anything starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRETS_FILE_NAME = "secrets.json"
+MIN_SECRET_BYTES = 32
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is one line naming the variable."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the contract's configuration table, plus a few operational ones."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    jwt_secret_key: SecretStr | None = None
+    jwt_refresh_secret_key: SecretStr | None = None
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "conductor-api"
+    jwt_audience: str = "conductor-android"
+
+    android_api_host: str = "127.0.0.1"
+    android_api_port: int = Field(default=8000, ge=1, le=65535)
+    conductor_data_dir: Path = Path("./data")
+    database_url: str | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    access_token_expire_minutes: int = Field(default=30, ge=1)
+    refresh_token_expire_days: int = Field(default=7, ge=1)
+    session_max_days: int = Field(default=90, ge=1)
+    refresh_reuse_grace_seconds: int = Field(default=10, ge=0)
+    min_password_length: int = Field(default=15, ge=8, le=1024)
+    max_failed_login_attempts: int = Field(default=5, ge=1)
+    lockout_minutes: int = Field(default=15, ge=1)
+    max_failed_logins_per_ip: int = Field(default=50, ge=1)
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    allow_registration: bool = False
+
+    # Operational settings beyond the contract's table (documented in .env.example).
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    database_timeout_seconds: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*":
+                raise ValueError("'*' is refused: credentials are allowed, so list exact origins")
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return [origin.rstrip("/") for origin in origins]
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            try:
+                return [ipaddress.ip_network(str(p), strict=False) for p in parts]
+            except ValueError as e:
+                raise ValueError(f"not an address or network: {e}") from None
+        return parts
+
+    @field_validator("jwt_secret_key", "jwt_refresh_secret_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in _DRIVERS:
+            raise ValueError("unknown scheme; use sqlite:///path or postgresql://user@host/db")
+        return value
+
+    @model_validator(mode="after")
+    def _check_secrets_differ(self) -> Settings:
+        a, b = self.jwt_secret_key, self.jwt_refresh_secret_key
+        if a is not None and b is not None and a.get_secret_value() == b.get_secret_value():
+            raise ValueError("JWT_REFRESH_SECRET_KEY: must differ from JWT_SECRET_KEY")
+        return self
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The async driver URL for `DATABASE_URL`, or the SQLite file in the data directory."""
+        if self.database_url is None:
+            path = (self.conductor_data_dir / "conductor.db").resolve()
+            return f"sqlite+aiosqlite:///{path}"
+        scheme, rest = self.database_url.split("://", 1)
+        return f"{_DRIVERS[scheme.lower()]}://{rest}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is SQLite (the embedded default)."""
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def access_secret(self) -> str:
+        """The access-token key; resolved by `load_settings`."""
+        assert self.jwt_secret_key is not None, "load_settings() resolves the secrets"
+        return self.jwt_secret_key.get_secret_value()
+
+    @property
+    def refresh_secret(self) -> str:
+        """The refresh-token key; resolved by `load_settings`."""
+        assert self.jwt_refresh_secret_key is not None, "load_settings() resolves the secrets"
+        return self.jwt_refresh_secret_key.get_secret_value()
+
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def _first_error(error: ValidationError) -> str:
+    err = error.errors()[0]
+    loc = "".join(str(p) for p in err["loc"][:1]).upper()
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if ":" in message and message.split(":", 1)[0].isupper():
+        return message
+    value = err.get("input")
+    shown = "" if "SECRET" in loc or isinstance(value, dict) else f" (got {value!r})"
+    return f"{loc or 'settings'}: {message}{shown}"
+
+
+def _resolve_secrets(settings: Settings) -> Settings:
+    """Fill unset JWT secrets from the data directory's secrets file, creating it once."""
+    if settings.jwt_secret_key is not None and settings.jwt_refresh_secret_key is not None:
+        return settings
+    if (settings.jwt_secret_key is None) != (settings.jwt_refresh_secret_key is None):
+        missing = "JWT_SECRET_KEY" if settings.jwt_secret_key is None else "JWT_REFRESH_SECRET_KEY"
+        raise ConfigError(f"{missing}: set both JWT secrets, or neither to have them generated")
+    stored = load_or_create_secrets(settings.conductor_data_dir)
+    return settings.model_copy(
+        update={
+            "jwt_secret_key": SecretStr(stored["jwt_secret_key"]),
+            "jwt_refresh_secret_key": SecretStr(stored["jwt_refresh_secret_key"]),
+        }
+    )
+
+
+def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
+    """Read the generated secrets, or create them with owner-only permissions."""
+    path = data_dir / SECRETS_FILE_NAME
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot create {data_dir}: {e.strerror}") from None
+    fresh = {
+        "jwt_secret_key": secrets.token_urlsafe(48),
+        "jwt_refresh_secret_key": secrets.token_urlsafe(48),
+    }
+    try:
+        # O_EXCL: when several workers start at once exactly one writes; the rest read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
+    else:
+        with os.fdopen(fd, "w") as f:
+            json.dump(fresh, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return fresh
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError("not an object")
+        keys = ("jwt_secret_key", "jwt_refresh_secret_key")
+        if any(len(str(stored.get(k, ""))) < MIN_SECRET_BYTES for k in keys):
+            raise ValueError("a key is missing or short")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"CONDUCTOR_DATA_DIR: unreadable secrets file {path}: {e}") from None
+    return {k: str(v) for k, v in stored.items()}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate settings; raise `ConfigError` with one line on any bad value."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        raise ConfigError(_first_error(e)) from None
+    return _resolve_secrets(settings)

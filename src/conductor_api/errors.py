@@ -1,0 +1,85 @@
+"""One error base carrying status, a stable `code` and headers; one handler renders it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class AppError(Exception):
+    """A client-facing error: rendered as `{"detail", "code"}` with `status`."""
+
+    status: int = 400
+    code: str = "bad_request"
+    detail: str = "Bad request"
+
+    def __init__(self, detail: str | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.headers = dict(headers or {})
+
+
+class InvalidCredentials(AppError):
+    status, code, detail = 401, "invalid_credentials", "Incorrect username or password"
+
+
+class InvalidToken(AppError):
+    status, code, detail = 401, "invalid_token", "Invalid or expired access token"
+
+    def __init__(self, detail: str | None = None, *, token_sent: bool = True) -> None:
+        # RFC 6750 section 3: error="invalid_token" only when a token was presented.
+        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        super().__init__(detail, {"WWW-Authenticate": challenge})
+
+
+class InvalidRefreshToken(AppError):
+    status, code, detail = 401, "invalid_refresh_token", "Invalid or expired refresh token"
+
+
+class RefreshTokenReused(AppError):
+    status, code = 401, "refresh_token_reused"
+    detail = "This refresh token was already used; the session has been revoked"
+
+
+class AccountDisabled(AppError):
+    status, code, detail = 403, "account_disabled", "This account is disabled"
+
+
+class NotFound(AppError):
+    status, code, detail = 404, "not_found", "Not found"
+
+
+class UsernameTaken(AppError):
+    status, code, detail = 409, "username_taken", "This username is taken"
+
+
+class PayloadTooLarge(AppError):
+    status, code, detail = 413, "payload_too_large", "Request body too large"
+
+
+class PasswordRejected(AppError):
+    status, code, detail = 422, "password_rejected", "Password does not meet the rules"
+
+
+class RetryLater(AppError):
+    """A 429 or 503 that tells the client when to come back."""
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail, {"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
+class AccountLocked(RetryLater):
+    status, code = 429, "account_locked"
+    detail = "Too many failed logins for this account; try again later"
+
+
+class TooManyAttempts(RetryLater):
+    status, code = 429, "too_many_attempts"
+    detail = "Too many failed logins from this address; try again later"
+
+
+class ServiceUnavailable(RetryLater):
+    status, code, detail = 503, "service_unavailable", "The database is not answering"
+
+    def __init__(self, retry_after: int = 5, detail: str | None = None) -> None:
+        super().__init__(retry_after, detail)

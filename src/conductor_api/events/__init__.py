@@ -1,0 +1,1 @@
+"""Security events, kept per user."""

@@ -1,0 +1,9 @@
+"""Every table, imported in one place for Alembic's autogenerate and the migration tests."""
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.db import Base
+from conductor_api.events.models import SecurityEvent
+from conductor_api.sessions.models import DeviceSession
+from conductor_api.users.models import User
+
+__all__ = ["Base", "DeviceSession", "LoginThrottle", "SecurityEvent", "User"]

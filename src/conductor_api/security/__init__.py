@@ -1,0 +1,1 @@
+"""Pure security primitives: passwords and tokens (no FastAPI, no database)."""

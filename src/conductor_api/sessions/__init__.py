@@ -1,0 +1,1 @@
+"""Device sessions and refresh-token rotation."""
