@@ -1,0 +1,106 @@
+"""Password hashing (Argon2id, bcrypt read-only) off the event loop, and the password rules."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from importlib import resources
+
+from pwdlib import PasswordHash
+from pwdlib.exceptions import UnknownHashError
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from conductor_api.errors import PasswordRejected
+
+MAX_PASSWORD_LENGTH = 1024
+
+# OWASP's Argon2id floor: 19 MiB, 2 passes, 1 lane. Each hash in flight holds ~19 MiB,
+# which is why concurrent hashes are capped (see `PasswordHasher.__init__`).
+ARGON2_MEMORY_KIB = 19456
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+
+
+def make_password_hash() -> PasswordHash:
+    """Argon2id for new hashes; bcrypt only so that hashes from older installs still verify."""
+    return PasswordHash(
+        (
+            Argon2Hasher(
+                time_cost=ARGON2_TIME_COST,
+                memory_cost=ARGON2_MEMORY_KIB,
+                parallelism=ARGON2_PARALLELISM,
+            ),
+            BcryptHasher(),
+        )
+    )
+
+
+class PasswordHasher:
+    """Hashes and verifies in a bounded thread pool, never on the event loop."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._hash = make_password_hash()
+        # The pool size is the cap: an unbounded pool lets a login flood hold ~19 MiB per
+        # queued hash at once. Argon2 releases the GIL, so these threads use every core.
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pwhash")
+        self._dummy_hash: str | None = None
+
+    async def start(self) -> None:
+        """Compute the dummy hash used for unknown usernames."""
+        self._dummy_hash = await self.hash(secrets.token_urlsafe(32))
+
+    def close(self) -> None:
+        """Stop the hashing threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def hash(self, password: str) -> str:
+        """Argon2id hash of `password`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._hash.hash, password)
+
+    async def verify(self, password: str, password_hash: str) -> tuple[bool, str | None]:
+        """Whether `password` matches, and a new Argon2id hash when the stored one is outdated."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._verify_sync, password, password_hash)
+
+    async def verify_dummy(self, password: str) -> None:
+        """Verify against a hash no password matches, so that an unknown username takes
+        as long as a wrong password and cannot be told apart by timing."""
+        assert self._dummy_hash is not None, "start() computes the dummy hash"
+        await self.verify(password, self._dummy_hash)
+
+    def _verify_sync(self, password: str, password_hash: str) -> tuple[bool, str | None]:
+        try:
+            return self._hash.verify_and_update(password, password_hash)
+        except UnknownHashError:
+            return False, None
+        except ValueError:
+            # bcrypt refuses passwords over 72 bytes rather than truncating them: such a
+            # password cannot be checked exactly as typed against an old bcrypt hash.
+            return False, None
+
+
+@cache
+def _common_passwords() -> frozenset[str]:
+    text = resources.files(__package__).joinpath("common_passwords.txt").read_text("utf-8")
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+
+
+def check_password_rules(password: str, min_length: int, username: str | None = None) -> None:
+    """Raise `PasswordRejected` unless `password` meets the contract's rules."""
+    length = len(password)
+    if length < min_length:
+        raise PasswordRejected(f"Password must be at least {min_length} characters")
+    if length > MAX_PASSWORD_LENGTH:
+        raise PasswordRejected(f"Password must be at most {MAX_PASSWORD_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in password):
+        raise PasswordRejected("Password must not contain control characters")
+    folded = password.lower()
+    if folded in _common_passwords():
+        raise PasswordRejected("This password is too common")
+    if username is not None and folded == username.lower():
+        raise PasswordRejected("Password must not be the username")

@@ -1,0 +1,158 @@
+"""JWT access and refresh tokens: typed, signed with separate keys, checked strictly."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+
+from conductor_api.errors import AppError, InvalidRefreshToken, InvalidToken
+
+ACCESS = "access"
+REFRESH = "refresh"
+# Far above any token this server issues; longer ones are refused before parsing.
+MAX_TOKEN_LENGTH = 2048
+_REQUIRED = ["exp", "iat", "iss", "aud", "sub", "sid", "jti", "typ"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The claims this server relies on, after verification."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    jti: str
+    issued_at: int
+    expires_at: int
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 of a token: what the database keeps instead of the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def digests_equal(a: str | None, b: str | None) -> bool:
+    """Constant-time comparison of two stored digests."""
+    if a is None or b is None:
+        return False
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class TokenService:
+    """Issues and verifies tokens; the algorithm is the server's, never the token's."""
+
+    def __init__(
+        self,
+        *,
+        access_secret: str,
+        refresh_secret: str,
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        access_ttl: timedelta,
+    ) -> None:
+        self._keys = {ACCESS: access_secret, REFRESH: refresh_secret}
+        self._algorithm = algorithm
+        self._issuer = issuer
+        self._audience = audience
+        self.access_ttl_seconds = int(access_ttl.total_seconds())
+        self._jwt = jwt.PyJWT(
+            options={
+                "require": _REQUIRED,
+                # exp and iat are checked below against the injected clock.
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            }
+        )
+
+    def _encode(self, kind: str, claims: dict[str, Any]) -> str:
+        payload = {**claims, "iss": self._issuer, "aud": self._audience, "typ": kind}
+        return jwt.encode(payload, self._keys[kind], algorithm=self._algorithm)
+
+    def issue_access(self, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> str:
+        """A new access token for a session."""
+        iat = int(now.timestamp())
+        return self._encode(
+            ACCESS,
+            {
+                "sub": str(user_id),
+                "sid": str(session_id),
+                "jti": secrets.token_urlsafe(16),
+                "iat": iat,
+                "exp": iat + self.access_ttl_seconds,
+            },
+        )
+
+    def issue_refresh(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, jti: str, issued_at: int, expires_at: int
+    ) -> str:
+        """A refresh token. The same arguments always give the same token, which is what
+        lets concurrent refreshes inside the grace window all receive one child token."""
+        return self._encode(
+            REFRESH,
+            {
+                "sub": str(user_id),
+                "sid": str(session_id),
+                "jti": jti,
+                "iat": issued_at,
+                "exp": expires_at,
+            },
+        )
+
+    def child_jti(self, parent_jti: str) -> str:
+        """The jti of the token that replaces `parent_jti`: derived, not random, and keyed so
+        that nobody without the refresh secret can predict it."""
+        mac = hmac.new(self._keys[REFRESH].encode(), b"rotate:" + parent_jti.encode(), "sha256")
+        return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+
+    def decode_access(self, token: str, now: datetime) -> Claims:
+        """Verify an access token; every failure is one `InvalidToken`."""
+        return self._decode(ACCESS, token, now, InvalidToken)
+
+    def decode_refresh(self, token: str, now: datetime) -> Claims:
+        """Verify a refresh token; every failure is one `InvalidRefreshToken`."""
+        return self._decode(REFRESH, token, now, InvalidRefreshToken)
+
+    def _decode(self, kind: str, token: str, now: datetime, error: type[AppError]) -> Claims:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise error()
+        try:
+            decoded = self._jwt.decode_complete(
+                token,
+                self._keys[kind],
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+            )
+        except jwt.InvalidTokenError as e:
+            raise error() from e
+        header, payload = decoded["header"], decoded["payload"]
+        # No JWS extension is understood here, so any critical one must be refused (RFC 7515).
+        if "crit" in header or payload.get("typ") != kind:
+            raise error()
+        exp, iat = payload["exp"], payload["iat"]
+        if not isinstance(exp, int) or not isinstance(iat, int) or isinstance(exp, bool):
+            raise error()
+        if exp <= now.timestamp():
+            raise error()
+        jti = payload["jti"]
+        if not isinstance(jti, str) or not jti:
+            raise error()
+        try:
+            return Claims(
+                user_id=uuid.UUID(str(payload["sub"])),
+                session_id=uuid.UUID(str(payload["sid"])),
+                jti=jti,
+                issued_at=iat,
+                expires_at=exp,
+            )
+        except ValueError as e:
+            raise error() from e
