@@ -1,0 +1,154 @@
+"""The application factory: `create_app(settings)`; nothing is built at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from conductor_api import __version__
+from conductor_api.auth.router import router as auth_router
+from conductor_api.clock import Clock
+from conductor_api.config import Settings, load_settings
+from conductor_api.container import Container
+from conductor_api.errors import AppError, ServiceUnavailable
+from conductor_api.events.router import router as events_router
+from conductor_api.logs import configure_logging
+from conductor_api.middleware import EdgeMiddleware
+from conductor_api.schemas import ErrorOut
+from conductor_api.sessions.router import router as sessions_router
+
+log = logging.getLogger("conductor_api")
+
+# Errors that mean the database did not answer: a 503 with Retry-After, never a 500.
+DATABASE_DOWN = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    OSError,
+    TimeoutError,
+)
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+def _render(error: AppError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": error.detail, "code": error.code},
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, error: AppError) -> JSONResponse:
+        return _render(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422 shape, minus `input`: it would echo a submitted password or token.
+        errors = [
+            {k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in error.errors()
+        ]
+        return JSONResponse({"detail": errors, "code": "validation_error"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(error.status_code, "http_error")
+        return JSONResponse(
+            {"detail": str(error.detail), "code": code},
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+    for exc_type in DATABASE_DOWN:
+
+        @app.exception_handler(exc_type)
+        async def database_down(_: Request, error: Exception) -> JSONResponse:
+            log.warning("database unavailable: %s", type(error).__name__)
+            return _render(ServiceUnavailable())
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", type(error).__name__, exc_info=error)
+        return JSONResponse({"detail": "Internal error", "code": "internal_error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    """Build the application. The engine and every service are made in the lifespan."""
+    settings = settings or load_settings()
+    clock = clock or Clock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container = await Container.start(settings, clock)
+        app.state.container = container
+        try:
+            yield
+        finally:
+            await container.close()
+
+    app = FastAPI(
+        title="Conductor API",
+        version=__version__,
+        description="Authentication for the Conductor Android app: JWT access and rotating "
+        "refresh tokens, device sessions, brute-force protection.",
+        lifespan=lifespan,
+        responses={422: {"description": "Validation error"}},
+    )
+    _install_handlers(app)
+    app.include_router(auth_router, prefix="/api/v1")
+    app.include_router(sessions_router, prefix="/api/v1")
+    app.include_router(events_router, prefix="/api/v1")
+
+    @app.get("/health/live", tags=["health"], summary="The process answers")
+    async def live() -> dict[str, str]:
+        """Always 200 while the process runs."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        summary="The database answers",
+        responses={503: {"model": ErrorOut, "description": "The database does not answer"}},
+    )
+    async def ready(request: Request) -> Any:
+        """200 when the database answers a query, 503 otherwise."""
+        container: Container = request.app.state.container
+        try:
+            async with container.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except DATABASE_DOWN:
+            return _render(ServiceUnavailable())
+        return {"status": "ok"}
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID"],
+        )
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory` (each worker builds its own app)."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

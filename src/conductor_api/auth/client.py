@@ -1,0 +1,44 @@
+"""The client's address: the socket peer, or X-Forwarded-For only behind a trusted proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.requests import Request
+
+from conductor_api.config import IPNetwork
+from conductor_api.sessions.service import ClientInfo
+
+USER_AGENT_MAX = 512
+
+
+def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def client_address(request: Request, trusted: list[IPNetwork]) -> str:
+    """Walk X-Forwarded-For from the right while each hop is a trusted proxy; the first
+    untrusted hop is the client. Without a trusted peer the header is ignored entirely."""
+    peer = request.client.host if request.client else "0.0.0.0"  # noqa: S104
+    peer_ip = _parse(peer)
+    if peer_ip is None or not trusted or not any(peer_ip in net for net in trusted):
+        return str(peer_ip) if peer_ip else peer[:45]
+    hops = [h for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    address = peer_ip
+    for hop in reversed(hops):
+        hop_ip = _parse(hop)
+        if hop_ip is None:
+            break
+        address = hop_ip
+        if not any(hop_ip in net for net in trusted):
+            break
+    return str(address)
+
+
+def client_info(request: Request, trusted: list[IPNetwork]) -> ClientInfo:
+    """Address and user agent of the caller, truncated to what the database keeps."""
+    agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
+    return ClientInfo(ip_address=client_address(request, trusted), user_agent=agent)

@@ -1,0 +1,148 @@
+"""Who a bearer token speaks for, with the revocation check that runs on every request.
+
+The check is one primary-key read of the session joined to its user, issued straight on
+the driver: no ORM unit of work and no thread hand-off. On SQLite the read runs on the
+event loop (WAL readers never wait for writers; a point read takes microseconds), on
+PostgreSQL it is one prepared statement on a small asyncpg pool. Nothing is cached, so a
+revocation committed by any worker or instance is seen by the very next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from conductor_api.config import Settings
+from conductor_api.errors import ServiceUnavailable
+
+_SQL = (
+    "SELECT u.id, u.username, u.created_at, u.is_active, s.revoked_at "
+    "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id = {param}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a live session of an active user."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    username: str
+    created_at: datetime
+    is_active: bool
+
+
+class PrincipalLoader(Protocol):
+    """Reads the caller's session and user in one query."""
+
+    async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
+        """The principal, or None when the session is gone, revoked or its user disabled."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+class SqlitePrincipalLoader:
+    """One synchronous sqlite3 connection per worker, in autocommit mode."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._sql = _SQL.format(param="?")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # Short: this runs on the event loop, and a WAL reader only waits during recovery.
+        conn.execute("PRAGMA busy_timeout=200")
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
+        """See `PrincipalLoader.load`."""
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            # fetchall() steps the statement to its end, so no read transaction stays open.
+            rows = self._conn.execute(self._sql, (session_id.hex,)).fetchall()
+        except sqlite3.Error as e:
+            await self.close()
+            raise ServiceUnavailable() from e
+        if not rows:
+            return None
+        uid, username, created_at, is_active, revoked_at = rows[0]
+        if revoked_at is not None or not is_active or uid != user_id.hex:
+            return None
+        return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+
+    async def close(self) -> None:
+        """See `PrincipalLoader.close`."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresPrincipalLoader:
+    """A small asyncpg pool, made on first use so that a database outage at start is
+    answered with 503s rather than a process that will not start."""
+
+    def __init__(self, dsn: str, timeout: float, max_size: int = 8) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        self._sql = _SQL.format(param="$1")
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._max_size,
+                        timeout=self._timeout, command_timeout=self._timeout,
+                    )  # fmt: skip
+        return self._pool
+
+    async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
+        """See `PrincipalLoader.load`."""
+        try:
+            pool = await self._get_pool()
+            row = await pool.fetchrow(self._sql, session_id, timeout=self._timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise ServiceUnavailable() from e
+        if row is None:
+            return None
+        uid, username, created_at, is_active, revoked_at = row
+        if revoked_at is not None or not is_active or uid != user_id:
+            return None
+        return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+
+    async def close(self) -> None:
+        """See `PrincipalLoader.close`."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def make_principal_loader(settings: Settings) -> PrincipalLoader:
+    """The loader for the configured database."""
+    url = settings.sqlalchemy_url
+    if settings.is_sqlite:
+        return SqlitePrincipalLoader(url.split(":///", 1)[1], settings.database_timeout_seconds)
+    return PostgresPrincipalLoader(
+        url.replace("postgresql+asyncpg://", "postgresql://", 1),
+        settings.database_timeout_seconds,
+    )

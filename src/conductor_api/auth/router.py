@@ -1,0 +1,193 @@
+"""HTTP endpoints for signing in and out, tokens, the current user and passwords."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Response, status
+from fastapi.responses import JSONResponse
+
+from conductor_api.auth import flows
+from conductor_api.auth.schemas import (
+    LoginRequest,
+    OAuthErrorOut,
+    PasswordChange,
+    RefreshRequest,
+    RegisterRequest,
+    TokenPairOut,
+    UserOut,
+)
+from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
+from conductor_api.errors import AppError, NotFound
+from conductor_api.schemas import error_responses
+from conductor_api.sessions.service import TokenPair
+from conductor_api.users import service as users
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+# RFC 6749 section 5.1: token responses must not be cached.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _token_response(pair: TokenPair) -> JSONResponse:
+    body = TokenPairOut(
+        access_token=pair.access_token,
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+        session_id=pair.session_id,
+    )
+    return JSONResponse(body.model_dump(mode="json"), headers=NO_STORE)
+
+
+_TOKEN_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
+}
+
+
+@router.post(
+    "/login",
+    response_model=TokenPairOut,
+    responses={**_TOKEN_DOC, **error_responses(401, 403, 413, 422, 429, 503)},
+    summary="Sign a device in",
+)
+async def login(body: LoginRequest, c: ContainerDep, client: Client) -> JSONResponse:
+    """Check the password and start a session for this device."""
+    pair = await flows.login(
+        c, username=body.username, password=body.password, device_name=body.device_name,
+        fingerprint=body.device_fingerprint, client=client,
+    )  # fmt: skip
+    return _token_response(pair)
+
+
+# Errors of the grants that RFC 6749 section 5.2 answers with 400 invalid_grant.
+_GRANT_ERRORS = {
+    "invalid_credentials",
+    "invalid_refresh_token",
+    "refresh_token_reused",
+    "account_disabled",
+}
+
+
+def _oauth_error(error: str, description: str, code: str) -> JSONResponse:
+    body = OAuthErrorOut(error=error, error_description=description, detail=description, code=code)
+    return JSONResponse(body.model_dump(), status_code=400, headers=NO_STORE)
+
+
+@router.post(
+    "/token",
+    response_model=TokenPairOut,
+    responses={
+        **_TOKEN_DOC,
+        400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
+        **error_responses(413, 429, 503),
+    },
+    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+)
+async def token(
+    c: ContainerDep,
+    client: Client,
+    grant_type: Annotated[str, Form()] = "",
+    username: Annotated[str, Form(max_length=users.USERNAME_MAX)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    device_name: Annotated[str, Form(max_length=100)] = "",
+    refresh_token: Annotated[str, Form()] = "",
+    scope: Annotated[str, Form()] = "",
+) -> JSONResponse:
+    """The same grants as login and refresh, in the OAuth 2.0 form encoding."""
+    try:
+        if grant_type == "password":
+            if not username or not password:
+                return _oauth_error(
+                    "invalid_request", "username and password are required", "invalid_request"
+                )
+            pair = await flows.login(
+                c, username=username, password=password,
+                device_name=device_name or "OAuth client", fingerprint=None, client=client,
+            )  # fmt: skip
+        elif grant_type == "refresh_token":
+            if not refresh_token:
+                return _oauth_error(
+                    "invalid_request", "refresh_token is required", "invalid_request"
+                )
+            pair = await flows.refresh(c, refresh_token, client)
+        else:
+            return _oauth_error(
+                "unsupported_grant_type", "grant_type must be password or refresh_token",
+                "unsupported_grant_type",
+            )  # fmt: skip
+    except AppError as e:
+        if e.code in _GRANT_ERRORS:
+            return _oauth_error("invalid_grant", e.detail, e.code)
+        raise
+    return _token_response(pair)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenPairOut,
+    responses={**_TOKEN_DOC, **error_responses(401, 413, 422, 429, 503)},
+    summary="Rotate a refresh token",
+)
+async def refresh(body: RefreshRequest, c: ContainerDep, client: Client) -> JSONResponse:
+    """A new token pair for the same session; the presented refresh token is spent."""
+    return _token_response(await flows.refresh(c, body.refresh_token, client))
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 503),
+    summary="Sign this device out",
+)
+async def logout(
+    principal: CurrentPrincipal, db: DbSession, c: ContainerDep, client: Client
+) -> Response:
+    """Revoke the caller's session."""
+    await flows.logout(db, c, principal, client)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/me", response_model=UserOut, responses=error_responses(401, 503), summary="The current user"
+)
+async def me(principal: CurrentPrincipal) -> UserOut:
+    """Who the bearer token belongs to."""
+    return UserOut(
+        id=principal.user_id,
+        username=principal.username,
+        created_at=principal.created_at,
+        is_active=principal.is_active,
+    )
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 413, 422, 429, 503),
+    summary="Change the password",
+)
+async def change_password(
+    body: PasswordChange, principal: CurrentPrincipal, c: ContainerDep, client: Client
+) -> Response:
+    """Set a new password; every other session is revoked."""
+    await flows.change_password(c, principal, body.current_password, body.new_password, client)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses=error_responses(404, 409, 413, 422, 503),
+    summary="Create an account (only with ALLOW_REGISTRATION=true)",
+)
+async def register(body: RegisterRequest, db: DbSession, c: ContainerDep) -> UserOut:
+    """Create an account; 404 unless registration is enabled."""
+    if not c.settings.allow_registration:
+        raise NotFound()
+    user = await users.create_user(
+        db, c.hasher, username=body.username, password=body.password,
+        min_password_length=c.settings.min_password_length, now=c.clock.now(),
+    )  # fmt: skip
+    return UserOut(id=user.id, username=user.username, created_at=user.created_at, is_active=True)

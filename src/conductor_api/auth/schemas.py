@@ -1,0 +1,78 @@
+"""Request and response bodies of the auth endpoints."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conductor_api.security.passwords import MAX_PASSWORD_LENGTH
+from conductor_api.users.service import USERNAME_MAX
+
+
+class LoginRequest(BaseModel):
+    """Credentials plus the device they sign in."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    device_name: str = Field(min_length=1, max_length=100, examples=["Pixel 8"])
+    device_fingerprint: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class RefreshRequest(BaseModel):
+    """A refresh token to rotate."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    refresh_token: str
+
+
+class PasswordChange(BaseModel):
+    """The current password and the new one."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    new_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+
+
+class RegisterRequest(BaseModel):
+    """A new account."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+
+
+class TokenPairOut(BaseModel):
+    """A token pair (RFC 6749 section 5.1, plus the session it belongs to)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+    session_id: uuid.UUID
+
+
+class UserOut(BaseModel):
+    """An account as its owner sees it."""
+
+    id: uuid.UUID
+    username: str
+    created_at: datetime
+    is_active: bool
+
+
+class OAuthErrorOut(BaseModel):
+    """RFC 6749 section 5.2, with the contract's `code` beside it."""
+
+    error: str = Field(examples=["invalid_grant"])
+    error_description: str
+    detail: str
+    code: str = Field(examples=["invalid_credentials"])

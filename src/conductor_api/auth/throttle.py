@@ -1,0 +1,149 @@
+"""Failure counters per username and per client address, each change one atomic statement.
+
+An attempt is reserved (counted) *before* its password is checked, and the count is reset
+only when the password turns out right. A check-then-increment across the `await` of the
+password hash would let every parallel request read the same count and all get through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, literal, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.db import UTCDateTime
+
+USER = "user"
+IP = "ip"
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """A counter's state right after a statement changed it."""
+
+    failures: int
+    locked_until: datetime | None
+    window_started_at: datetime
+
+
+def _insert(db: AsyncSession) -> Any:
+    dialect = db.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(LoginThrottle)
+
+
+def _ts(value: datetime) -> Any:
+    return literal(value, UTCDateTime())
+
+
+async def _upsert(
+    db: AsyncSession, scope: str, key: str, now: datetime, set_: dict[str, Any]
+) -> Counter:
+    statement = (
+        _insert(db)
+        .values(scope=scope, key=key, failures=1, window_started_at=now, locked_until=None)
+        .on_conflict_do_update(index_elements=["scope", "key"], set_=set_)
+        .returning(
+            LoginThrottle.failures, LoginThrottle.locked_until, LoginThrottle.window_started_at
+        )
+    )
+    row = (await db.execute(statement)).one()
+    return Counter(row[0], row[1], row[2])
+
+
+async def reserve_user(
+    db: AsyncSession, key: str, now: datetime, *, max_failures: int, lockout: timedelta
+) -> Counter:
+    """Count one attempt for a username. The attempt past `max_failures` (in flight or
+    failed) locks the name; an expired lock starts the count again."""
+    t = LoginThrottle
+    locked = t.locked_until > _ts(now)
+    expired = t.locked_until.is_not(None)
+    return await _upsert(
+        db,
+        USER,
+        key,
+        now,
+        {
+            # Every right-hand side sees the row as it was before this statement.
+            "failures": case((locked, t.failures), (expired, 1), else_=t.failures + 1),
+            "locked_until": case(
+                (locked, t.locked_until),
+                ((t.locked_until.is_(None)) & (t.failures >= max_failures), _ts(now + lockout)),
+                else_=None,
+            ),
+            "window_started_at": case((locked, t.window_started_at), else_=_ts(now)),
+        },
+    )
+
+
+async def fail_user(
+    db: AsyncSession, key: str, now: datetime, *, max_failures: int, lockout: timedelta
+) -> Counter | None:
+    """Keep a reserved attempt as a failure; lock the name once failures reach the limit."""
+    t = LoginThrottle
+    result = await db.execute(
+        update(t)
+        .where(t.scope == USER, t.key == key)
+        .values(
+            locked_until=case(
+                ((t.locked_until.is_(None)) & (t.failures >= max_failures), _ts(now + lockout)),
+                else_=t.locked_until,
+            )
+        )
+        .returning(t.failures, t.locked_until, t.window_started_at)
+    )
+    row = result.first()
+    return None if row is None else Counter(row[0], row[1], row[2])
+
+
+async def reset_user(db: AsyncSession, key: str) -> None:
+    """A right password: the name starts again from zero, unlocked."""
+    await db.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.scope == USER, LoginThrottle.key == key)
+        .values(failures=0, locked_until=None)
+    )
+
+
+async def reserve_ip(
+    db: AsyncSession, address: str, now: datetime, *, window: timedelta
+) -> Counter:
+    """Count one attempt from an address, in a fixed window of `window` length."""
+    t = LoginThrottle
+    stale = t.window_started_at <= _ts(now - window)
+    return await _upsert(
+        db,
+        IP,
+        address,
+        now,
+        {
+            "failures": case((stale, 1), else_=t.failures + 1),
+            "window_started_at": case((stale, _ts(now)), else_=t.window_started_at),
+        },
+    )
+
+
+async def release_ip(db: AsyncSession, address: str) -> None:
+    """Give back a reserved attempt that turned out not to be a failure."""
+    t = LoginThrottle
+    await db.execute(
+        update(t)
+        .where(t.scope == IP, t.key == address, t.failures > 0)
+        .values(failures=t.failures - 1)
+    )
+
+
+async def unlock_user(db: AsyncSession, key: str) -> bool:
+    """Clear a name's lockout and count (the operator's `users unlock`)."""
+    result = await db.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.scope == USER, LoginThrottle.key == key)
+        .values(failures=0, locked_until=None)
+        .returning(LoginThrottle.key)
+    )
+    return result.first() is not None

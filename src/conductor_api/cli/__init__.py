@@ -1,0 +1,104 @@
+"""The `conductor-api` command: every error is one line on stderr and a non-zero status."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from typing import Annotated
+
+import click
+import typer
+import uvicorn
+from pydantic import SecretStr
+from sqlalchemy import exc as sa_exc
+
+from conductor_api import migrate as migrations
+from conductor_api.cli import sessions, users
+from conductor_api.cli.common import CliError, settings
+from conductor_api.config import ConfigError, Settings
+from conductor_api.errors import AppError
+
+app = typer.Typer(
+    help="Conductor API: the authentication backend.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(users.app, name="users")
+app.add_typer(sessions.app, name="sessions")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address [ANDROID_API_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [ANDROID_API_PORT].")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Bring the schema up to date, then serve."""
+    s = settings()  # also creates the generated secrets before any worker starts
+    if port is not None and not 0 < port < 65536:
+        raise CliError(f"--port: {port} is not a port")
+    migrations.upgrade(s)
+    from conductor_api.logs import configure_logging
+
+    configure_logging(s.log_format, s.log_level)
+    uvicorn.run(
+        "conductor_api.app:app_factory",
+        factory=True,
+        host=host or s.android_api_host,
+        port=port or s.android_api_port,
+        workers=workers,
+        # The client address is decided by TRUSTED_PROXIES in the app, not by uvicorn.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the schema up to date and say which revision it is at."""
+    s = settings()
+    migrations.upgrade(s)
+    typer.echo(f"database at revision {migrations.current_revision(s)} (head)")
+
+
+@app.command()
+def openapi() -> None:
+    """Print the OpenAPI document."""
+    from conductor_api.app import create_app
+
+    # Placeholder keys: printing the document must not create secrets or touch a database.
+    placeholder = Settings(
+        jwt_secret_key=SecretStr(secrets.token_urlsafe(32)),
+        jwt_refresh_secret_key=SecretStr(secrets.token_urlsafe(32)),
+    )
+    typer.echo(json.dumps(create_app(placeholder).openapi(), indent=2))
+
+
+def _fail(message: str, status: int = 1) -> None:
+    print(f"conductor-api: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def main() -> None:
+    """Run the command line; never show a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(prog_name="conductor-api", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.ClickException as e:
+        _fail(e.format_message().replace("\n", " "), e.exit_code)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except (CliError, AppError) as e:
+        _fail(str(e))
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError) as e:
+        _fail(f"the database did not answer ({type(e).__name__})")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    sys.exit(result if isinstance(result, int) else 0)

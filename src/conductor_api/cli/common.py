@@ -1,0 +1,56 @@
+"""What every CLI command shares: settings, a database transaction, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api import migrate
+from conductor_api.clock import Clock
+from conductor_api.config import Settings, load_settings
+from conductor_api.db import make_engine, make_session_factory
+from conductor_api.security.passwords import PasswordHasher
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """An operator error; printed as one line on standard error."""
+
+
+def settings() -> Settings:
+    """Validated settings (a bad value raises `ConfigError`)."""
+    return load_settings()
+
+
+def run_db(
+    fn: Callable[[AsyncSession, PasswordHasher, datetime], Awaitable[T]],
+    *,
+    hashing: bool = False,
+) -> T:
+    """Bring the schema up to date, then run `fn` in one committed transaction."""
+    s = settings()
+    migrate.upgrade(s)
+
+    async def main() -> T:
+        engine = make_engine(s)
+        hasher = PasswordHasher(1)
+        try:
+            async with make_session_factory(engine).begin() as db:
+                return await fn(db, hasher, Clock().now())
+        finally:
+            hasher.close()
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def iso(value: datetime | None) -> str:
+    """A timestamp as the API shows it (ISO 8601, UTC, Z)."""
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

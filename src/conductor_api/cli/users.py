@@ -1,0 +1,122 @@
+"""`conductor-api users ...`: the operator's account commands."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.auth import throttle
+from conductor_api.cli.common import CliError, iso, run_db, settings
+from conductor_api.security.passwords import PasswordHasher
+from conductor_api.users import repository
+from conductor_api.users import service as users
+
+app = typer.Typer(help="Manage users.", no_args_is_help=True)
+
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from one line of stdin.")
+]
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise CliError("no password on standard input")
+        # Only the line ending goes: the password is kept exactly as typed.
+        return line.removesuffix("\n").removesuffix("\r")
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password: use --password-stdin")
+    first = typer.prompt("Password", hide_input=True)
+    if typer.prompt("Repeat password", hide_input=True) != first:
+        raise CliError("the two passwords differ")
+    return str(first)
+
+
+@app.command("create")
+def create(username: str, password_stdin: PasswordStdin = False) -> None:
+    """Create a user."""
+    password = _read_password(password_stdin)
+    min_length = settings().min_password_length
+
+    async def go(db: AsyncSession, hasher: PasswordHasher, now: datetime) -> str:
+        user = await users.create_user(
+            db, hasher, username=username, password=password,
+            min_password_length=min_length, now=now,
+        )  # fmt: skip
+        return f"created user {user.username} ({user.id})"
+
+    typer.echo(run_db(go))
+
+
+@app.command("list")
+def list_users() -> None:
+    """One line a user: name, status, lockout, active sessions."""
+
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> list[str]:
+        lines = []
+        for user, lock, sessions in await repository.list_with_status(db, now):
+            locked = (
+                f"locked until {iso(lock.locked_until)}"
+                if lock is not None and lock.locked_until is not None and lock.locked_until > now
+                else "not locked"
+            )
+            status = "active" if user.is_active else "disabled"
+            lines.append(f"{user.username}\t{status}\t{locked}\t{sessions} sessions")
+        return lines
+
+    lines = run_db(go)
+    typer.echo("\n".join(lines) if lines else "no users")
+
+
+def _set_active(username: str, active: bool) -> None:
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
+        user = await users.require_user(db, username)
+        revoked = await users.set_active(db, user, active, now)
+        state = "enabled" if active else f"disabled; {len(revoked)} sessions revoked"
+        return f"{user.username} {state}"
+
+    typer.echo(run_db(go))
+
+
+@app.command("disable")
+def disable(username: str) -> None:
+    """Disable a user and revoke every session."""
+    _set_active(username, False)
+
+
+@app.command("enable")
+def enable(username: str) -> None:
+    """Enable a disabled user."""
+    _set_active(username, True)
+
+
+@app.command("unlock")
+def unlock(username: str) -> None:
+    """Clear a lockout (the name need not exist: unknown names are locked too)."""
+
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
+        cleared = await throttle.unlock_user(db, users.normalize_username(username))
+        return f"{username} unlocked" if cleared else f"{username} was not locked"
+
+    typer.echo(run_db(go))
+
+
+@app.command("set-password")
+def set_password(username: str, password_stdin: PasswordStdin = False) -> None:
+    """Set a password and revoke every session."""
+    password = _read_password(password_stdin)
+    min_length = settings().min_password_length
+
+    async def go(db: AsyncSession, hasher: PasswordHasher, now: datetime) -> str:
+        user = await users.require_user(db, username)
+        revoked = await users.set_password(
+            db, hasher, user, password, min_password_length=min_length, now=now
+        )
+        return f"password of {user.username} set; {len(revoked)} sessions revoked"
+
+    typer.echo(run_db(go))

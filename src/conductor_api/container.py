@@ -1,0 +1,62 @@
+"""The services one application instance shares, built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from conductor_api.auth.principal import PrincipalLoader, make_principal_loader
+from conductor_api.auth.service import Authenticator
+from conductor_api.clock import Clock
+from conductor_api.config import Settings
+from conductor_api.db import make_engine, make_session_factory
+from conductor_api.security.passwords import PasswordHasher
+from conductor_api.security.tokens import TokenService
+
+
+@dataclass
+class Container:
+    """Settings, clock, database, hasher, tokens and the principal loader of one app."""
+
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    tokens: TokenService
+    principals: PrincipalLoader
+    authenticator: Authenticator
+
+    @classmethod
+    async def start(cls, settings: Settings, clock: Clock) -> Container:
+        """Build every service; the dummy hash is computed here, once."""
+        engine = make_engine(settings)
+        sessionmaker = make_session_factory(engine)
+        hasher = PasswordHasher(settings.password_hash_concurrency)
+        await hasher.start()
+        tokens = TokenService(
+            access_secret=settings.access_secret,
+            refresh_secret=settings.refresh_secret,
+            algorithm=settings.jwt_algorithm,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl=timedelta(minutes=settings.access_token_expire_minutes),
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            hasher=hasher,
+            tokens=tokens,
+            principals=make_principal_loader(settings),
+            authenticator=Authenticator(settings, clock, sessionmaker, hasher),
+        )
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        await self.principals.close()
+        await self.engine.dispose()
+        self.hasher.close()

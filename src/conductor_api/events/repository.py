@@ -1,0 +1,51 @@
+"""Queries on security events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.events.models import EventType, SecurityEvent
+
+
+def record(
+    db: AsyncSession,
+    type_: EventType,
+    *,
+    now: datetime,
+    username_key: str,
+    user_id: uuid.UUID | None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    session_id: uuid.UUID | None = None,
+) -> SecurityEvent:
+    """Add an event to the current transaction."""
+    event = SecurityEvent(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        username_key=username_key,
+        type=type_.value,
+        created_at=now,
+        ip_address=ip_address,
+        user_agent=user_agent,
+        session_id=session_id,
+    )
+    db.add(event)
+    return event
+
+
+async def list_for_user(
+    db: AsyncSession, user_id: uuid.UUID, limit: int
+) -> Sequence[SecurityEvent]:
+    """A user's own events, newest first."""
+    rows = await db.scalars(
+        select(SecurityEvent)
+        .where(SecurityEvent.user_id == user_id)
+        .order_by(SecurityEvent.created_at.desc(), SecurityEvent.id)
+        .limit(limit)
+    )
+    return rows.all()

@@ -1,0 +1,21 @@
+"""Bodies of the events endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from conductor_api.events.models import EventType
+
+
+class EventOut(BaseModel):
+    """One security event."""
+
+    id: uuid.UUID
+    type: EventType
+    created_at: datetime
+    ip_address: str | None
+    user_agent: str | None
+    session_id: uuid.UUID | None

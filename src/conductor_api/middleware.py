@@ -1,0 +1,123 @@
+"""One pure-ASGI middleware for what every response needs: a request id, security headers,
+the body-size limit (enforced before anything parses the body), and the access log line."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conductor_api.logs import ACCESS
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _too_large() -> tuple[Message, Message]:
+    body = json.dumps({"detail": "Request body too large", "code": "payload_too_large"}).encode()
+    start: Message = {
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class EdgeMiddleware:
+    """Request id, `nosniff`, 413 for oversized bodies, and one log line per request."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = b""
+        length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SAFE_REQUEST_ID.match(value.decode("latin-1")):
+                request_id = value
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.setdefault("headers", [])
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"x-request-id", request_id))
+            await send(message)
+
+        try:
+            if length is not None and (length < 0 or length > self.max_body_bytes):
+                await self._refuse(send_wrapper)
+                return
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+                # No length given (chunked): read up to the limit first, then replay.
+                body = await self._read_limited(receive)
+                if body is None:
+                    await self._refuse(send_wrapper)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            ACCESS.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id.decode(),
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+    async def _read_limited(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _refuse(send: Send) -> None:
+        start, body = _too_large()
+        await send(start)
+        await send(body)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

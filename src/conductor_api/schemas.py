@@ -1,0 +1,28 @@
+"""Response bodies shared by every router, and the error body."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorOut(BaseModel):
+    """Every error body: `detail` for people, `code` for programs."""
+
+    detail: str = Field(examples=["Incorrect username or password"])
+    code: str = Field(examples=["invalid_credentials"])
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI entries for the contract's error statuses."""
+    described = {
+        400: "Bad request",
+        401: "Not authenticated, or the credential was refused",
+        403: "The account is disabled",
+        404: "Not found",
+        409: "Conflict",
+        413: "Request body over 64 KiB",
+        422: "The body failed validation (submitted secrets are never echoed)",
+        429: "Too many failed attempts; see Retry-After",
+        503: "The database is not answering; see Retry-After",
+    }
+    return {s: {"model": ErrorOut, "description": described[s]} for s in statuses}

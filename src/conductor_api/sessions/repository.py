@@ -1,0 +1,89 @@
+"""Queries on device sessions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.sessions.models import DeviceSession
+
+
+async def add(db: AsyncSession, session: DeviceSession) -> DeviceSession:
+    """Insert a session row."""
+    db.add(session)
+    await db.flush()
+    return session
+
+
+async def get(
+    db: AsyncSession, session_id: uuid.UUID, *, lock: bool = False
+) -> DeviceSession | None:
+    """A session by id; `lock` takes a row lock (PostgreSQL) for a read-modify-write."""
+    query = select(DeviceSession).where(DeviceSession.id == session_id)
+    if lock:
+        query = query.with_for_update()
+    return await db.scalar(query.execution_options(populate_existing=True))
+
+
+async def list_active(
+    db: AsyncSession, user_id: uuid.UUID, now: datetime
+) -> Sequence[DeviceSession]:
+    """A user's live sessions, most recently used first."""
+    rows = await db.scalars(
+        select(DeviceSession)
+        .where(
+            DeviceSession.user_id == user_id,
+            DeviceSession.revoked_at.is_(None),
+            DeviceSession.expires_at > now,
+        )
+        .order_by(DeviceSession.last_used_at.desc(), DeviceSession.created_at.desc())
+    )
+    return rows.all()
+
+
+async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason: str) -> bool:
+    """Revoke one session if it is not revoked yet; whether this call revoked it."""
+    result = await db.execute(
+        update(DeviceSession)
+        .where(DeviceSession.id == session_id, DeviceSession.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+        .returning(DeviceSession.id)
+    )
+    return result.first() is not None
+
+
+async def revoke_for_user(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    now: datetime,
+    reason: str,
+    *,
+    except_id: uuid.UUID | None = None,
+    fingerprint: str | None = None,
+) -> list[uuid.UUID]:
+    """Revoke a user's unrevoked sessions (all but `except_id`, or one device's); their ids."""
+    query = update(DeviceSession).where(
+        DeviceSession.user_id == user_id, DeviceSession.revoked_at.is_(None)
+    )
+    if except_id is not None:
+        query = query.where(DeviceSession.id != except_id)
+    if fingerprint is not None:
+        query = query.where(DeviceSession.device_fingerprint == fingerprint)
+    result = await db.execute(
+        query.values(revoked_at=now, revoked_reason=reason).returning(DeviceSession.id)
+    )
+    return [row[0] for row in result]
+
+
+async def list_for_user(db: AsyncSession, user_id: uuid.UUID) -> Sequence[DeviceSession]:
+    """Every session of a user, newest first (the operator's view)."""
+    rows = await db.scalars(
+        select(DeviceSession)
+        .where(DeviceSession.user_id == user_id)
+        .order_by(DeviceSession.created_at.desc())
+    )
+    return rows.all()

@@ -1,0 +1,226 @@
+"""Starting sessions, rotating refresh tokens with reuse detection, revoking sessions."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from conductor_api.config import Settings
+from conductor_api.errors import InvalidRefreshToken, NotFound, RefreshTokenReused
+from conductor_api.events import repository as events
+from conductor_api.events.models import EventType
+from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
+from conductor_api.sessions import repository
+from conductor_api.sessions.models import DeviceSession
+from conductor_api.users import repository as users
+from conductor_api.users.models import User
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is calling: the client address (after trusted proxies) and user agent."""
+
+    ip_address: str
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """What login and refresh return."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    session_id: uuid.UUID
+
+
+def _pair(
+    tokens: TokenService, user_id: uuid.UUID, session: DeviceSession, refresh: str, now: datetime
+) -> TokenPair:
+    return TokenPair(
+        access_token=tokens.issue_access(user_id, session.id, now),
+        refresh_token=refresh,
+        expires_in=tokens.access_ttl_seconds,
+        refresh_expires_in=max(0, int((session.expires_at - now).total_seconds())),
+        session_id=session.id,
+    )
+
+
+def _refresh_expiry(settings: Settings, issued_at: int, absolute: datetime) -> int:
+    sliding = issued_at + settings.refresh_token_expire_days * 86400
+    return min(sliding, int(absolute.timestamp()))
+
+
+async def start_session(
+    db: AsyncSession,
+    tokens: TokenService,
+    settings: Settings,
+    user: User,
+    *,
+    device_name: str,
+    fingerprint: str | None,
+    client: ClientInfo,
+    now: datetime,
+) -> TokenPair:
+    """A new session for a device; the same fingerprint's earlier session is revoked."""
+    if fingerprint is not None:
+        replaced = await repository.revoke_for_user(
+            db, user.id, now, "replaced", fingerprint=fingerprint
+        )
+        for sid in replaced:
+            events.record(
+                db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key,
+                user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
+                session_id=sid,
+            )  # fmt: skip
+    session_id = uuid.uuid4()
+    issued_at = int(now.timestamp())
+    absolute = now + timedelta(days=settings.session_max_days)
+    expires = _refresh_expiry(settings, issued_at, absolute)
+    refresh = tokens.issue_refresh(
+        user.id, session_id, secrets.token_urlsafe(18), issued_at, expires
+    )
+    session = await repository.add(
+        db,
+        DeviceSession(
+            id=session_id,
+            user_id=user.id,
+            device_name=device_name,
+            device_fingerprint=fingerprint,
+            ip_address=client.ip_address,
+            user_agent=client.user_agent,
+            created_at=now,
+            last_used_at=now,
+            expires_at=datetime.fromtimestamp(expires, now.tzinfo),
+            absolute_expires_at=absolute,
+            refresh_token_hash=token_digest(refresh),
+            generation=0,
+        ),
+    )
+    return _pair(tokens, user.id, session, refresh, now)
+
+
+async def refresh(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tokens: TokenService,
+    settings: Settings,
+    token: str,
+    claims: Claims,
+    client: ClientInfo,
+    now: datetime,
+) -> TokenPair:
+    """Rotate a verified refresh token.
+
+    The child token is derived from the parent (its jti) and the rotation time, so every
+    request that presents the parent inside the grace window gets the very same child, and
+    whichever copy the client keeps works. A spent token outside the window revokes the
+    session: only a genuine token, already verified here, can prove theft.
+    """
+    presented = token_digest(token)
+    grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
+    reused = False
+    async with sessionmaker.begin() as db:
+        session = await repository.get(db, claims.session_id, lock=True)
+        user = await users.get(db, claims.user_id) if session is not None else None
+        if (
+            session is None
+            or user is None
+            or session.user_id != user.id
+            or session.revoked_at is not None
+            or not user.is_active
+            or now >= session.absolute_expires_at
+        ):
+            raise InvalidRefreshToken()
+        if digests_equal(presented, session.refresh_token_hash):
+            rotated_at = now.replace(microsecond=0)
+            issued_at = int(rotated_at.timestamp())
+            expires = _refresh_expiry(settings, issued_at, session.absolute_expires_at)
+            child = tokens.issue_refresh(
+                user.id, session.id, tokens.child_jti(claims.jti), issued_at, expires
+            )
+            session.previous_token_hash = presented
+            session.refresh_token_hash = token_digest(child)
+            session.rotated_at = rotated_at
+            session.expires_at = datetime.fromtimestamp(expires, now.tzinfo)
+            session.generation += 1
+        elif (
+            digests_equal(presented, session.previous_token_hash)
+            and session.rotated_at is not None
+            and now - session.rotated_at <= grace
+        ):
+            issued_at = int(session.rotated_at.timestamp())
+            expires = _refresh_expiry(settings, issued_at, session.absolute_expires_at)
+            child = tokens.issue_refresh(
+                user.id, session.id, tokens.child_jti(claims.jti), issued_at, expires
+            )
+            if not digests_equal(token_digest(child), session.refresh_token_hash):
+                raise InvalidRefreshToken()
+        else:
+            reused = True
+            await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
+            events.record(
+                db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
+                user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
+                session_id=session.id,
+            )  # fmt: skip
+        if not reused:
+            session.last_used_at = now
+            pair = _pair(tokens, user.id, session, child, now)
+    if reused:
+        raise RefreshTokenReused()
+    return pair
+
+
+async def revoke_session(
+    db: AsyncSession,
+    user: User,
+    session_id: uuid.UUID,
+    now: datetime,
+    client: ClientInfo | None,
+    *,
+    reason: str,
+) -> bool:
+    """Revoke one session and record it; whether it was live."""
+    if not await repository.revoke(db, session_id, now, reason):
+        return False
+    events.record(
+        db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key, user_id=user.id,
+        ip_address=client.ip_address if client else None,
+        user_agent=client.user_agent if client else None, session_id=session_id,
+    )  # fmt: skip
+    return True
+
+
+async def revoke_users_session(
+    db: AsyncSession, user: User, session_id: uuid.UUID, now: datetime, client: ClientInfo
+) -> None:
+    """Revoke one of the user's own live sessions; `NotFound` for anything else."""
+    session = await repository.get(db, session_id)
+    if session is None or session.user_id != user.id or session.revoked_at is not None:
+        raise NotFound("No such session")
+    await revoke_session(db, user, session_id, now, client, reason="revoked")
+
+
+async def revoke_many(
+    db: AsyncSession,
+    user: User,
+    now: datetime,
+    client: ClientInfo | None,
+    *,
+    reason: str,
+    except_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Revoke every live session of a user but `except_id`, recording each."""
+    revoked = await repository.revoke_for_user(db, user.id, now, reason, except_id=except_id)
+    for sid in revoked:
+        events.record(
+            db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key,
+            user_id=user.id, ip_address=client.ip_address if client else None,
+            user_agent=client.user_agent if client else None, session_id=sid,
+        )  # fmt: skip
+    return revoked

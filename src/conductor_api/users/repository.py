@@ -1,0 +1,60 @@
+"""Queries on users."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.sessions.models import DeviceSession
+from conductor_api.users.models import User
+
+
+async def get_by_key(db: AsyncSession, username_key: str) -> User | None:
+    """The user whose normalized name is `username_key`."""
+    return await db.scalar(select(User).where(User.username_key == username_key))
+
+
+async def get(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user with this id."""
+    return await db.get(User, user_id)
+
+
+async def add(db: AsyncSession, user: User) -> User:
+    """Insert a user; the caller handles a duplicate name."""
+    db.add(user)
+    await db.flush()
+    return user
+
+
+async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
+    """Replace a stored hash (after a change, or to upgrade bcrypt to Argon2id)."""
+    await db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+
+
+async def list_with_status(
+    db: AsyncSession, now_active_after: object
+) -> Sequence[tuple[User, LoginThrottle | None, int]]:
+    """Every user with its lockout row and its number of active sessions."""
+    active = (
+        select(func.count())
+        .where(
+            DeviceSession.user_id == User.id,
+            DeviceSession.revoked_at.is_(None),
+            DeviceSession.expires_at > now_active_after,
+        )
+        .correlate(User)
+        .scalar_subquery()
+    )
+    rows = await db.execute(
+        select(User, LoginThrottle, active)
+        .outerjoin(
+            LoginThrottle,
+            (LoginThrottle.scope == "user") & (LoginThrottle.key == User.username_key),
+        )
+        .order_by(User.username_key)
+    )
+    return [(u, t, int(n)) for u, t, n in rows.tuples()]

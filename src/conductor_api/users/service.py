@@ -1,0 +1,115 @@
+"""Account rules: names, creation, passwords, enabling and disabling."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.errors import AppError, NotFound, UsernameTaken
+from conductor_api.events import repository as events
+from conductor_api.events.models import EventType
+from conductor_api.security.passwords import PasswordHasher, check_password_rules
+from conductor_api.sessions.service import ClientInfo, revoke_many
+from conductor_api.users import repository
+from conductor_api.users.models import User
+
+USERNAME_MAX = 150
+_USERNAME_RE = re.compile(r"^[\w.@+-]{3,150}$")
+
+
+class InvalidUsername(AppError):
+    status, code = 422, "invalid_username"
+    detail = "Username must be 3 to 150 letters, digits or . @ + - _"
+
+
+def normalize_username(username: str) -> str:
+    """The key that logins and lockouts match on: NFKC, case-folded, NFKC again."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+
+
+def check_username(username: str) -> str:
+    """The name as stored (NFKC), or `InvalidUsername`."""
+    name = unicodedata.normalize("NFKC", username)
+    if not _USERNAME_RE.fullmatch(name) or len(normalize_username(name)) > USERNAME_MAX:
+        raise InvalidUsername()
+    return name
+
+
+async def create_user(
+    db: AsyncSession,
+    hasher: PasswordHasher,
+    *,
+    username: str,
+    password: str,
+    min_password_length: int,
+    now: datetime,
+) -> User:
+    """Create an active user after checking the name and the password rules."""
+    name = check_username(username)
+    check_password_rules(password, min_password_length, name)
+    key = normalize_username(name)
+    if await repository.get_by_key(db, key) is not None:
+        raise UsernameTaken()
+    user = User(
+        id=uuid.uuid4(),
+        username=name,
+        username_key=key,
+        password_hash=await hasher.hash(password),
+        is_active=True,
+        created_at=now,
+        password_changed_at=now,
+    )
+    try:
+        async with db.begin_nested():
+            await repository.add(db, user)
+    except IntegrityError:
+        raise UsernameTaken() from None
+    return user
+
+
+async def require_user(db: AsyncSession, username: str) -> User:
+    """The user named `username` (any case), or `NotFound`."""
+    user = await repository.get_by_key(db, normalize_username(username))
+    if user is None:
+        raise NotFound(f"No user named {username!r}")
+    return user
+
+
+async def set_password(
+    db: AsyncSession,
+    hasher: PasswordHasher,
+    user: User,
+    password: str,
+    *,
+    min_password_length: int,
+    now: datetime,
+    keep_session: uuid.UUID | None = None,
+    client: ClientInfo | None = None,
+) -> list[uuid.UUID]:
+    """Set a new password and revoke every session but `keep_session`; returns their ids."""
+    check_password_rules(password, min_password_length, user.username)
+    user.password_hash = await hasher.hash(password)
+    user.password_changed_at = now
+    await db.flush()
+    events.record(
+        db, EventType.PASSWORD_CHANGED, now=now, username_key=user.username_key, user_id=user.id,
+        ip_address=client.ip_address if client else None,
+        user_agent=client.user_agent if client else None, session_id=keep_session,
+    )  # fmt: skip
+    return await revoke_many(
+        db, user, now, client, reason="password_changed", except_id=keep_session
+    )
+
+
+async def set_active(db: AsyncSession, user: User, active: bool, now: datetime) -> list[uuid.UUID]:
+    """Enable or disable a user; disabling revokes every session, whose ids it returns."""
+    user.is_active = active
+    await db.flush()
+    if active:
+        return []
+    return await revoke_many(db, user, now, None, reason="account_disabled")
