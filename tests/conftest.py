@@ -79,7 +79,7 @@ def make_settings(data_dir: Path, database_url: str | None, **overrides: Any) ->
         "password_hash_concurrency": 2,
         **overrides,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

@@ -1,0 +1,153 @@
+"""Settings: names from the contract, generated secrets, one-line errors for bad values."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conductor_api.config import ConfigError, load_settings
+from tests.e2e.server import clean_env, cli_path
+
+GOOD_A = "x" * 40
+GOOD_B = "y" * 40
+
+BAD_VALUES = [
+    ({"JWT_SECRET_KEY": "short", "JWT_REFRESH_SECRET_KEY": GOOD_B}, "JWT_SECRET_KEY"),
+    ({"JWT_SECRET_KEY": GOOD_A, "JWT_REFRESH_SECRET_KEY": "tiny"}, "JWT_REFRESH_SECRET_KEY"),
+    ({"JWT_SECRET_KEY": GOOD_A, "JWT_REFRESH_SECRET_KEY": GOOD_A}, "JWT_REFRESH_SECRET_KEY"),
+    ({"JWT_SECRET_KEY": GOOD_A}, "JWT_REFRESH_SECRET_KEY"),
+    ({"DATABASE_URL": "mysql://root@localhost/db"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+    ({"ACCESS_TOKEN_EXPIRE_MINUTES": "-5"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
+    ({"REFRESH_TOKEN_EXPIRE_DAYS": "-1"}, "REFRESH_TOKEN_EXPIRE_DAYS"),
+    ({"SESSION_MAX_DAYS": "0"}, "SESSION_MAX_DAYS"),
+    ({"REFRESH_REUSE_GRACE_SECONDS": "-1"}, "REFRESH_REUSE_GRACE_SECONDS"),
+    ({"LOCKOUT_MINUTES": "abc"}, "LOCKOUT_MINUTES"),
+    ({"MIN_PASSWORD_LENGTH": "6"}, "MIN_PASSWORD_LENGTH"),
+    ({"CORS_ORIGINS": "*"}, "CORS_ORIGINS"),
+    ({"CORS_ORIGINS": "https://ok.example,ftp://bad"}, "CORS_ORIGINS"),
+    ({"CORS_ORIGINS": "https://example.com/path"}, "CORS_ORIGINS"),
+    ({"TRUSTED_PROXIES": "10.0.0.1,not-an-ip"}, "TRUSTED_PROXIES"),
+    ({"ANDROID_API_PORT": "70000"}, "ANDROID_API_PORT"),
+]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No Conductor variable from the outer environment; a fresh working directory."""
+    for name in list(os.environ):
+        if name.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONDUCTOR_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+class TestContractNames:
+    def test_defaults(self, env: Path) -> None:
+        s = load_settings()
+        assert s.android_api_host == "127.0.0.1"
+        assert s.android_api_port == 8000
+        assert s.access_token_expire_minutes == 30
+        assert s.refresh_token_expire_days == 7
+        assert s.session_max_days == 90
+        assert s.refresh_reuse_grace_seconds == 10
+        assert s.min_password_length == 15
+        assert s.max_failed_login_attempts == 5
+        assert s.lockout_minutes == 15
+        assert s.max_failed_logins_per_ip == 50
+        assert s.allow_registration is False
+        assert s.cors_origins == []
+        assert s.is_sqlite
+        assert s.sqlalchemy_url.endswith("/data/conductor.db")
+
+    def test_environment_names(self, env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("ANDROID_API_HOST", "0.0.0.0")
+        monkeypatch.setenv("ANDROID_API_PORT", "9001")
+        monkeypatch.setenv("CORS_ORIGINS", "https://a.example, http://localhost:3000")
+        monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8,::1")
+        monkeypatch.setenv("ALLOW_REGISTRATION", "true")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1/test")
+        s = load_settings()
+        assert (s.android_api_host, s.android_api_port) == ("0.0.0.0", 9001)
+        assert s.cors_origins == ["https://a.example", "http://localhost:3000"]
+        assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
+        assert s.allow_registration is True
+        assert s.sqlalchemy_url == "postgresql+asyncpg://postgres@127.0.0.1/test"
+
+    def test_dotenv_file_is_read(self, env: Path) -> None:
+        (env / ".env").write_text("ACCESS_TOKEN_EXPIRE_MINUTES=12\nLOCKOUT_MINUTES=3\n")
+        s = load_settings()
+        assert (s.access_token_expire_minutes, s.lockout_minutes) == (12, 3)
+
+    def test_sqlite_url_is_accepted_as_pasted(self, env: Path) -> None:
+        s = load_settings(database_url=f"sqlite:///{env}/other.db")
+        assert s.sqlalchemy_url == f"sqlite+aiosqlite:///{env}/other.db"
+
+
+class TestGeneratedSecrets:
+    def test_first_load_generates_owner_only_file_and_later_loads_reuse_it(self, env: Path) -> None:
+        first = load_settings()
+        path = env / "data" / "secrets.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(first.access_secret) >= 32
+        assert first.access_secret != first.refresh_secret
+        second = load_settings()
+        assert (second.access_secret, second.refresh_secret) == (
+            first.access_secret,
+            first.refresh_secret,
+        )
+        assert json.loads(path.read_text())["jwt_secret_key"] == first.access_secret
+
+    def test_explicit_secrets_write_no_file(self, env: Path) -> None:
+        s = load_settings(jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B)
+        assert s.access_secret == GOOD_A
+        assert not (env / "data" / "secrets.json").exists()
+
+    def test_corrupt_secrets_file_is_one_clear_error(self, env: Path) -> None:
+        (env / "data").mkdir()
+        (env / "data" / "secrets.json").write_text("{not json")
+        with pytest.raises(ConfigError, match="CONDUCTOR_DATA_DIR"):
+            load_settings()
+
+
+class TestBadValues:
+    @pytest.mark.parametrize(("values", "variable"), BAD_VALUES)
+    def test_load_settings_names_the_variable(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, str], variable: str
+    ) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        message = str(raised.value)
+        assert message.startswith(variable + ":"), message
+        assert "\n" not in message
+        # A secret's value is never echoed back.
+        assert GOOD_A not in message and "'short'" not in message and "'tiny'" not in message
+
+    @pytest.mark.parametrize(("values", "variable"), BAD_VALUES)
+    def test_serve_stops_with_one_line(
+        self, tmp_path: Path, values: dict[str, str], variable: str
+    ) -> None:
+        env = clean_env(CONDUCTOR_DATA_DIR=str(tmp_path / "data"), **values)
+        result = subprocess.run(
+            [cli_path(), "serve", "--port", "1"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert variable in lines[0]
+        assert "Traceback" not in result.stderr + result.stdout
+        assert not (tmp_path / "data" / "conductor.db").exists()
