@@ -7,11 +7,11 @@ import secrets
 import sys
 from typing import Annotated
 
-import click
 import typer
 import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
+from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
 from conductor_api.cli import sessions, users
@@ -89,9 +89,9 @@ def main() -> None:
     command = typer.main.get_command(app)
     try:
         result = command.main(prog_name="conductor-api", standalone_mode=False)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted")
-    except click.ClickException as e:
+    except TyperException as e:
         _fail(e.format_message().replace("\n", " "), e.exit_code)
     except ConfigError as e:
         _fail(str(e), 2)
