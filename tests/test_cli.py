@@ -1,0 +1,176 @@
+"""The `conductor-api` command as an operator runs it: real processes, real database file."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conductor_api.app import create_app
+from tests.conftest import PASSWORD, make_settings
+from tests.e2e.server import clean_env, cli_path
+
+
+class Cli:
+    """Runs the command with a data directory of the test's own."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.env = clean_env(CONDUCTOR_DATA_DIR=str(data_dir))
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli_path(), *args],
+            input=stdin if stdin is not None else "",
+            env={**self.env, **(env or {})},
+            cwd=self.data_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A failure: non-zero, exactly one line on stderr containing each needle, no traceback."""
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """The command on an empty data directory."""
+    return Cli(tmp_path / "data")
+
+
+def _login_in_process(data_dir: Path, password: str = PASSWORD) -> tuple[int, str]:
+    """Log alice in through the app on the same database file; (status, access token)."""
+
+    async def go() -> tuple[int, str]:
+        settings = make_settings(data_dir, None)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.post(
+                    "/api/v1/auth/login",
+                    json={"username": "alice", "password": password, "device_name": "Pixel"},
+                )
+                return r.status_code, r.json().get("access_token", "")
+
+    return asyncio.run(go())
+
+
+class TestUsers:
+    def test_create_then_list(self, cli: Cli) -> None:
+        created = cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert created.returncode == 0, created.stderr
+        assert "created user alice" in created.stdout
+        listed = cli("users", "list")
+        assert listed.returncode == 0
+        assert listed.stdout.splitlines() == ["alice\tactive\tnot locked\t0 sessions"]
+
+    def test_password_is_taken_exactly_as_typed(self, cli: Cli) -> None:
+        spaced = "  " + PASSWORD + "  "
+        assert (
+            cli("users", "create", "alice", "--password-stdin", stdin=spaced + "\n").returncode == 0
+        )
+        assert _login_in_process(cli.data_dir, PASSWORD)[0] == 401
+        assert _login_in_process(cli.data_dir, spaced)[0] == 200
+
+    def test_duplicate_weak_and_missing_passwords_are_one_line(self, cli: Cli) -> None:
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        one_line_error(
+            cli("users", "create", "ALICE", "--password-stdin", stdin=PASSWORD + "\n"), "taken"
+        )
+        one_line_error(
+            cli("users", "create", "bob", "--password-stdin", stdin="short\n"), "at least 15"
+        )
+        one_line_error(cli("users", "create", "bob", "--password-stdin"), "no password")
+        one_line_error(cli("users", "create", "carol"), "--password-stdin")
+        one_line_error(cli("users", "create", "x", "--password-stdin", stdin=PASSWORD + "\n"))
+
+    def test_disable_revokes_sessions_and_enable_restores_login(self, cli: Cli) -> None:
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert _login_in_process(cli.data_dir)[0] == 200
+        assert "1 sessions" in cli("users", "list").stdout
+        disabled = cli("users", "disable", "alice")
+        assert disabled.returncode == 0
+        assert "1 sessions revoked" in disabled.stdout
+        assert cli("users", "list").stdout.splitlines() == [
+            "alice\tdisabled\tnot locked\t0 sessions"
+        ]
+        assert _login_in_process(cli.data_dir)[0] == 403
+        assert cli("users", "enable", "Alice").returncode == 0
+        assert _login_in_process(cli.data_dir)[0] == 200
+
+    def test_set_password_revokes_sessions(self, cli: Cli) -> None:
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        _login_in_process(cli.data_dir)
+        new = "a completely different passphrase"
+        result = cli("users", "set-password", "alice", "--password-stdin", stdin=new + "\n")
+        assert result.returncode == 0, result.stderr
+        assert "1 sessions revoked" in result.stdout
+        assert _login_in_process(cli.data_dir, PASSWORD)[0] == 401
+        assert _login_in_process(cli.data_dir, new)[0] == 200
+
+    def test_unknown_user_is_one_line(self, cli: Cli) -> None:
+        for command in ("disable", "enable"):
+            one_line_error(cli("users", command, "nobody"), "nobody")
+        result = cli("users", "set-password", "nobody", "--password-stdin", stdin=PASSWORD + "\n")
+        one_line_error(result, "nobody")
+
+
+class TestSessions:
+    def test_list_and_revoke(self, cli: Cli) -> None:
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        _login_in_process(cli.data_dir)
+        listed = cli("sessions", "list", "alice")
+        assert listed.returncode == 0
+        (line,) = listed.stdout.splitlines()
+        session_id, state, device = line.split("\t")[:3]
+        assert (state, device) == ("active", "Pixel")
+        assert (
+            cli("sessions", "revoke", session_id).stdout.strip() == f"session {session_id} revoked"
+        )
+        assert "revoked" in cli("sessions", "list", "alice").stdout.split("\t")[1]
+        assert "already revoked" in cli("sessions", "revoke", session_id).stdout
+
+    def test_bad_ids_are_one_line(self, cli: Cli) -> None:
+        one_line_error(cli("sessions", "revoke", "not-a-uuid"), "not a session id")
+        one_line_error(
+            cli("sessions", "revoke", "00000000-0000-0000-0000-000000000000"), "no session"
+        )
+        one_line_error(cli("sessions", "list", "nobody"), "nobody")
+
+
+class TestCommand:
+    def test_migrate_says_the_revision(self, cli: Cli) -> None:
+        result = cli("migrate")
+        assert result.returncode == 0
+        assert result.stdout.strip() == "database at revision 0001 (head)"
+        assert (cli.data_dir / "conductor.db").exists()
+
+    def test_usage_errors_are_one_line(self, cli: Cli) -> None:
+        one_line_error(cli("frobnicate"), "frobnicate")
+        one_line_error(cli("users", "create"), "username")
+        one_line_error(cli("serve", "--workers", "0"), "--workers")
+        one_line_error(cli("serve", "--port", "99999"), "--port")
+
+    def test_unreachable_database_is_one_line(self, cli: Cli) -> None:
+        result = cli("migrate", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
+        one_line_error(result, "database")
+
+    def test_help_exits_zero(self, cli: Cli) -> None:
+        result = cli("--help")
+        assert result.returncode == 0
+        for command in ("serve", "migrate", "users", "sessions", "openapi"):
+            assert command in result.stdout
