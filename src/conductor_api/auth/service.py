@@ -111,8 +111,10 @@ class Authenticator:
                     self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
             else:
                 assert user is not None
-                await throttle.reset_user(db, key)
+                # The same order as the reservation (address, then name): on PostgreSQL,
+                # row locks taken in opposite orders by two transactions can deadlock.
                 await throttle.release_ip(db, client.ip_address)
+                await throttle.reset_user(db, key)
                 if new_hash is not None:
                     # An old bcrypt (or weaker Argon2) hash is replaced at the first login.
                     await users.set_password_hash(db, user.id, new_hash)
