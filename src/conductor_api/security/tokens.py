@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,8 @@ REFRESH = "refresh"
 # Far above any token this server issues; longer ones are refused before parsing.
 MAX_TOKEN_LENGTH = 2048
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "sid", "jti", "typ"]
+# Verified access tokens remembered per process (see `TokenService.decode_access`).
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class TokenService:
         self._issuer = issuer
         self._audience = audience
         self.access_ttl_seconds = int(access_ttl.total_seconds())
+        self._verified: OrderedDict[bytes, Claims] = OrderedDict()
         self._jwt = jwt.PyJWT(
             options={
                 "require": _REQUIRED,
@@ -114,8 +118,27 @@ class TokenService:
         return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
 
     def decode_access(self, token: str, now: datetime) -> Claims:
-        """Verify an access token; every failure is one `InvalidToken`."""
-        return self._decode(ACCESS, token, now, InvalidToken)
+        """Verify an access token; every failure is one `InvalidToken`.
+
+        A client sends the same access token on every request for 30 minutes, and PyJWT's
+        strict parsing costs more than the rest of the request. So the claims of a token
+        that verified are kept in a small LRU, keyed by the token's SHA-256 (the digest,
+        not the token, is compared). Only a byte-identical token hits; expiry is still
+        checked against the clock on every hit, and revocation is checked by the caller.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken()
+        key = hashlib.sha256(token.encode()).digest()
+        claims = self._verified.get(key)
+        if claims is None:
+            claims = self._decode(ACCESS, token, now, InvalidToken)
+            self._verified[key] = claims
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        elif claims.expires_at <= now.timestamp():
+            del self._verified[key]
+            raise InvalidToken()
+        return claims
 
     def decode_refresh(self, token: str, now: datetime) -> Claims:
         """Verify a refresh token; every failure is one `InvalidRefreshToken`."""
