@@ -1,4 +1,8 @@
-"""`Annotated` dependency aliases shared by the routers."""
+"""`Annotated` dependency aliases shared by the routers.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
+and those hand-offs were most of the cost of an authenticated request.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from conductor_api.sessions.service import ClientInfo
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     """The application's services."""
     container: Container = request.app.state.container
     return container
@@ -29,7 +33,7 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_settings(container: ContainerDep) -> Settings:
+async def get_settings(container: ContainerDep) -> Settings:
     """The validated settings."""
     return container.settings
 
@@ -48,7 +52,7 @@ async def get_db(container: ContainerDep) -> AsyncIterator[AsyncSession]:
 DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
-def get_client(request: Request, container: ContainerDep) -> ClientInfo:
+async def get_client(request: Request, container: ContainerDep) -> ClientInfo:
     """The caller's address and user agent."""
     return client_info(request, container.settings.trusted_proxies)
 
@@ -60,7 +64,9 @@ async def current_principal(
     container: ContainerDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
     """Verify the bearer token, then check that its session is live and its user active."""
-    if not token:
+    # None: no Bearer credential at all. An empty one ("Bearer ") was still sent, and is
+    # refused below as a malformed token with error="invalid_token" (RFC 6750 section 3.1).
+    if token is None:
         raise InvalidToken("Not authenticated", token_sent=False)
     claims = container.tokens.decode_access(token, container.clock.now())
     principal = await container.principals.load(claims.session_id, claims.user_id)
