@@ -95,8 +95,14 @@ class SqlitePrincipalLoader:
 
 
 class PostgresPrincipalLoader:
-    """A small asyncpg pool, made on first use so that a database outage at start is
-    answered with 503s rather than a process that will not start."""
+    """Lookups on a small asyncpg pool, coalesced: the requests that reach the check in the
+    same turn of the event loop share one `WHERE s.id = ANY($1)` query.
+
+    A request only joins a query that has not been sent yet, so every answer is read after
+    the request arrived: a revocation committed before it is always seen. The pool is made
+    on first use, so that a database down at start is answered with 503s rather than a
+    process that will not start.
+    """
 
     def __init__(self, dsn: str, timeout: float, max_size: int = 8) -> None:
         self._dsn = dsn
@@ -104,7 +110,11 @@ class PostgresPrincipalLoader:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        self._sql = _SQL.format(param="$1")
+        self._sql = _SQL.format(param="ANY($1::uuid[])").replace(
+            "SELECT u.id", "SELECT s.id, u.id"
+        )
+        self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -118,17 +128,48 @@ class PostgresPrincipalLoader:
 
     async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
         """See `PrincipalLoader.load`."""
-        try:
-            pool = await self._get_pool()
-            row = await pool.fetchrow(self._sql, session_id, timeout=self._timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-            raise ServiceUnavailable() from e
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._dispatch)
+        self._waiting.setdefault(session_id, []).append(future)
+        row = await future
         if row is None:
             return None
-        uid, username, created_at, is_active, revoked_at = row
+        _, uid, username, created_at, is_active, revoked_at = row
         if revoked_at is not None or not is_active or uid != user_id:
             return None
         return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+
+    def _dispatch(self) -> None:
+        batch, self._waiting = self._waiting, {}
+        task = asyncio.get_running_loop().create_task(self._query(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _query(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
+        try:
+            pool = await self._get_pool()
+            rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._fail(batch, ServiceUnavailable())
+            return
+        except BaseException as e:
+            # Whatever happens, no request may be left waiting on this batch.
+            self._fail(batch, e)
+            raise
+        found = {row[0]: row for row in rows}
+        for sid, futures in batch.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(sid))
+
+    @staticmethod
+    def _fail(batch: dict[uuid.UUID, list[asyncio.Future[Any]]], error: BaseException) -> None:
+        for futures in batch.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
 
     async def close(self) -> None:
         """See `PrincipalLoader.close`."""
