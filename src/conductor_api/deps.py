@@ -61,9 +61,13 @@ Client = Annotated[ClientInfo, Depends(get_client)]
 
 
 async def current_principal(
-    container: ContainerDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
-    """Verify the bearer token, then check that its session is live and its user active."""
+    """Verify the bearer token, then check that its session is live and its user active.
+
+    This runs on every authenticated request, so it reads the container straight from the
+    app rather than through another dependency level."""
+    container: Container = request.app.state.container
     # None: no Bearer credential at all. An empty one ("Bearer ") was still sent, and is
     # refused below as a malformed token with error="invalid_token" (RFC 6750 section 3.1).
     if token is None:

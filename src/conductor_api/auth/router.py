@@ -95,6 +95,9 @@ async def token(
     scope: Annotated[str, Form()] = "",
 ) -> JSONResponse:
     """The same grants as login and refresh, in the OAuth 2.0 form encoding."""
+    if not grant_type:
+        # RFC 6749 section 5.2: a missing required parameter is invalid_request.
+        return _oauth_error("invalid_request", "grant_type is required", "invalid_request")
     try:
         if grant_type == "password":
             if not username or not password:
@@ -151,14 +154,16 @@ async def logout(
 @router.get(
     "/me", response_model=UserOut, responses=error_responses(401, 503), summary="The current user"
 )
-async def me(principal: CurrentPrincipal) -> UserOut:
+async def me(principal: CurrentPrincipal) -> Response:
     """Who the bearer token belongs to."""
-    return UserOut(
+    body = UserOut(
         id=principal.user_id,
         username=principal.username,
         created_at=principal.created_at,
         is_active=principal.is_active,
     )
+    # Serialized here rather than re-validated by FastAPI: this is the hot path.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post(
