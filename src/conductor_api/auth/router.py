@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import (
+    NO_NUL,
     LoginRequest,
     OAuthErrorOut,
     PasswordChange,
@@ -88,9 +89,9 @@ async def token(
     c: ContainerDep,
     client: Client,
     grant_type: Annotated[str, Form()] = "",
-    username: Annotated[str, Form(max_length=users.USERNAME_MAX)] = "",
+    username: Annotated[str, Form(max_length=users.USERNAME_MAX, pattern=NO_NUL)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
-    device_name: Annotated[str, Form(max_length=100)] = "",
+    device_name: Annotated[str, Form(max_length=100, pattern=NO_NUL)] = "",
     refresh_token: Annotated[str, Form()] = "",
     scope: Annotated[str, Form()] = "",
 ) -> JSONResponse:

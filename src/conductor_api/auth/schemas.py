@@ -11,16 +11,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from conductor_api.security.passwords import MAX_PASSWORD_LENGTH
 from conductor_api.users.service import USERNAME_MAX
 
+# PostgreSQL text cannot hold NUL, and these fields reach the database (throttle keys,
+# session rows): refused here as a 422 rather than failing there as a 500.
+NO_NUL = r"^[^\x00]*$"
+
 
 class LoginRequest(BaseModel):
     """Credentials plus the device they sign in."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    username: str = Field(min_length=1, max_length=USERNAME_MAX)
+    username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=NO_NUL)
     password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
-    device_name: str = Field(min_length=1, max_length=100, examples=["Pixel 8"])
-    device_fingerprint: str | None = Field(default=None, min_length=1, max_length=256)
+    device_name: str = Field(min_length=1, max_length=100, pattern=NO_NUL, examples=["Pixel 8"])
+    device_fingerprint: str | None = Field(
+        default=None, min_length=1, max_length=256, pattern=NO_NUL
+    )
 
 
 class RefreshRequest(BaseModel):
