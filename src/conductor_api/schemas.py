@@ -12,6 +12,21 @@ class ErrorOut(BaseModel):
     code: str = Field(examples=["invalid_credentials"])
 
 
+class ValidationIssue(BaseModel):
+    """One failed field, as FastAPI reports it (never with the submitted input)."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A request-validation 422: FastAPI's list of issues, plus `code`."""
+
+    detail: list[ValidationIssue]
+    code: str = Field(examples=["validation_error"])
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI entries for the contract's error statuses."""
     described = {
@@ -25,4 +40,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         429: "Too many failed attempts; see Retry-After",
         503: "The database is not answering; see Retry-After",
     }
-    return {s: {"model": ErrorOut, "description": described[s]} for s in statuses}
+    # A 422 is either a rule's ErrorOut (password_rejected) or a validation list.
+    models: dict[int, object] = {422: ValidationErrorOut | ErrorOut}
+    return {s: {"model": models.get(s, ErrorOut), "description": described[s]} for s in statuses}

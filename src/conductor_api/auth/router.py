@@ -81,7 +81,7 @@ def _oauth_error(error: str, description: str, code: str) -> JSONResponse:
     responses={
         **_TOKEN_DOC,
         400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
-        **error_responses(413, 429, 503),
+        **error_responses(413, 422, 429, 503),
     },
     summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
 )
