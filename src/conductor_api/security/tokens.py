@@ -34,6 +34,8 @@ class Claims:
     jti: str
     issued_at: int
     expires_at: int
+    # Refresh tokens only: when the session ends however often it refreshes (`sxp`).
+    session_expires_at: int = 0
 
 
 def token_digest(token: str) -> str:
@@ -96,7 +98,13 @@ class TokenService:
         )
 
     def issue_refresh(
-        self, user_id: uuid.UUID, session_id: uuid.UUID, jti: str, issued_at: int, expires_at: int
+        self,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        jti: str,
+        issued_at: int,
+        expires_at: int,
+        session_expires_at: int,
     ) -> str:
         """A refresh token. The same arguments always give the same token, which is what
         lets concurrent refreshes inside the grace window all receive one child token."""
@@ -108,6 +116,7 @@ class TokenService:
                 "jti": jti,
                 "iat": issued_at,
                 "exp": expires_at,
+                "sxp": session_expires_at,
             },
         )
 
@@ -169,6 +178,9 @@ class TokenService:
         jti = payload["jti"]
         if not isinstance(jti, str) or not jti:
             raise error()
+        sxp = payload.get("sxp", 0)
+        if kind == REFRESH and (not isinstance(sxp, int) or isinstance(sxp, bool) or sxp <= 0):
+            raise error()
         try:
             return Claims(
                 user_id=uuid.UUID(str(payload["sub"])),
@@ -176,6 +188,7 @@ class TokenService:
                 jti=jti,
                 issued_at=iat,
                 expires_at=exp,
+                session_expires_at=sxp if kind == REFRESH else 0,
             )
         except ValueError as e:
             raise error() from e

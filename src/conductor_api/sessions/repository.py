@@ -6,10 +6,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.sessions.models import DeviceSession
+from conductor_api.users.models import User
 
 
 async def add(db: AsyncSession, session: DeviceSession) -> DeviceSession:
@@ -87,3 +88,40 @@ async def list_for_user(db: AsyncSession, user_id: uuid.UUID) -> Sequence[Device
         .order_by(DeviceSession.created_at.desc())
     )
     return rows.all()
+
+
+async def rotate_if_current(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    presented_hash: str,
+    child_hash: str,
+    now: datetime,
+    rotated_at: datetime,
+    expires_at: datetime,
+) -> bool:
+    """Replace the current refresh token in one compare-and-swap statement: it applies only
+    if `presented_hash` is still current, the session live and its user active."""
+    s = DeviceSession
+    user_active = exists().where(User.id == user_id, User.is_active.is_(True))
+    result = await db.execute(
+        update(s)
+        .where(
+            s.id == session_id,
+            s.user_id == user_id,
+            s.refresh_token_hash == presented_hash,
+            s.revoked_at.is_(None),
+            s.absolute_expires_at > now,
+            user_active,
+        )
+        .values(
+            previous_token_hash=presented_hash,
+            refresh_token_hash=child_hash,
+            rotated_at=rotated_at,
+            expires_at=expires_at,
+            last_used_at=now,
+            generation=s.generation + 1,
+        )
+        .returning(s.id)
+    )
+    return result.first() is not None

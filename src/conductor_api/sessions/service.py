@@ -83,8 +83,9 @@ async def start_session(
     absolute = now + timedelta(days=settings.session_max_days)
     expires = _refresh_expiry(settings, issued_at, absolute)
     refresh = tokens.issue_refresh(
-        user.id, session_id, secrets.token_urlsafe(18), issued_at, expires
-    )
+        user.id, session_id, secrets.token_urlsafe(18), issued_at, expires,
+        int(absolute.timestamp()),
+    )  # fmt: skip
     session = await repository.add(
         db,
         DeviceSession(
@@ -105,6 +106,21 @@ async def start_session(
     return _pair(tokens, user.id, session, refresh, now)
 
 
+def _child(
+    tokens: TokenService, settings: Settings, claims: Claims, rotated_at: datetime
+) -> tuple[str, int]:
+    """The token that replaces the parent described by `claims` when rotated at
+    `rotated_at` (whole seconds), and its expiry: the same inputs give the same token."""
+    issued_at = int(rotated_at.timestamp())
+    sliding = issued_at + settings.refresh_token_expire_days * 86400
+    expires = min(sliding, claims.session_expires_at)
+    child = tokens.issue_refresh(
+        claims.user_id, claims.session_id, tokens.child_jti(claims.jti), issued_at, expires,
+        claims.session_expires_at,
+    )  # fmt: skip
+    return child, expires
+
+
 async def refresh(
     sessionmaker: async_sessionmaker[AsyncSession],
     tokens: TokenService,
@@ -120,10 +136,45 @@ async def refresh(
     request that presents the parent inside the grace window gets the very same child, and
     whichever copy the client keeps works. A spent token outside the window revokes the
     session: only a genuine token, already verified here, can prove theft.
+
+    The usual case is one compare-and-swap UPDATE; the grace window, reuse and refusals
+    take the slower path that reads the session under a lock.
     """
     presented = token_digest(token)
+    rotated_at = now.replace(microsecond=0)
+    child, expires = _child(tokens, settings, claims, rotated_at)
+    expires_at = datetime.fromtimestamp(expires, now.tzinfo)
+    async with sessionmaker.begin() as db:
+        # The digests are compared by the database: they are SHA-256 of random tokens, so
+        # timing reveals nothing about a token that the digest itself would not.
+        rotated = await repository.rotate_if_current(
+            db, claims.session_id, claims.user_id, presented, token_digest(child), now,
+            rotated_at, expires_at,
+        )  # fmt: skip
+    if rotated:
+        return TokenPair(
+            access_token=tokens.issue_access(claims.user_id, claims.session_id, now),
+            refresh_token=child,
+            expires_in=tokens.access_ttl_seconds,
+            refresh_expires_in=max(0, int((expires_at - now).total_seconds())),
+            session_id=claims.session_id,
+        )
+    return await _refresh_not_current(
+        sessionmaker, tokens, settings, presented, claims, client, now
+    )
+
+
+async def _refresh_not_current(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tokens: TokenService,
+    settings: Settings,
+    presented: str,
+    claims: Claims,
+    client: ClientInfo,
+    now: datetime,
+) -> TokenPair:
+    """The presented token is not the current one: the grace window, theft, or refusal."""
     grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
-    reused = False
     async with sessionmaker.begin() as db:
         session = await repository.get(db, claims.session_id, lock=True)
         user = await users.get(db, claims.user_id) if session is not None else None
@@ -137,43 +188,25 @@ async def refresh(
         ):
             raise InvalidRefreshToken()
         if digests_equal(presented, session.refresh_token_hash):
-            rotated_at = now.replace(microsecond=0)
-            issued_at = int(rotated_at.timestamp())
-            expires = _refresh_expiry(settings, issued_at, session.absolute_expires_at)
-            child = tokens.issue_refresh(
-                user.id, session.id, tokens.child_jti(claims.jti), issued_at, expires
-            )
-            session.previous_token_hash = presented
-            session.refresh_token_hash = token_digest(child)
-            session.rotated_at = rotated_at
-            session.expires_at = datetime.fromtimestamp(expires, now.tzinfo)
-            session.generation += 1
-        elif (
+            # Still current, so the swap above cannot have missed it for a live session.
+            raise InvalidRefreshToken()
+        if (
             digests_equal(presented, session.previous_token_hash)
             and session.rotated_at is not None
             and now - session.rotated_at <= grace
         ):
-            issued_at = int(session.rotated_at.timestamp())
-            expires = _refresh_expiry(settings, issued_at, session.absolute_expires_at)
-            child = tokens.issue_refresh(
-                user.id, session.id, tokens.child_jti(claims.jti), issued_at, expires
-            )
+            child, _ = _child(tokens, settings, claims, session.rotated_at)
             if not digests_equal(token_digest(child), session.refresh_token_hash):
                 raise InvalidRefreshToken()
-        else:
-            reused = True
-            await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
-            events.record(
-                db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
-                user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
-                session_id=session.id,
-            )  # fmt: skip
-        if not reused:
             session.last_used_at = now
-            pair = _pair(tokens, user.id, session, child, now)
-    if reused:
-        raise RefreshTokenReused()
-    return pair
+            return _pair(tokens, user.id, session, child, now)
+        await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
+        events.record(
+            db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
+            user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
+            session_id=session.id,
+        )  # fmt: skip
+    raise RefreshTokenReused()
 
 
 async def revoke_session(
