@@ -11,7 +11,6 @@ from conductor_api.container import Container
 from conductor_api.errors import InvalidRefreshToken, NotFound
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
-from conductor_api.security.passwords import check_password_rules
 from conductor_api.sessions import service as sessions
 from conductor_api.sessions.service import ClientInfo, TokenPair
 from conductor_api.users import repository as users_repo
@@ -64,13 +63,14 @@ async def change_password(
 
     async def apply(db: AsyncSession, user: User, now: datetime) -> None:
         await users.set_password(
-            db, c.hasher, user, new, min_password_length=c.settings.min_password_length,
-            now=now, keep_session=principal.session_id, client=client,
-        )  # fmt: skip
+            db, user, new_hash, now=now, keep_session=principal.session_id, client=client
+        )
 
-    # The rules are checked before the current password, so a rejected new password
-    # costs no attempt; they are checked again with the user's name inside `apply`.
-    check_password_rules(new, c.settings.min_password_length, principal.username)
+    # The new password is checked and hashed first: a rejected one costs no attempt, and
+    # no hash runs while a transaction (on SQLite, the write lock) is open.
+    new_hash = await users.hash_new_password(
+        c.hasher, new, c.settings.min_password_length, principal.username
+    )
     await c.authenticator.authenticate(principal.username, current, client, apply)
 
 

@@ -114,9 +114,8 @@ def set_password(username: str, password_stdin: PasswordStdin = False) -> None:
 
     async def go(db: AsyncSession, hasher: PasswordHasher, now: datetime) -> str:
         user = await users.require_user(db, username)
-        revoked = await users.set_password(
-            db, hasher, user, password, min_password_length=min_length, now=now
-        )
+        password_hash = await users.hash_new_password(hasher, password, min_length, user.username)
+        revoked = await users.set_password(db, user, password_hash, now=now)
         return f"password of {user.username} set; {len(revoked)} sessions revoked"
 
     typer.echo(run_db(go))

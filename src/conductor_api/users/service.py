@@ -51,7 +51,8 @@ async def create_user(
 ) -> User:
     """Create an active user after checking the name and the password rules."""
     name = check_username(username)
-    check_password_rules(password, min_password_length, name)
+    # Hashed before the first query: on SQLite the transaction holds the write lock.
+    password_hash = await hash_new_password(hasher, password, min_password_length, name)
     key = normalize_username(name)
     if await repository.get_by_key(db, key) is not None:
         raise UsernameTaken()
@@ -59,7 +60,7 @@ async def create_user(
         id=uuid.uuid4(),
         username=name,
         username_key=key,
-        password_hash=await hasher.hash(password),
+        password_hash=password_hash,
         is_active=True,
         created_at=now,
         password_changed_at=now,
@@ -80,20 +81,26 @@ async def require_user(db: AsyncSession, username: str) -> User:
     return user
 
 
+async def hash_new_password(
+    hasher: PasswordHasher, password: str, min_password_length: int, username: str
+) -> str:
+    """Check a new password against the rules, then hash it (outside any transaction)."""
+    check_password_rules(password, min_password_length, username)
+    return await hasher.hash(password)
+
+
 async def set_password(
     db: AsyncSession,
-    hasher: PasswordHasher,
     user: User,
-    password: str,
+    password_hash: str,
     *,
-    min_password_length: int,
     now: datetime,
     keep_session: uuid.UUID | None = None,
     client: ClientInfo | None = None,
 ) -> list[uuid.UUID]:
-    """Set a new password and revoke every session but `keep_session`; returns their ids."""
-    check_password_rules(password, min_password_length, user.username)
-    user.password_hash = await hasher.hash(password)
+    """Store a new hash (from `hash_new_password`) and revoke every session but
+    `keep_session`; returns the ids of those revoked."""
+    user.password_hash = password_hash
     user.password_changed_at = now
     await db.flush()
     events.record(
