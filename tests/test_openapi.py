@@ -1,0 +1,223 @@
+"""The OpenAPI document: every contract path, the OAuth2 password scheme, error schemas,
+and `conductor-api openapi`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conductor_api.app import create_app
+from tests.conftest import make_settings
+
+API = "/api/v1/auth"
+# (path, method) of every contract endpoint, and whether it needs a bearer token.
+OPERATIONS: dict[tuple[str, str], bool] = {
+    (f"{API}/login", "post"): False,
+    (f"{API}/token", "post"): False,
+    (f"{API}/refresh", "post"): False,
+    (f"{API}/register", "post"): False,
+    (f"{API}/logout", "post"): True,
+    (f"{API}/me", "get"): True,
+    (f"{API}/sessions", "get"): True,
+    (f"{API}/sessions/{{session_id}}", "delete"): True,
+    (f"{API}/sessions/revoke-others", "post"): True,
+    (f"{API}/password", "post"): True,
+    (f"{API}/events", "get"): True,
+    ("/health/live", "get"): False,
+    ("/health/ready", "get"): False,
+}
+ERROR_OUT = "#/components/schemas/ErrorOut"
+TOKEN_URL = "/api/v1/auth/token"
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The application's OpenAPI document (no database is touched to build it)."""
+    settings = make_settings(tmp_path_factory.mktemp("openapi"), None)
+    doc: dict[str, Any] = create_app(settings).openapi()
+    return doc
+
+
+def operation(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    """One operation of the document."""
+    op: dict[str, Any] = document["paths"][path][method]
+    return op
+
+
+def json_schema(response: dict[str, Any]) -> dict[str, Any] | None:
+    """The application/json schema of a documented response, if any."""
+    schema: dict[str, Any] | None = (
+        response.get("content", {}).get("application/json", {}).get("schema")
+    )
+    return schema
+
+
+def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Follow one local $ref."""
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    name = ref.removeprefix("#/components/schemas/")
+    resolved: dict[str, Any] = document["components"]["schemas"][name]
+    return resolved
+
+
+def refs(schema: dict[str, Any]) -> set[str]:
+    """Every $ref a schema names directly or through anyOf/oneOf."""
+    found = {schema["$ref"]} if "$ref" in schema else set()
+    for key in ("anyOf", "oneOf"):
+        for option in schema.get(key, []):
+            found |= refs(option)
+    return found
+
+
+def oauth2_scheme_names(document: dict[str, Any]) -> set[str]:
+    """Security schemes that are the OAuth2 password flow against the token endpoint."""
+    schemes = document["components"]["securitySchemes"]
+    return {
+        name
+        for name, scheme in schemes.items()
+        if scheme.get("type") == "oauth2"
+        and scheme.get("flows", {}).get("password", {}).get("tokenUrl") == TOKEN_URL
+    }
+
+
+class TestPaths:
+    def test_every_contract_operation_is_listed(self, document: dict[str, Any]) -> None:
+        for path, method in OPERATIONS:
+            assert path in document["paths"], path
+            assert method in document["paths"][path], (path, method)
+
+    def test_nothing_undocumented_outside_the_contract(self, document: dict[str, Any]) -> None:
+        listed = {
+            (path, method)
+            for path, ops in document["paths"].items()
+            for method in ops
+            if method in ("get", "post", "put", "patch", "delete")
+        }
+        assert listed == set(OPERATIONS)
+
+    def test_info(self, document: dict[str, Any]) -> None:
+        assert document["openapi"].startswith("3.")
+        assert document["info"]["title"] == "Conductor API"
+        assert document["info"]["version"]
+
+
+class TestSecurity:
+    def test_oauth2_password_scheme_points_at_the_token_endpoint(
+        self, document: dict[str, Any]
+    ) -> None:
+        assert oauth2_scheme_names(document)
+
+    def test_bearer_operations_reference_the_scheme(self, document: dict[str, Any]) -> None:
+        names = oauth2_scheme_names(document)
+        for (path, method), protected in OPERATIONS.items():
+            security = operation(document, path, method).get("security", [])
+            referenced = {name for requirement in security for name in requirement}
+            if protected:
+                assert referenced & names, (path, method)
+                assert "401" in operation(document, path, method)["responses"], path
+            else:
+                assert not referenced, (path, method)
+
+    def test_token_endpoint_takes_the_oauth_form(self, document: dict[str, Any]) -> None:
+        body = operation(document, TOKEN_URL, "post")["requestBody"]["content"]
+        assert set(body) == {"application/x-www-form-urlencoded"}
+        schema = resolve(document, body["application/x-www-form-urlencoded"]["schema"])
+        assert {"grant_type", "username", "password", "refresh_token"} <= set(schema["properties"])
+
+
+class TestResponses:
+    def test_error_responses_reference_error_out(self, document: dict[str, Any]) -> None:
+        checked = 0
+        for path, method in OPERATIONS:
+            for status, response in operation(document, path, method)["responses"].items():
+                if int(status) < 400 or status == "422":
+                    continue
+                if (path, status) == (TOKEN_URL, "400"):
+                    continue  # RFC 6749 section 5.2 error body, checked below
+                schema = json_schema(response)
+                assert schema is not None, (path, method, status)
+                assert schema.get("$ref") == ERROR_OUT, (path, method, status)
+                checked += 1
+        assert checked >= 25
+
+    def test_error_out_has_detail_and_code(self, document: dict[str, Any]) -> None:
+        schema = document["components"]["schemas"]["ErrorOut"]
+        assert {"detail", "code"} <= set(schema["required"])
+
+    def test_token_errors_follow_rfc_6749(self, document: dict[str, Any]) -> None:
+        response = operation(document, TOKEN_URL, "post")["responses"]["400"]
+        schema = json_schema(response)
+        assert schema is not None
+        resolved = resolve(document, schema)
+        assert {"error", "code", "detail"} <= set(resolved["required"])
+
+    def test_validation_errors_are_documented_in_their_own_shape(
+        self, document: dict[str, Any]
+    ) -> None:
+        # A 422 is either a rule's ErrorOut (password_rejected) or FastAPI's validation
+        # list: the documented schema must allow both, or clients generated from it break.
+        for path, method in OPERATIONS:
+            op = operation(document, path, method)
+            if "requestBody" not in op:
+                continue
+            schema = json_schema(op["responses"]["422"])
+            assert schema is not None, path
+            names = refs(schema)
+            assert names, path
+            shapes = [resolve(document, {"$ref": name}) for name in names]
+            detail_types = {json.dumps(s["properties"]["detail"], sort_keys=True) for s in shapes}
+            assert any('"array"' in d for d in detail_types), (path, detail_types)
+
+    def test_token_responses(self, document: dict[str, Any]) -> None:
+        for path in (f"{API}/login", f"{API}/refresh", TOKEN_URL):
+            ok = operation(document, path, "post")["responses"]["200"]
+            assert json_schema(ok) == {"$ref": "#/components/schemas/TokenPairOut"}
+            assert "Cache-Control" in ok.get("headers", {}), path
+        pair = document["components"]["schemas"]["TokenPairOut"]
+        assert {
+            "access_token",
+            "token_type",
+            "expires_in",
+            "refresh_token",
+            "refresh_expires_in",
+            "session_id",
+        } <= set(pair["properties"])
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    """The environment without any of the app's settings."""
+    names = ("JWT_", "DATABASE_URL", "CONDUCTOR_", "ANDROID_API_", "ALLOW_REGISTRATION", "CORS_")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(names)}
+    env["HOME"] = str(home)
+    return env
+
+
+class TestCommand:
+    def test_prints_the_document_without_creating_data(
+        self, tmp_path: Path, document: dict[str, Any]
+    ) -> None:
+        command = Path(sys.executable).parent / "conductor-api"
+        assert command.exists(), command
+        result = subprocess.run(
+            [str(command), "openapi"],
+            cwd=tmp_path,
+            env=_clean_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert set(printed["paths"]) == set(document["paths"])
+        assert printed["components"]["securitySchemes"] == document["components"]["securitySchemes"]
+        assert not (tmp_path / "data").exists()
+        assert list(tmp_path.iterdir()) == []
