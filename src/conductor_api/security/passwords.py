@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import secrets
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
@@ -85,9 +86,20 @@ class PasswordHasher:
 
 
 @cache
-def _common_passwords() -> frozenset[str]:
-    text = resources.files(__package__).joinpath("common_passwords.txt").read_text("utf-8")
-    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+def common_passwords() -> frozenset[str]:
+    """zxcvbn's 30,000 most common passwords, those of 8 characters or more (anything
+    shorter is refused by length), loaded on first use.
+
+    Only zxcvbn's list file is executed: importing the package would also build ranked
+    dictionaries of every word and name list it ships (tens of MiB in each worker)."""
+    spec = importlib.util.find_spec("zxcvbn")
+    assert spec is not None and spec.submodule_search_locations, "zxcvbn is a dependency"
+    path = Path(next(iter(spec.submodule_search_locations))) / "frequency_lists.py"
+    lists_spec = importlib.util.spec_from_file_location("_zxcvbn_lists", path)
+    assert lists_spec is not None and lists_spec.loader is not None
+    module = importlib.util.module_from_spec(lists_spec)
+    lists_spec.loader.exec_module(module)
+    return frozenset(w for w in module.FREQUENCY_LISTS["passwords"] if len(w) >= 8)
 
 
 def check_password_rules(password: str, min_length: int, username: str | None = None) -> None:
@@ -100,7 +112,7 @@ def check_password_rules(password: str, min_length: int, username: str | None = 
     if any(unicodedata.category(ch) == "Cc" for ch in password):
         raise PasswordRejected("Password must not contain control characters")
     folded = password.lower()
-    if folded in _common_passwords():
+    if folded in common_passwords():
         raise PasswordRejected("This password is too common")
     if username is not None and folded == username.lower():
         raise PasswordRejected("Password must not be the username")
