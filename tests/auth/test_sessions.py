@@ -1,0 +1,322 @@
+"""The caller's device sessions: listing, revoking one, revoking the others, logging out,
+and an operator disabling the account."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from conductor_api.clock import FrozenClock
+from conductor_api.container import Container
+from conductor_api.sessions.models import DeviceSession
+from conductor_api.users import service as users
+from tests.conftest import CLIENT_IP, Account, add_user, bearer, make_client, tokens
+
+SESSIONS = "/api/v1/auth/sessions"
+ME = "/api/v1/auth/me"
+REFRESH = "/api/v1/auth/refresh"
+LOGOUT = "/api/v1/auth/logout"
+AGENT = "Conductor/2.3 (Android 14)"
+SESSION_FIELDS = {
+    "id",
+    "device_name",
+    "device_fingerprint",
+    "ip_address",
+    "user_agent",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "current",
+}
+
+
+def iso(moment: datetime) -> str:
+    """A timestamp as the contract writes it."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def session_row(container: Container, session_id: str) -> DeviceSession:
+    """The session as the database holds it."""
+    async with container.sessionmaker() as db:
+        row = await db.scalar(
+            select(DeviceSession).where(DeviceSession.id == uuid.UUID(session_id))
+        )
+    assert row is not None
+    return row
+
+
+async def live_session_ids(container: Container, user_id: uuid.UUID) -> set[str]:
+    """Ids of a user's unrevoked sessions."""
+    async with container.sessionmaker() as db:
+        rows = await db.scalars(
+            select(DeviceSession.id).where(
+                DeviceSession.user_id == user_id, DeviceSession.revoked_at.is_(None)
+            )
+        )
+        return {str(sid) for sid in rows}
+
+
+async def assert_refused(client: httpx.AsyncClient, access_token: str) -> None:
+    """The access token is refused as the contract says (RFC 6750 section 3)."""
+    response = await client.get(ME, headers=bearer(access_token))
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "invalid_token"
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def assert_refresh_refused(client: httpx.AsyncClient, refresh_token: str) -> None:
+    """The refresh token no longer refreshes."""
+    response = await client.post(REFRESH, json={"refresh_token": refresh_token})
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "invalid_refresh_token"
+
+
+async def assert_alive(client: httpx.AsyncClient, access_token: str) -> None:
+    """The access token still works."""
+    response = await client.get(ME, headers=bearer(access_token))
+    assert response.status_code == 200, response.text
+
+
+class TestList:
+    async def test_own_active_sessions_most_recent_first(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        await add_user(container, "bob")
+        start = clock.now()
+        phone = await tokens(client, device="Pixel 8", fingerprint="phone", **{"User-Agent": AGENT})
+        clock.advance(minutes=1)
+        tablet = await tokens(client, device="Pixel Tablet", fingerprint="tablet")
+        clock.advance(minutes=1)
+        laptop = await tokens(client, device="Laptop")
+        clock.advance(minutes=1)
+        gone = await tokens(client, device="Old phone", fingerprint="old")
+        assert (await client.post(LOGOUT, headers=bearer(gone["access_token"]))).status_code == 204
+        await tokens(client, username="bob", device="Bob's phone")
+        clock.advance(minutes=1)
+        # The phone refreshes: it is now the most recently used.
+        refreshed = await client.post(REFRESH, json={"refresh_token": phone["refresh_token"]})
+        assert refreshed.status_code == 200
+
+        response = await client.get(SESSIONS, headers=bearer(tablet["access_token"]))
+        assert response.status_code == 200, response.text
+        body: list[dict[str, Any]] = response.json()
+        assert [s["id"] for s in body] == [
+            phone["session_id"],
+            laptop["session_id"],
+            tablet["session_id"],
+        ]
+        for item in body:
+            assert set(item) == SESSION_FIELDS
+            for field in ("created_at", "last_used_at", "expires_at"):
+                assert item[field].endswith("Z"), item[field]
+            assert item["ip_address"] == CLIENT_IP
+        assert [s["current"] for s in body] == [False, False, True]
+        first = body[0]
+        assert first["device_name"] == "Pixel 8"
+        assert first["device_fingerprint"] == "phone"
+        assert first["user_agent"] == AGENT
+        assert first["created_at"] == iso(start)
+        assert first["last_used_at"] == iso(clock.now())
+        assert first["expires_at"] == iso(clock.now() + timedelta(days=7))
+        assert body[1]["device_fingerprint"] is None
+
+    async def test_current_follows_the_caller(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        a = await tokens(client, fingerprint="a")
+        b = await tokens(client, fingerprint="b")
+        for mine, other in ((a, b), (b, a)):
+            body = (await client.get(SESSIONS, headers=bearer(mine["access_token"]))).json()
+            current = {s["id"]: s["current"] for s in body}
+            assert current == {mine["session_id"]: True, other["session_id"]: False}
+
+    async def test_records_the_client_address(
+        self, app: FastAPI, alice: Account, container: Container
+    ) -> None:
+        async with make_client(app, "198.51.100.23") as other:
+            pair = await tokens(other)
+            body = (await other.get(SESSIONS, headers=bearer(pair["access_token"]))).json()
+        assert [s["ip_address"] for s in body] == ["198.51.100.23"]
+        assert (await session_row(container, pair["session_id"])).ip_address == "198.51.100.23"
+
+    async def test_expired_sessions_are_not_listed(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        old = await tokens(client, device="Forgotten tablet")
+        clock.advance(days=7, seconds=1)
+        new = await tokens(client)
+        body = (await client.get(SESSIONS, headers=bearer(new["access_token"]))).json()
+        assert [s["id"] for s in body] == [new["session_id"]]
+        assert old["session_id"] not in {s["id"] for s in body}
+
+    async def test_needs_a_token(self, client: httpx.AsyncClient) -> None:
+        response = await client.get(SESSIONS)
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_token"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+class TestRevokeOne:
+    async def test_own_other_session(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        me = await tokens(client, fingerprint="phone")
+        other = await tokens(client, fingerprint="tablet")
+        await assert_alive(client, other["access_token"])  # a verified token, then revoked
+        response = await client.delete(
+            f"{SESSIONS}/{other['session_id']}", headers=bearer(me["access_token"])
+        )
+        assert response.status_code == 204
+        assert response.content == b""
+        await assert_refused(client, other["access_token"])
+        await assert_refresh_refused(client, other["refresh_token"])
+        row = await session_row(container, other["session_id"])
+        assert row.revoked_at == clock.now()
+        assert row.revoked_reason == "revoked"
+        await assert_alive(client, me["access_token"])
+        assert await live_session_ids(container, alice.id) == {me["session_id"]}
+
+    async def test_again_is_404(self, client: httpx.AsyncClient, alice: Account) -> None:
+        me = await tokens(client, fingerprint="phone")
+        other = await tokens(client, fingerprint="tablet")
+        url = f"{SESSIONS}/{other['session_id']}"
+        assert (await client.delete(url, headers=bearer(me["access_token"]))).status_code == 204
+        response = await client.delete(url, headers=bearer(me["access_token"]))
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+
+    async def test_own_current_session(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        me = await tokens(client)
+        response = await client.delete(
+            f"{SESSIONS}/{me['session_id']}", headers=bearer(me["access_token"])
+        )
+        assert response.status_code == 204
+        await assert_refused(client, me["access_token"])
+        assert await live_session_ids(container, alice.id) == set()
+
+    async def test_another_users_session_is_404(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        bob_account = await add_user(container, "bob")
+        bob = await tokens(client, username="bob")
+        me = await tokens(client)
+        response = await client.delete(
+            f"{SESSIONS}/{bob['session_id']}", headers=bearer(me["access_token"])
+        )
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+        unknown = await client.delete(
+            f"{SESSIONS}/{uuid.uuid4()}", headers=bearer(me["access_token"])
+        )
+        # Someone else's session and no session at all look the same.
+        assert unknown.status_code == 404
+        assert unknown.json() == response.json()
+        assert (await session_row(container, bob["session_id"])).revoked_at is None
+        assert await live_session_ids(container, bob_account.id) == {bob["session_id"]}
+        await assert_alive(client, bob["access_token"])
+
+    async def test_unknown_or_malformed_id_is_404(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        me = await tokens(client)
+        for sid in (str(uuid.uuid4()), "not-a-uuid", "1"):
+            response = await client.delete(f"{SESSIONS}/{sid}", headers=bearer(me["access_token"]))
+            assert response.status_code == 404, (sid, response.text)
+            assert response.json()["code"] == "not_found"
+        assert await live_session_ids(container, alice.id) == {me["session_id"]}
+
+
+class TestRevokeOthers:
+    async def test_only_the_current_session_survives(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        bob_account = await add_user(container, "bob")
+        bob = await tokens(client, username="bob")
+        others = [await tokens(client, fingerprint=f"device-{i}") for i in range(3)]
+        me = await tokens(client, fingerprint="me")
+        response = await client.post(
+            f"{SESSIONS}/revoke-others", headers=bearer(me["access_token"])
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"revoked": 3}
+        assert await live_session_ids(container, alice.id) == {me["session_id"]}
+        for pair in others:
+            await assert_refused(client, pair["access_token"])
+            await assert_refresh_refused(client, pair["refresh_token"])
+            assert (await session_row(container, pair["session_id"])).revoked_reason == "revoked"
+        await assert_alive(client, me["access_token"])
+        await assert_alive(client, bob["access_token"])
+        assert await live_session_ids(container, bob_account.id) == {bob["session_id"]}
+
+        again = await client.post(f"{SESSIONS}/revoke-others", headers=bearer(me["access_token"]))
+        assert again.json() == {"revoked": 0}
+
+
+class TestLogout:
+    async def test_token_is_refused_at_once(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        pair = await tokens(client)
+        other = await tokens(client)
+        await assert_alive(client, pair["access_token"])
+        response = await client.post(LOGOUT, headers=bearer(pair["access_token"]))
+        assert response.status_code == 204
+        assert response.content == b""
+        await assert_refused(client, pair["access_token"])
+        await assert_refresh_refused(client, pair["refresh_token"])
+        row = await session_row(container, pair["session_id"])
+        assert row.revoked_at == clock.now()
+        assert row.revoked_reason == "logout"
+        # Only this device signed out.
+        await assert_alive(client, other["access_token"])
+        again = await client.post(LOGOUT, headers=bearer(pair["access_token"]))
+        assert again.status_code == 401
+        assert again.json()["code"] == "invalid_token"
+
+    async def test_without_a_token(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(LOGOUT)
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_token"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+class TestDisable:
+    async def test_disabling_revokes_every_session(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        pairs = [await tokens(client, fingerprint=f"device-{i}") for i in range(3)]
+        async with container.sessionmaker.begin() as db:
+            user = await users.require_user(db, "alice")
+            revoked = await users.set_active(db, user, False, clock.now())
+        assert {str(sid) for sid in revoked} == {p["session_id"] for p in pairs}
+        assert await live_session_ids(container, alice.id) == set()
+        for pair in pairs:
+            await assert_refused(client, pair["access_token"])
+            await assert_refresh_refused(client, pair["refresh_token"])
+            row = await session_row(container, pair["session_id"])
+            assert row.revoked_reason == "account_disabled"
+        login = await client.post(
+            "/api/v1/auth/login",
+            json={"username": "alice", "password": alice.password, "device_name": "x"},
+        )
+        assert login.status_code == 403
+        assert login.json()["code"] == "account_disabled"
+
+    async def test_enabling_again_does_not_revive_sessions(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        pair = await tokens(client)
+        for active in (False, True):
+            async with container.sessionmaker.begin() as db:
+                user = await users.require_user(db, "alice")
+                await users.set_active(db, user, active, clock.now())
+        await assert_refused(client, pair["access_token"])
+        await assert_refresh_refused(client, pair["refresh_token"])
+        await assert_alive(client, (await tokens(client))["access_token"])
