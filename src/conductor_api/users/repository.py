@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +34,17 @@ async def add(db: AsyncSession, user: User) -> User:
 async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
     """Replace a stored hash (after a change, or to upgrade bcrypt to Argon2id)."""
     await db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+
+
+async def set_password(
+    db: AsyncSession, user_id: uuid.UUID, password_hash: str, changed_at: datetime
+) -> None:
+    """Store a new password's hash and when it was changed."""
+    await db.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(password_hash=password_hash, password_changed_at=changed_at)
+    )
 
 
 async def list_with_status(

@@ -100,9 +100,11 @@ async def set_password(
 ) -> list[uuid.UUID]:
     """Store a new hash (from `hash_new_password`) and revoke every session but
     `keep_session`; returns the ids of those revoked."""
+    # An explicit UPDATE, not a flush of `user`: the password-change flow loads the user in
+    # an earlier transaction, and a detached object's changes would never be written.
+    await repository.set_password(db, user.id, password_hash, now)
     user.password_hash = password_hash
     user.password_changed_at = now
-    await db.flush()
     events.record(
         db, EventType.PASSWORD_CHANGED, now=now, username_key=user.username_key, user_id=user.id,
         ip_address=client.ip_address if client else None,
