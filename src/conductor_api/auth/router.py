@@ -49,7 +49,7 @@ _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/login",
     response_model=TokenPairOut,
-    responses={**_TOKEN_DOC, **error_responses(401, 403, 413, 422, 429, 503)},
+    responses={**_TOKEN_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
     summary="Sign a device in",
 )
 async def login(body: LoginRequest, c: ContainerDep, client: Client) -> JSONResponse:
@@ -130,7 +130,7 @@ async def token(
 @router.post(
     "/refresh",
     response_model=TokenPairOut,
-    responses={**_TOKEN_DOC, **error_responses(401, 413, 422, 429, 503)},
+    responses={**_TOKEN_DOC, **error_responses(400, 401, 413, 422, 429, 503)},
     summary="Rotate a refresh token",
 )
 async def refresh(body: RefreshRequest, c: ContainerDep, client: Client) -> JSONResponse:
@@ -170,7 +170,7 @@ async def me(principal: CurrentPrincipal) -> Response:
 @router.post(
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 413, 422, 429, 503),
     summary="Change the password",
 )
 async def change_password(
@@ -185,7 +185,7 @@ async def change_password(
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=error_responses(404, 409, 413, 422, 503),
+    responses=error_responses(400, 404, 409, 413, 422, 503),
     summary="Create an account (only with ALLOW_REGISTRATION=true)",
 )
 async def register(body: RegisterRequest, db: DbSession, c: ContainerDep) -> UserOut:
