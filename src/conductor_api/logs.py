@@ -5,12 +5,46 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 ACCESS = logging.getLogger("conductor_api.access")
 SECURITY = logging.getLogger("conductor_api.security")
-_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "client", "event", "user_id")
+_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "client",
+    "event",
+    "user_id",
+    "session_id",
+)
+# The id of the request being served, so that every line logged while serving it (a security
+# event, an unhandled error) can be matched with its access line.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    data = {field: getattr(record, field) for field in _FIELDS if hasattr(record, field)}
+    if "request_id" not in data and (request_id := REQUEST_ID.get()) is not None:
+        data["request_id"] = request_id
+    return data
+
+
+def _exception(record: logging.LogRecord) -> dict[str, str]:
+    # The type and the stack only: an exception's message can carry what must never reach a
+    # log (SQLAlchemy puts statement parameters there: password and refresh-token hashes).
+    if not record.exc_info or record.exc_info[0] is None:
+        return {}
+    exc_type, _, tb = record.exc_info
+    return {
+        "exc_type": exc_type.__name__,
+        "traceback": "".join(traceback.format_tb(tb)) + exc_type.__qualname__,
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,22 +56,35 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **_fields(record),
+            **_exception(record),
         }
-        for field in _FIELDS:
-            if hasattr(record, field):
-                data[field] = getattr(record, field)
-        if record.exc_info:
-            data["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return json.dumps(data, default=str)
+
+
+def _one_line(value: object) -> str:
+    # A path is percent-decoded: `%0A` in a URL must not start a forged log line.
+    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger message key=value...`, one line per record (the stack, if any,
+    on the lines after it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        parts = [time.replace("+00:00", "Z"), record.levelname, record.name]
+        parts.append(_one_line(record.getMessage()))
+        parts.extend(f"{k}={_one_line(v)}" for k, v in _fields(record).items())
+        line = " ".join(parts)
+        exc = _exception(record)
+        return f"{line}\n{exc['traceback']}" if exc else line
 
 
 def configure_logging(fmt: str, level: str) -> None:
     """Route the application's and uvicorn's logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -46,3 +93,23 @@ def configure_logging(fmt: str, level: str) -> None:
         logging.getLogger(name).propagate = True
     # uvicorn's access log would repeat ours, without the request id.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def security_event(
+    event: str,
+    *,
+    user_id: object | None,
+    session_id: object | None,
+    client: str | None,
+    level: int = logging.INFO,
+) -> None:
+    """Log a security event: what, whose, which session, from where; never a credential."""
+    extra = {
+        "event": event,
+        "user_id": None if user_id is None else str(user_id),
+        "session_id": None if session_id is None else str(session_id),
+        "client": client,
+    }
+    if (request_id := REQUEST_ID.get()) is not None:
+        extra["request_id"] = request_id
+    SECURITY.log(level, "security event %s", event, extra=extra)

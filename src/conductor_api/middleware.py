@@ -10,9 +10,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conductor_api.logs import ACCESS
+from conductor_api.logs import ACCESS, REQUEST_ID
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# fullmatch, not match with `$`: `$` also matches before a trailing newline.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _too_large() -> tuple[Message, Message]:
@@ -44,12 +45,13 @@ class EdgeMiddleware:
         request_id = b""
         length: int | None = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _SAFE_REQUEST_ID.match(value.decode("latin-1")):
+            if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
                 request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
         if not request_id:
             request_id = uuid.uuid4().hex.encode()
+        context = REQUEST_ID.set(request_id.decode())
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -87,6 +89,7 @@ class EdgeMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+            REQUEST_ID.reset(context)
 
     async def _read_limited(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,6 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.events.models import EventType, SecurityEvent
+from conductor_api.logs import security_event
+
+# Events an operator may want to be alerted on.
+_WARNINGS = {EventType.LOGIN_FAILED, EventType.ACCOUNT_LOCKED, EventType.REFRESH_TOKEN_REUSED}
 
 
 def record(
@@ -23,7 +28,7 @@ def record(
     user_agent: str | None = None,
     session_id: uuid.UUID | None = None,
 ) -> SecurityEvent:
-    """Add an event to the current transaction."""
+    """Add an event to the current transaction, and log it."""
     event = SecurityEvent(
         id=uuid.uuid4(),
         user_id=user_id,
@@ -35,6 +40,11 @@ def record(
         session_id=session_id,
     )
     db.add(event)
+    # No username: people type their password into the username field often enough.
+    security_event(
+        type_.value, user_id=user_id, session_id=session_id, client=ip_address,
+        level=logging.WARNING if type_ in _WARNINGS else logging.INFO,
+    )  # fmt: skip
     return event
 
 
