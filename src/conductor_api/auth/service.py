@@ -73,6 +73,7 @@ class Authenticator:
         now = self.clock.now()
         refused: AppError | None = None
         user: User | None = None
+        reserved = 0
         async with self.sessionmaker.begin() as db:
             ip = await throttle.reserve_ip(db, client.ip_address, now, window=self.lockout)
             if ip.failures > settings.max_failed_logins_per_ip:
@@ -83,6 +84,7 @@ class Authenticator:
                     db, key, now, max_failures=settings.max_failed_login_attempts,
                     lockout=self.lockout,
                 )  # fmt: skip
+                reserved = counter.failures
                 user = await users.get_by_key(db, key)
                 if counter.locked_until is not None:
                     # A locked name is not a credential check: the address gets it back.
@@ -114,7 +116,9 @@ class Authenticator:
                 # The same order as the reservation (address, then name): on PostgreSQL,
                 # row locks taken in opposite orders by two transactions can deadlock.
                 await throttle.release_ip(db, client.ip_address)
-                await throttle.reset_user(db, key)
+                await throttle.reset_user(
+                    db, key, reserved, max_failures=settings.max_failed_login_attempts
+                )
                 if new_hash is not None:
                     # An old bcrypt (or weaker Argon2) hash is replaced at the first login.
                     await users.set_password_hash(db, user.id, new_hash)

@@ -70,7 +70,14 @@ async def reserve_user(
         now,
         {
             # Every right-hand side sees the row as it was before this statement.
-            "failures": case((locked, t.failures), (expired, 1), else_=t.failures + 1),
+            "failures": case(
+                (locked, t.failures),
+                (expired, 1),
+                # The attempt that finds the limit reached is refused, not counted: a success
+                # among those in flight must be able to bring the count back under the limit.
+                ((t.locked_until.is_(None)) & (t.failures >= max_failures), t.failures),
+                else_=t.failures + 1,
+            ),
             "locked_until": case(
                 (locked, t.locked_until),
                 ((t.locked_until.is_(None)) & (t.failures >= max_failures), _ts(now + lockout)),
@@ -101,12 +108,19 @@ async def fail_user(
     return None if row is None else Counter(row[0], row[1], row[2])
 
 
-async def reset_user(db: AsyncSession, key: str) -> None:
-    """A right password: the name starts again from zero, unlocked."""
+async def reset_user(db: AsyncSession, key: str, reserved: int, *, max_failures: int) -> None:
+    """A right password, whose reservation made the count `reserved`: it forgives itself and
+    every attempt counted before it, not those counted after it and still being checked
+    (a reset to zero would let each success hand out that many extra guesses)."""
+    t = LoginThrottle
+    left = t.failures - reserved
     await db.execute(
-        update(LoginThrottle)
-        .where(LoginThrottle.scope == USER, LoginThrottle.key == key)
-        .values(failures=0, locked_until=None)
+        update(t)
+        .where(t.scope == USER, t.key == key)
+        .values(
+            failures=case((left > 0, left), else_=0),
+            locked_until=case((left >= max_failures, t.locked_until), else_=None),
+        )
     )
 
 
