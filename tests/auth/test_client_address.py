@@ -1,0 +1,204 @@
+"""Brute-force protection per client address (MAX_FAILED_LOGINS_PER_IP within LOCKOUT_MINUTES),
+and which address that is: the socket peer, or X-Forwarded-For behind a trusted proxy only."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.clock import FrozenClock
+from conductor_api.container import Container
+from conductor_api.sessions.models import DeviceSession
+from tests.conftest import CLIENT_IP, PASSWORD, Account, login, make_client, tokens
+
+WRONG = "wrong password, but long enough"
+OTHER_IP = "198.51.100.9"
+REFRESH = "/api/v1/auth/refresh"
+LIMITS = {"max_failed_logins_per_ip": 3, "max_failed_login_attempts": 100}
+PROXY_NET = ipaddress.ip_network("203.0.113.0/24")  # CLIENT_IP is in it
+
+
+def assert_blocked(response: httpx.Response, retry_after: int) -> None:
+    """429 too_many_attempts with `Retry-After: retry_after`."""
+    assert response.status_code == 429, response.text
+    assert response.json()["code"] == "too_many_attempts"
+    assert response.headers["retry-after"] == str(retry_after)
+
+
+async def fail(client: httpx.AsyncClient, username: str, **headers: str) -> None:
+    """One wrong-password login that must be a plain 401."""
+    response = await login(client, username, WRONG, **headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "invalid_credentials"
+
+
+async def address_rows(container: Container) -> dict[str, int]:
+    """The per-address counters: address -> failures."""
+    async with container.sessionmaker() as db:
+        rows = await db.scalars(select(LoginThrottle).where(LoginThrottle.scope == "ip"))
+        return {r.key: r.failures for r in rows}
+
+
+async def session_address(container: Container, session_id: str) -> str:
+    """The client address a session recorded."""
+    async with container.sessionmaker() as db:
+        row = await db.get(DeviceSession, uuid.UUID(session_id))
+    assert row is not None
+    return row.ip_address
+
+
+class TestAddressLimit:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return LIMITS
+
+    async def test_failures_across_names_block_the_address(
+        self, app: FastAPI, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        for name in ("alice", "bob", "carol"):
+            await fail(client, name)
+        # Even the right password, for a name that has failed nothing from here.
+        assert_blocked(await login(client), retry_after=900)
+        assert_blocked(await login(client, "dave", WRONG), retry_after=900)
+        async with container.sessionmaker() as db:
+            alice_row = await db.get(LoginThrottle, ("user", "alice"))
+            dave_row = await db.get(LoginThrottle, ("user", "dave"))
+        # A refused attempt is no check of the name: its count is untouched.
+        assert alice_row is not None
+        assert alice_row.failures == 1
+        assert dave_row is None
+        assert set(await address_rows(container)) == {CLIENT_IP}
+
+        async with make_client(app, OTHER_IP) as other:
+            await tokens(other)
+
+    async def test_window_expires(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        for name in ("bob", "carol", "dave"):
+            await fail(client, name)
+        clock.advance(minutes=5)
+        assert_blocked(await login(client), retry_after=600)
+        clock.advance(minutes=10)
+        await tokens(client)
+
+    async def test_successes_do_not_count(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        for _ in range(4):
+            await tokens(client)
+        assert (await address_rows(container)).get(CLIENT_IP, 0) == 0
+        for name in ("bob", "carol", "dave"):
+            await fail(client, name)
+        assert_blocked(await login(client), retry_after=900)
+
+    async def test_forged_refresh_tokens_count(
+        self, app: FastAPI, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        pair = await tokens(client)
+        refresh_token: str = pair["refresh_token"]
+        tampered = refresh_token[:-4] + ("AAAA" if not refresh_token.endswith("AAAA") else "BBBB")
+        for forged in ("garbage", tampered, pair["access_token"]):
+            response = await client.post(REFRESH, json={"refresh_token": forged})
+            assert response.status_code == 401, response.text
+            assert response.json()["code"] == "invalid_refresh_token"
+        blocked = await client.post(REFRESH, json={"refresh_token": "garbage"})
+        assert_blocked(blocked, retry_after=900)
+        assert_blocked(await login(client), retry_after=900)
+
+        # A genuine refresh token still works, from anywhere: a block signs nobody out.
+        async with make_client(app, OTHER_IP) as other:
+            refreshed = await other.post(REFRESH, json={"refresh_token": refresh_token})
+            assert refreshed.status_code == 200, refreshed.text
+        again = await client.post(
+            REFRESH, json={"refresh_token": refreshed.json()["refresh_token"]}
+        )
+        assert again.status_code == 200, again.text
+
+
+class TestForwardedForIgnored:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return LIMITS
+
+    async def test_without_trusted_proxies(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client, **{"X-Forwarded-For": "198.51.100.77"})
+        assert await session_address(container, pair["session_id"]) == CLIENT_IP
+        for i in range(3):
+            await fail(client, "bob", **{"X-Forwarded-For": f"198.51.100.{i + 1}"})
+        blocked = await login(client, **{"X-Forwarded-For": "198.51.100.200"})
+        assert_blocked(blocked, retry_after=900)
+        assert set(await address_rows(container)) == {CLIENT_IP}
+
+
+class TestTrustedProxy:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {**LIMITS, "trusted_proxies": [PROXY_NET]}
+
+    async def test_forwarded_address_is_recorded_and_limited(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        a, b = {"X-Forwarded-For": "198.51.100.20"}, {"X-Forwarded-For": "198.51.100.21"}
+        pair = await tokens(client, **a)
+        assert await session_address(container, pair["session_id"]) == "198.51.100.20"
+        for name in ("bob", "carol", "dave"):
+            await fail(client, name, **a)
+        assert_blocked(await login(client, **a), retry_after=900)
+        # Another client behind the same proxy has a count of its own.
+        await fail(client, "bob", **b)
+        await tokens(client, **b)
+        assert await address_rows(container) == {"198.51.100.20": 4, "198.51.100.21": 1}
+
+    async def test_spoofed_hops_on_the_left_do_not_escape_the_limit(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        # The proxy appends the address it saw; whatever the client sent stays on the left.
+        for i in range(3):
+            await fail(client, "bob", **{"X-Forwarded-For": f"192.0.2.{i}, 198.51.100.40"})
+        blocked = await login(client, **{"X-Forwarded-For": "192.0.2.99, 198.51.100.40"})
+        assert_blocked(blocked, retry_after=900)
+        assert set(await address_rows(container)) == {"198.51.100.40"}
+
+    async def test_which_hop_is_the_client(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        cases: list[tuple[list[tuple[str, str]], str]] = [
+            ([("X-Forwarded-For", "10.9.8.7, 198.51.100.30")], "198.51.100.30"),
+            # Two proxies of ours: the right-most untrusted hop is the client.
+            ([("X-Forwarded-For", "198.51.100.31, 203.0.113.50")], "198.51.100.31"),
+            (
+                [("X-Forwarded-For", "10.9.8.7"), ("X-Forwarded-For", "198.51.100.32")],
+                "198.51.100.32",
+            ),
+            ([("X-Forwarded-For", " 2001:db8::1 ")], "2001:db8::1"),
+            ([("X-Forwarded-For", "not-an-address, 198.51.100.33")], "198.51.100.33"),
+            # Nothing usable from the proxy: the proxy's own address, never a 500.
+            ([("X-Forwarded-For", "not-an-address")], CLIENT_IP),
+            ([("X-Forwarded-For", "198.51.100.34, <script>")], CLIENT_IP),
+            ([("X-Forwarded-For", "")], CLIENT_IP),
+            ([("X-Forwarded-For", "," * 50)], CLIENT_IP),
+            ([], CLIENT_IP),
+        ]
+        body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
+        for headers, expected in cases:
+            response = await client.post("/api/v1/auth/login", json=body, headers=headers)
+            assert response.status_code == 200, (headers, response.text)
+            recorded = await session_address(container, response.json()["session_id"])
+            assert recorded == expected, headers
+
+    async def test_an_untrusted_peer_is_not_believed(
+        self, app: FastAPI, alice: Account, container: Container
+    ) -> None:
+        async with make_client(app, OTHER_IP) as outsider:
+            pair = await tokens(outsider, **{"X-Forwarded-For": "198.51.100.50"})
+        assert await session_address(container, pair["session_id"]) == OTHER_IP
