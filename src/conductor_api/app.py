@@ -40,7 +40,35 @@ DATABASE_DOWN = (
     OSError,
     TimeoutError,
 )
+# SQLite result codes (the low byte) that mean the file cannot be used right now rather than
+# a bad statement: BUSY, LOCKED, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_SQLITE_DOWN = frozenset({5, 6, 10, 11, 13, 14, 15, 26})
+_ASYNCPG_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+def database_down(error: BaseException) -> bool:
+    """Whether `error` means the database is unreachable or unusable (503), not a bug (500)."""
+    if isinstance(error, DATABASE_DOWN):
+        return True
+    if not isinstance(error, sa_exc.DBAPIError):
+        return False
+    # A connection that died in the middle of a statement surfaces as a bare DBAPIError
+    # (asyncpg's ConnectionDoesNotExistError); SQLAlchemy flags it as a disconnect.
+    if error.connection_invalidated:
+        return True
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _SQLITE_DOWN:
+        return True
+    # asyncpg's own error behind SQLAlchemy's: a connection failure, the server starting
+    # or shutting down (57P03, 57P01) or out of connection slots (53300).
+    cause = error.orig.__cause__ if error.orig is not None else None
+    return isinstance(cause, _ASYNCPG_DOWN)
 
 
 def _render(error: AppError) -> JSONResponse:
@@ -73,10 +101,12 @@ def _install_handlers(app: FastAPI) -> None:
             headers=error.headers,
         )
 
-    for exc_type in DATABASE_DOWN:
+    for exc_type in (*DATABASE_DOWN, sa_exc.DBAPIError):
 
         @app.exception_handler(exc_type)
-        async def database_down(_: Request, error: Exception) -> JSONResponse:
+        async def database_error(_: Request, error: Exception) -> JSONResponse:
+            if not database_down(error):
+                raise error  # a bug, not an outage: the 500 handler below
             log.warning("database unavailable: %s", type(error).__name__)
             return _render(ServiceUnavailable())
 
@@ -130,7 +160,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         try:
             async with container.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except DATABASE_DOWN:
+        except Exception as e:
+            if not database_down(e):
+                raise
             return _render(ServiceUnavailable())
         return {"status": "ok"}
 

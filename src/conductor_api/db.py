@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -73,7 +74,19 @@ def make_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         _configure_sqlite(engine, timeout)
+    else:
+        _drop_closed_connections(engine)
     return engine
+
+
+def _drop_closed_connections(engine: AsyncEngine) -> None:
+    # A server restart closes every pooled connection; asyncpg notices at once, but the pool
+    # would still hand them out and the first request after the database is back would fail.
+    # This check costs no round trip, unlike pool_pre_ping (BEGIN; ping; ROLLBACK) would.
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.driver_connection.is_closed():
+            raise DisconnectionError("connection closed by the server")
 
 
 def _configure_sqlite(engine: AsyncEngine, timeout: float) -> None:
