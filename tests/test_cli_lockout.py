@@ -1,0 +1,100 @@
+"""The operator's view of lockouts: `users list` says until when a name is locked, and
+`users unlock` clears it, on the database file the server uses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from conductor_api.app import create_app
+from tests.conftest import PASSWORD, make_settings
+from tests.e2e.server import clean_env, cli_path
+
+WRONG = "wrong password, but long enough"
+LOCKED = re.compile(r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions$")
+
+
+def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`conductor-api ARGS` on the data directory, as an operator runs it."""
+    return subprocess.run(
+        [cli_path(), *args],
+        input=stdin,
+        env=clean_env(CONDUCTOR_DATA_DIR=str(data_dir)),
+        cwd=data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@asynccontextmanager
+async def server_on(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The application on the same database file, with the real clock."""
+    app = create_app(make_settings(data_dir, None))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    """POST /auth/login."""
+    body = {"username": username, "password": password, "device_name": "Pixel"}
+    return await client.post("/api/v1/auth/login", json=body)
+
+
+class TestUnlock:
+    async def test_list_shows_the_lock_and_unlock_clears_it(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        created = cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert created.returncode == 0, created.stderr
+
+        async with server_on(data) as client:
+            for name in ("alice", "ghost"):
+                for _ in range(5):
+                    assert (await login(client, name, WRONG)).status_code == 401
+            locked = await login(client, "alice", PASSWORD)
+            assert locked.status_code == 429, locked.text
+            assert locked.json()["code"] == "account_locked"
+        locked_at = datetime.now(UTC)
+
+        listed = cli(data, "users", "list")
+        assert listed.returncode == 0, listed.stderr
+        match = LOCKED.match(listed.stdout.strip())
+        assert match is not None, listed.stdout
+        until = datetime.fromisoformat(match[1])
+        assert locked_at + timedelta(minutes=14) < until <= locked_at + timedelta(minutes=15)
+
+        # The name as the operator types it: the lock's key is case-insensitive.
+        unlocked = cli(data, "users", "unlock", "ALICE")
+        assert unlocked.returncode == 0, unlocked.stderr
+        assert unlocked.stdout.strip() == "ALICE unlocked"
+        assert unlocked.stderr == ""
+
+        listed = cli(data, "users", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == ["alice\tactive\tnot locked\t0 sessions"]
+
+        async with server_on(data) as client:
+            assert (await login(client, "alice", PASSWORD)).status_code == 200
+            # Unlocking one name leaves the others locked.
+            ghost = await login(client, "ghost", PASSWORD)
+            assert ghost.status_code == 429
+            assert ghost.json()["code"] == "account_locked"
+
+        # Unknown names are locked like real ones, and unlocked the same way.
+        ghost_unlocked = cli(data, "users", "unlock", "ghost")
+        assert ghost_unlocked.returncode == 0, ghost_unlocked.stderr
+        assert ghost_unlocked.stdout.strip() == "ghost unlocked"
+        nobody = cli(data, "users", "unlock", "nobody")
+        assert nobody.returncode == 0, nobody.stderr
+        assert nobody.stdout.strip() == "nobody was not locked"
+        async with server_on(data) as client:
+            assert (await login(client, "ghost", PASSWORD)).status_code == 401
