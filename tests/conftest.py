@@ -115,9 +115,7 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(
-    database_url: str, tmp_path: Path, settings_overrides: dict[str, Any]
-) -> Settings:
+def settings(database_url: str, tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
     """Settings on the run's database."""
     return make_settings(tmp_path, database_url, **settings_overrides)
 

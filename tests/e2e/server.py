@@ -25,7 +25,9 @@ def free_port() -> int:
 def cli_path() -> str:
     """The installed `conductor-api` next to the running interpreter."""
     candidate = Path(sys.executable).parent / "conductor-api"
-    return str(candidate) if candidate.exists() else shutil.which("conductor-api") or "conductor-api"
+    return (
+        str(candidate) if candidate.exists() else shutil.which("conductor-api") or "conductor-api"
+    )
 
 
 def clean_env(**env: str) -> dict[str, str]:

@@ -110,9 +110,7 @@ class PostgresPrincipalLoader:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        self._sql = _SQL.format(param="ANY($1::uuid[])").replace(
-            "SELECT u.id", "SELECT s.id, u.id"
-        )
+        self._sql = _SQL.format(param="ANY($1::uuid[])").replace("SELECT u.id", "SELECT s.id, u.id")
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
