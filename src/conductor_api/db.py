@@ -64,8 +64,12 @@ def make_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": timeout, "isolation_level": None}
-        kwargs["pool_size"] = 4
-        kwargs["max_overflow"] = 4
+        # One connection per process: every transaction here writes (BEGIN IMMEDIATE), and
+        # SQLite admits one writer at a time. Waiting in the pool's queue hands the
+        # connection over at once; several connections would instead contend for the
+        # file lock, and SQLite's busy handler waits by sleeping 1, 2, 5, ... 100 ms.
+        kwargs["pool_size"] = 1
+        kwargs["max_overflow"] = 0
     else:
         kwargs["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
         kwargs["pool_size"] = 10
