@@ -11,7 +11,7 @@ from conductor_api.auth.principal import PrincipalLoader, make_principal_loader
 from conductor_api.auth.service import Authenticator
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
-from conductor_api.db import make_engine, make_session_factory
+from conductor_api.db import Autocommit, make_engine, make_session_factory
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 
@@ -23,6 +23,7 @@ class Container:
     settings: Settings
     clock: Clock
     engine: AsyncEngine
+    autocommit: Autocommit
     sessionmaker: async_sessionmaker[AsyncSession]
     hasher: PasswordHasher
     tokens: TokenService
@@ -48,6 +49,7 @@ class Container:
             settings=settings,
             clock=clock,
             engine=engine,
+            autocommit=Autocommit(settings, engine),
             sessionmaker=sessionmaker,
             hasher=hasher,
             tokens=tokens,
@@ -58,5 +60,6 @@ class Container:
     async def close(self) -> None:
         """Release connections and threads."""
         await self.principals.close()
+        await self.autocommit.dispose()
         await self.engine.dispose()
         self.hasher.close()

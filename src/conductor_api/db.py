@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, Engine, Executable, MetaData, Row, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -78,9 +81,61 @@ def make_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         _configure_sqlite(engine, timeout)
+        _begin_immediate(engine)
     else:
         _drop_closed_connections(engine)
     return engine
+
+
+class Autocommit:
+    """Runs single statements that are atomic on their own (the refresh-token swap) with no
+    transaction around them: no BEGIN or COMMIT round trip on PostgreSQL.
+
+    On SQLite the statement runs in one hand-off to a thread of its own, on a synchronous
+    connection: through aiosqlite it took five hand-offs (cursor, execute, fetch, close,
+    reset), each waiting for a turn of a busy event loop, and refresh throughput was bound
+    by that latency rather than by work.
+    """
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self._async: AsyncEngine | None = None
+        self._sync: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        if not settings.is_sqlite:
+            self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
+            return
+        timeout = settings.database_timeout_seconds
+        self._sync = create_engine(
+            settings.sqlalchemy_url.replace("sqlite+aiosqlite", "sqlite+pysqlite", 1),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=timeout,
+            # isolation_level=None is the driver's autocommit: no BEGIN is ever sent.
+            connect_args={"timeout": timeout, "isolation_level": None, "check_same_thread": False},
+        )
+        _sqlite_pragmas(self._sync, timeout)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-autocommit")
+
+    async def first(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
+        """Execute `statement` with `params` and return its first row, if any."""
+        if self._async is not None:
+            async with self._async.connect() as conn:
+                return (await conn.execute(statement, params)).first()
+        assert self._thread is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._first_sync, statement, params)
+
+    def _first_sync(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
+        assert self._sync is not None
+        with self._sync.connect() as conn:
+            return conn.execute(statement, params).first()
+
+    async def dispose(self) -> None:
+        """Close connections and the thread."""
+        if self._sync is not None:
+            self._sync.dispose()
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:
@@ -94,7 +149,11 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
 
 
 def _configure_sqlite(engine: AsyncEngine, timeout: float) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+    _sqlite_pragmas(engine.sync_engine, timeout)
+
+
+def _sqlite_pragmas(engine: Engine, timeout: float) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -103,6 +162,8 @@ def _configure_sqlite(engine: AsyncEngine, timeout: float) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+
+def _begin_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and

@@ -52,7 +52,9 @@ async def refresh(c: Container, token: str, client: ClientInfo) -> TokenPair:
     except InvalidRefreshToken:
         await c.authenticator.count_ip_failure(client)
         raise
-    return await sessions.refresh(c.sessionmaker, c.tokens, c.settings, token, claims, client, now)
+    return await sessions.refresh(
+        c.sessionmaker, c.autocommit, c.tokens, c.settings, token, claims, client, now
+    )
 
 
 async def change_password(

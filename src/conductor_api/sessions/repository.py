@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Update, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.sessions.models import DeviceSession
@@ -90,8 +90,37 @@ async def list_for_user(db: AsyncSession, user_id: uuid.UUID) -> Sequence[Device
     return rows.all()
 
 
-async def rotate_if_current(
-    db: AsyncSession,
+def _rotate_statement() -> Update:
+    s = DeviceSession
+    user_active = exists().where(User.id == bindparam("p_user_id"), User.is_active.is_(True))
+    return (
+        update(s)
+        .where(
+            s.id == bindparam("p_session_id"),
+            s.user_id == bindparam("p_user_id"),
+            s.refresh_token_hash == bindparam("p_presented_hash"),
+            s.revoked_at.is_(None),
+            s.absolute_expires_at > bindparam("p_now"),
+            user_active,
+        )
+        .values(
+            previous_token_hash=bindparam("p_presented_hash"),
+            refresh_token_hash=bindparam("p_child_hash"),
+            rotated_at=bindparam("p_rotated_at"),
+            expires_at=bindparam("p_expires_at"),
+            last_used_at=bindparam("p_now"),
+            generation=s.generation + 1,
+        )
+        .returning(s.id)
+    )
+
+
+# Built once: the statement runs on every refresh, and building and cache-keying a fresh
+# one cost more than the database's work.
+ROTATE_IF_CURRENT = _rotate_statement()
+
+
+def rotate_if_current(
     session_id: uuid.UUID,
     user_id: uuid.UUID,
     presented_hash: str,
@@ -99,29 +128,16 @@ async def rotate_if_current(
     now: datetime,
     rotated_at: datetime,
     expires_at: datetime,
-) -> bool:
+) -> tuple[Update, dict[str, object]]:
     """Replace the current refresh token in one compare-and-swap statement: it applies only
-    if `presented_hash` is still current, the session live and its user active."""
-    s = DeviceSession
-    user_active = exists().where(User.id == user_id, User.is_active.is_(True))
-    result = await db.execute(
-        update(s)
-        .where(
-            s.id == session_id,
-            s.user_id == user_id,
-            s.refresh_token_hash == presented_hash,
-            s.revoked_at.is_(None),
-            s.absolute_expires_at > now,
-            user_active,
-        )
-        .values(
-            previous_token_hash=presented_hash,
-            refresh_token_hash=child_hash,
-            rotated_at=rotated_at,
-            expires_at=expires_at,
-            last_used_at=now,
-            generation=s.generation + 1,
-        )
-        .returning(s.id)
-    )
-    return result.first() is not None
+    if `presented_hash` is still current, the session live and its user active; it returns
+    the session id when it did. Atomic on its own, so it needs no transaction around it."""
+    return ROTATE_IF_CURRENT, {
+        "p_session_id": session_id,
+        "p_user_id": user_id,
+        "p_presented_hash": presented_hash,
+        "p_child_hash": child_hash,
+        "p_now": now,
+        "p_rotated_at": rotated_at,
+        "p_expires_at": expires_at,
+    }

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.config import Settings
+from conductor_api.db import Autocommit
 from conductor_api.errors import InvalidRefreshToken, NotFound, RefreshTokenReused
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
@@ -123,6 +124,7 @@ def _child(
 
 async def refresh(
     sessionmaker: async_sessionmaker[AsyncSession],
+    autocommit: Autocommit,
     tokens: TokenService,
     settings: Settings,
     token: str,
@@ -137,21 +139,22 @@ async def refresh(
     whichever copy the client keeps works. A spent token outside the window revokes the
     session: only a genuine token, already verified here, can prove theft.
 
-    The usual case is one compare-and-swap UPDATE; the grace window, reuse and refusals
-    take the slower path that reads the session under a lock.
+    The usual case is one compare-and-swap UPDATE, atomic on its own and so sent without
+    a transaction around it; the grace window, reuse and refusals take the slower path
+    that reads the session under a lock.
     """
     presented = token_digest(token)
     rotated_at = now.replace(microsecond=0)
     child, expires = _child(tokens, settings, claims, rotated_at)
     expires_at = datetime.fromtimestamp(expires, now.tzinfo)
-    async with sessionmaker.begin() as db:
-        # The digests are compared by the database: they are SHA-256 of random tokens, so
-        # timing reveals nothing about a token that the digest itself would not.
-        rotated = await repository.rotate_if_current(
-            db, claims.session_id, claims.user_id, presented, token_digest(child), now,
-            rotated_at, expires_at,
-        )  # fmt: skip
-    if rotated:
+    # The digests are compared by the database: they are SHA-256 of random tokens, so
+    # timing reveals nothing about a token that the digest itself would not.
+    swap, params = repository.rotate_if_current(
+        claims.session_id, claims.user_id, presented, token_digest(child), now, rotated_at,
+        expires_at,
+    )  # fmt: skip
+    rotated = await autocommit.first(swap, params)
+    if rotated is not None:
         return TokenPair(
             access_token=tokens.issue_access(claims.user_id, claims.session_id, now),
             refresh_token=child,
