@@ -22,13 +22,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from conductor_api import migrate
 from conductor_api.app import create_app
 from conductor_api.clock import FrozenClock
 from conductor_api.config import Settings
 from conductor_api.container import Container
+from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.service import create_user
 
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
@@ -207,3 +208,13 @@ async def tokens(client: httpx.AsyncClient, **kwargs: Any) -> dict[str, Any]:
 def bearer(token: str) -> dict[str, str]:
     """An Authorization header."""
     return {"Authorization": f"Bearer {token}"}
+
+
+async def session_row(container: Container, session_id: str) -> DeviceSession:
+    """The session as the database holds it."""
+    async with container.sessionmaker() as db:
+        row = await db.scalar(
+            select(DeviceSession).where(DeviceSession.id == uuid.UUID(session_id))
+        )
+    assert row is not None
+    return row

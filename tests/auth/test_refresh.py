@@ -17,8 +17,7 @@ from sqlalchemy import select
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
-from conductor_api.sessions.models import DeviceSession
-from tests.conftest import PASSWORD, Account, bearer, login, tokens
+from tests.conftest import PASSWORD, Account, bearer, login, session_row, tokens
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/auth/me"
@@ -44,16 +43,6 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.json()["code"] == code
     assert "access_token" not in response.text
-
-
-async def session_row(container: Container, session_id: str) -> DeviceSession:
-    """The session as the database holds it."""
-    async with container.sessionmaker() as db:
-        row = await db.scalar(
-            select(DeviceSession).where(DeviceSession.id == uuid.UUID(session_id))
-        )
-    assert row is not None
-    return row
 
 
 async def event_types(container: Container, session_id: str) -> list[str]:

@@ -15,7 +15,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
-from tests.conftest import CLIENT_IP, Account, add_user, bearer, make_client, tokens
+from tests.conftest import CLIENT_IP, Account, add_user, bearer, make_client, session_row, tokens
 
 SESSIONS = "/api/v1/auth/sessions"
 ME = "/api/v1/auth/me"
@@ -38,16 +38,6 @@ SESSION_FIELDS = {
 def iso(moment: datetime) -> str:
     """A timestamp as the contract writes it."""
     return moment.isoformat().replace("+00:00", "Z")
-
-
-async def session_row(container: Container, session_id: str) -> DeviceSession:
-    """The session as the database holds it."""
-    async with container.sessionmaker() as db:
-        row = await db.scalar(
-            select(DeviceSession).where(DeviceSession.id == uuid.UUID(session_id))
-        )
-    assert row is not None
-    return row
 
 
 async def live_session_ids(container: Container, user_id: uuid.UUID) -> set[str]:

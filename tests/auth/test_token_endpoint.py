@@ -7,14 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.security.tokens import token_digest
-from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
-from tests.conftest import PASSWORD, Account, bearer, login
+from tests.conftest import PASSWORD, Account, bearer, login, session_row
 
 TOKEN = "/api/v1/auth/token"
 
@@ -58,16 +56,6 @@ def assert_oauth_error(response: httpx.Response, error: str, code: str) -> dict[
     assert body["detail"]
     assert "error_description" in body
     return body
-
-
-async def session_row(container: Container, session_id: str) -> DeviceSession:
-    """The session as the database holds it."""
-    async with container.sessionmaker() as db:
-        row = await db.scalar(
-            select(DeviceSession).where(DeviceSession.id == uuid.UUID(session_id))
-        )
-    assert row is not None
-    return row
 
 
 class TestPasswordGrant:

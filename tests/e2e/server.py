@@ -116,3 +116,20 @@ class Server:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def create_user(cwd: Path, env: dict[str, str], username: str, password: str) -> None:
+    """`conductor-api users create USERNAME --password-stdin`, as an operator runs it."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [cli_path(), "users", "create", username, "--password-stdin"],
+        input=password + "\n",
+        env=clean_env(**env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"created user {username}" in result.stdout

@@ -5,7 +5,6 @@ MAX_FAILED_LOGIN_ATTEMPTS (5) are checked (401) and the rest get 429 `account_lo
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.e2e.server import Server, clean_env, cli_path
+from tests.e2e.server import Server, create_user
 
 pytestmark = pytest.mark.e2e
 
@@ -23,22 +22,6 @@ SECRETS = {
 }
 LOGIN = "/api/v1/auth/login"
 WRONG = "wrong password, but long enough"
-
-
-def create_user(cwd: Path, env: dict[str, str], username: str) -> None:
-    """`conductor-api users create USERNAME --password-stdin`, as an operator runs it."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [cli_path(), "users", "create", username, "--password-stdin"],
-        input=PASSWORD + "\n",
-        env=clean_env(**env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 async def simultaneous_logins(
@@ -72,7 +55,7 @@ def assert_locked(url: str, username: str) -> None:
 class TestTwoServersOnPostgres:
     def test_simultaneous_wrong_logins(self, tmp_path: Path, pg_database: str) -> None:
         env = {"DATABASE_URL": pg_database, **SECRETS}
-        create_user(tmp_path, env, "erin")
+        create_user(tmp_path, env, "erin", PASSWORD)
         with Server(tmp_path / "a", env) as a, Server(tmp_path / "b", env) as b:
             responses = asyncio.run(simultaneous_logins([a.url, b.url] * 20, "erin", WRONG))
             assert_at_most_five_checked(responses)
@@ -83,7 +66,7 @@ class TestTwoServersOnPostgres:
 class TestTwoWorkersOnSqlite:
     def test_simultaneous_wrong_logins(self, tmp_path: Path) -> None:
         env = {"CONDUCTOR_DATA_DIR": str(tmp_path / "data")}
-        create_user(tmp_path, env, "erin")
+        create_user(tmp_path, env, "erin", PASSWORD)
         with Server(tmp_path, env, workers=2) as server:
             responses = asyncio.run(simultaneous_logins([server.url] * 40, "erin", WRONG))
             assert_at_most_five_checked(responses)

@@ -6,7 +6,6 @@ sees it, and concurrent refreshes spread over processes all succeed with one chi
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.e2e.server import Server, clean_env, cli_path
+from tests.e2e.server import Server, create_user
 
 pytestmark = pytest.mark.e2e
 
@@ -25,23 +24,6 @@ SECRETS = {
     "JWT_REFRESH_SECRET_KEY": "refresh-" + "n" * 40,
 }
 API = "/api/v1/auth"
-
-
-def create_alice(cwd: Path, env: dict[str, str]) -> None:
-    """`conductor-api users create alice --password-stdin`, as an operator runs it."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [cli_path(), "users", "create", "alice", "--password-stdin"],
-        input=PASSWORD + "\n",
-        env=clean_env(**env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "created user alice" in result.stdout
 
 
 @contextmanager
@@ -104,7 +86,7 @@ class TestTwoServersOnPostgres:
         return {"DATABASE_URL": pg_database, **SECRETS}
 
     def test_login_on_a_works_on_b(self, tmp_path: Path, env: dict[str, str]) -> None:
-        create_alice(tmp_path, env)
+        create_user(tmp_path, env, "alice", PASSWORD)
         with two_servers(tmp_path, env) as (a, b):
             pair = login(a)
             response = me(b, pair["access_token"])
@@ -121,7 +103,7 @@ class TestTwoServersOnPostgres:
     def test_revocation_through_a_is_seen_by_b_at_once(
         self, tmp_path: Path, env: dict[str, str]
     ) -> None:
-        create_alice(tmp_path, env)
+        create_user(tmp_path, env, "alice", PASSWORD)
         with two_servers(tmp_path, env) as (a, b):
             phone, tablet = login(a, "Pixel 8"), login(b, "Pixel Tablet")
             # B has verified both tokens (and may remember them) before they are revoked.
@@ -151,7 +133,7 @@ class TestTwoServersOnPostgres:
     def test_concurrent_refreshes_split_across_servers(
         self, tmp_path: Path, env: dict[str, str]
     ) -> None:
-        create_alice(tmp_path, env)
+        create_user(tmp_path, env, "alice", PASSWORD)
         with two_servers(tmp_path, env) as (a, b):
             pair = login(a)
             responses = asyncio.run(concurrent_refreshes([a.url, b.url] * 4, pair["refresh_token"]))
@@ -172,7 +154,7 @@ class TestReuseAcrossServers:
     def test_spent_token_on_b_kills_the_session_on_a(
         self, tmp_path: Path, env: dict[str, str]
     ) -> None:
-        create_alice(tmp_path, env)
+        create_user(tmp_path, env, "alice", PASSWORD)
         with two_servers(tmp_path, env) as (a, b):
             first = login(a)
             rotated = refresh(a, first["refresh_token"])
@@ -196,7 +178,7 @@ class TestWorkersOnSqlite:
     def test_two_workers_share_revocation_and_refreshes(self, tmp_path: Path) -> None:
         env = {"CONDUCTOR_DATA_DIR": str(tmp_path / "data")}
         with Server(tmp_path, env, workers=2) as server:
-            create_alice(tmp_path, env)
+            create_user(tmp_path, env, "alice", PASSWORD)
             pair = login(server)
             urls = [server.url] * 8
             child = assert_one_child(
