@@ -52,9 +52,10 @@ def _pair(
     )
 
 
-def _refresh_expiry(settings: Settings, issued_at: int, absolute: datetime) -> int:
+def _refresh_expiry(settings: Settings, issued_at: int, session_expires_at: int) -> int:
+    """Sliding (REFRESH_TOKEN_EXPIRE_DAYS after issue) but never past the session's end."""
     sliding = issued_at + settings.refresh_token_expire_days * 86400
-    return min(sliding, int(absolute.timestamp()))
+    return min(sliding, session_expires_at)
 
 
 async def start_session(
@@ -70,19 +71,11 @@ async def start_session(
 ) -> TokenPair:
     """A new session for a device; the same fingerprint's earlier session is revoked."""
     if fingerprint is not None:
-        replaced = await repository.revoke_for_user(
-            db, user.id, now, "replaced", fingerprint=fingerprint
-        )
-        for sid in replaced:
-            events.record(
-                db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key,
-                user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
-                session_id=sid,
-            )  # fmt: skip
+        await revoke_many(db, user, now, client, reason="replaced", fingerprint=fingerprint)
     session_id = uuid.uuid4()
     issued_at = int(now.timestamp())
     absolute = now + timedelta(days=settings.session_max_days)
-    expires = _refresh_expiry(settings, issued_at, absolute)
+    expires = _refresh_expiry(settings, issued_at, int(absolute.timestamp()))
     refresh = tokens.issue_refresh(
         user.id, session_id, secrets.token_urlsafe(18), issued_at, expires,
         int(absolute.timestamp()),
@@ -113,8 +106,7 @@ def _child(
     """The token that replaces the parent described by `claims` when rotated at
     `rotated_at` (whole seconds), and its expiry: the same inputs give the same token."""
     issued_at = int(rotated_at.timestamp())
-    sliding = issued_at + settings.refresh_token_expire_days * 86400
-    expires = min(sliding, claims.session_expires_at)
+    expires = _refresh_expiry(settings, issued_at, claims.session_expires_at)
     child = tokens.issue_refresh(
         claims.user_id, claims.session_id, tokens.child_jti(claims.jti), issued_at, expires,
         claims.session_expires_at,
@@ -250,9 +242,12 @@ async def revoke_many(
     *,
     reason: str,
     except_id: uuid.UUID | None = None,
+    fingerprint: str | None = None,
 ) -> list[uuid.UUID]:
-    """Revoke every live session of a user but `except_id`, recording each."""
-    revoked = await repository.revoke_for_user(db, user.id, now, reason, except_id=except_id)
+    """Revoke a user's live sessions (all but `except_id`, or one device's), recording each."""
+    revoked = await repository.revoke_for_user(
+        db, user.id, now, reason, except_id=except_id, fingerprint=fingerprint
+    )
     for sid in revoked:
         events.record(
             db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key,
