@@ -63,7 +63,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
     """Create the async engine for the configured database."""
     url = settings.sqlalchemy_url
     timeout = settings.database_timeout_seconds
-    kwargs: dict[str, Any] = {"pool_timeout": timeout}
+    # hide_parameters: statement parameters (hashes, token digests) never reach a message.
+    kwargs: dict[str, Any] = {"pool_timeout": timeout, "hide_parameters": True}
     if settings.is_sqlite:
         Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": timeout, "isolation_level": None}
@@ -110,6 +111,7 @@ class Autocommit:
             pool_size=1,
             max_overflow=0,
             pool_timeout=timeout,
+            hide_parameters=True,
             # isolation_level=None is the driver's autocommit: no BEGIN is ever sent.
             connect_args={"timeout": timeout, "isolation_level": None, "check_same_thread": False},
         )
