@@ -1388,6 +1388,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+HAND_WRITTEN = "<!-- Hand-written notes below this line are kept when run.py rewrites the file. -->"
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the report to `path`, keeping whatever an earlier version of the file had below
+    the HAND_WRITTEN marker (analysis written by people), after the new report."""
+    kept = ""
+    with contextlib.suppress(OSError):
+        old = path.read_text()
+        if HAND_WRITTEN in old:
+            kept = old.split(HAND_WRITTEN, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n" + HAND_WRITTEN + (kept or "\n"))
+    log(f"wrote {path}")
+    if kept.strip():
+        log(f"kept the hand-written part of {path}: check that it still fits the new figures")
+
+
 def keep_note(workdir: Path) -> str:
     """Where the logs of a failed run are, if it got far enough to write any."""
     return f" (logs kept in {workdir})" if any(workdir.iterdir()) else ""
@@ -1465,9 +1483,7 @@ def main(argv: list[str]) -> int:
         text, _checks = report(configs, header, opts)
         print(text, end="", flush=True)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-            log(f"wrote {args.out}")
+            write_report(args.out, text)
         if args.keep:
             log(f"logs, pools and wrk output kept in {workdir}")
         else:
