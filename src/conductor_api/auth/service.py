@@ -62,7 +62,7 @@ class Authenticator:
         counted against the address, and refused once the address is over its limit."""
         now = self.clock.now()
         async with self.sessionmaker.begin() as db:
-            counter = await throttle.reserve_ip(db, client.ip_address, now, window=self.lockout)
+            counter = await throttle.add_ip_failure(db, client.ip_address, now, window=self.lockout)
         if counter.failures > self.settings.max_failed_logins_per_ip:
             raise TooManyAttempts(self._retry_after(counter.window_started_at + self.lockout))
 
@@ -82,8 +82,8 @@ class Authenticator:
         user: User | None = None
         reserved = 0
         async with self.sessionmaker.begin() as db:
-            ip = await throttle.reserve_ip(db, client.ip_address, now, window=self.lockout)
-            if ip.failures > settings.max_failed_logins_per_ip:
+            ip = await throttle.ip_failures(db, client.ip_address, now, window=self.lockout)
+            if ip is not None and ip.failures >= settings.max_failed_logins_per_ip:
                 refused = TooManyAttempts(self._retry_after(ip.window_started_at + self.lockout))
             else:
                 counter = await throttle.reserve_user(
@@ -93,8 +93,7 @@ class Authenticator:
                 reserved = counter.failures
                 user = await users.get_by_key(db, key)
                 if counter.locked_until is not None:
-                    # A locked name is not a credential check: the address gets it back.
-                    await throttle.release_ip(db, client.ip_address)
+                    # A locked name is not a credential check: the address is not charged.
                     if counter.locked_until == now + self.lockout:
                         self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
                     refused = AccountLocked(self._retry_after(counter.locked_until))
@@ -114,14 +113,12 @@ class Authenticator:
                     db, key, now, max_failures=settings.max_failed_login_attempts,
                     lockout=self.lockout,
                 )  # fmt: skip
+                await throttle.add_ip_failure(db, client.ip_address, now, window=self.lockout)
                 self._record(db, EventType.LOGIN_FAILED, key, user, client, now)
                 if counter_after is not None and counter_after.locked_until == now + self.lockout:
                     self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
             else:
                 assert user is not None
-                # The same order as the reservation (address, then name): on PostgreSQL,
-                # row locks taken in opposite orders by two transactions can deadlock.
-                await throttle.release_ip(db, client.ip_address)
                 await throttle.reset_user(
                     db, key, reserved, max_failures=settings.max_failed_login_attempts
                 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, literal, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -124,10 +124,10 @@ async def reset_user(db: AsyncSession, key: str, reserved: int, *, max_failures:
     )
 
 
-async def reserve_ip(
+async def add_ip_failure(
     db: AsyncSession, address: str, now: datetime, *, window: timedelta
 ) -> Counter:
-    """Count one attempt from an address, in a fixed window of `window` length."""
+    """Count one failure from an address, in a fixed window of `window` length."""
     t = LoginThrottle
     stale = t.window_started_at <= _ts(now - window)
     return await _upsert(
@@ -142,14 +142,23 @@ async def reserve_ip(
     )
 
 
-async def release_ip(db: AsyncSession, address: str) -> None:
-    """Give back a reserved attempt that turned out not to be a failure."""
+async def ip_failures(
+    db: AsyncSession, address: str, now: datetime, *, window: timedelta
+) -> Counter | None:
+    """An address's failures in the current window (None when it has none).
+
+    Unlike a name's, an address's attempts are not reserved before the password check:
+    many people can share one address (a NAT, a proxy), and their logins in flight are not
+    failures. The name's reservation is what bounds the guesses at any one account."""
     t = LoginThrottle
-    await db.execute(
-        update(t)
-        .where(t.scope == IP, t.key == address, t.failures > 0)
-        .values(failures=t.failures - 1)
-    )
+    row = (
+        await db.execute(
+            select(t.failures, t.locked_until, t.window_started_at).where(
+                t.scope == IP, t.key == address, t.window_started_at > _ts(now - window)
+            )
+        )
+    ).first()
+    return None if row is None else Counter(row[0], row[1], row[2])
 
 
 async def unlock_user(db: AsyncSession, key: str) -> bool:
