@@ -41,14 +41,19 @@ class TokenPair:
 
 
 def _pair(
-    tokens: TokenService, user_id: uuid.UUID, session: DeviceSession, refresh: str, now: datetime
+    tokens: TokenService,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    refresh: str,
+    refresh_expires_at: datetime,
+    now: datetime,
 ) -> TokenPair:
     return TokenPair(
-        access_token=tokens.issue_access(user_id, session.id, now),
+        access_token=tokens.issue_access(user_id, session_id, now),
         refresh_token=refresh,
         expires_in=tokens.access_ttl_seconds,
-        refresh_expires_in=max(0, int((session.expires_at - now).total_seconds())),
-        session_id=session.id,
+        refresh_expires_in=max(0, int((refresh_expires_at - now).total_seconds())),
+        session_id=session_id,
     )
 
 
@@ -97,7 +102,7 @@ async def start_session(
             generation=0,
         ),
     )
-    return _pair(tokens, user.id, session, refresh, now)
+    return _pair(tokens, user.id, session.id, refresh, session.expires_at, now)
 
 
 def _child(
@@ -147,13 +152,7 @@ async def refresh(
     )  # fmt: skip
     rotated = await autocommit.first(swap, params)
     if rotated is not None:
-        return TokenPair(
-            access_token=tokens.issue_access(claims.user_id, claims.session_id, now),
-            refresh_token=child,
-            expires_in=tokens.access_ttl_seconds,
-            refresh_expires_in=max(0, int((expires_at - now).total_seconds())),
-            session_id=claims.session_id,
-        )
+        return _pair(tokens, claims.user_id, claims.session_id, child, expires_at, now)
     return await _refresh_not_current(
         sessionmaker, tokens, settings, presented, claims, client, now
     )
@@ -194,7 +193,7 @@ async def _refresh_not_current(
             if not digests_equal(token_digest(child), session.refresh_token_hash):
                 raise InvalidRefreshToken()
             session.last_used_at = now
-            return _pair(tokens, user.id, session, child, now)
+            return _pair(tokens, user.id, session.id, child, session.expires_at, now)
         await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
         events.record(
             db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
