@@ -54,6 +54,22 @@ def _utc(value: Any) -> datetime:
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
+def _live(
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    same_user: bool,
+    username: str,
+    created_at: Any,
+    is_active: Any,
+    revoked_at: Any,
+) -> Principal | None:
+    """The principal of a session row, unless the session is revoked, its user disabled, or
+    the token's `sub` is not the session's user."""
+    if revoked_at is not None or not is_active or not same_user:
+        return None
+    return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+
+
 class SqlitePrincipalLoader:
     """One synchronous sqlite3 connection per worker, in autocommit mode."""
 
@@ -83,9 +99,9 @@ class SqlitePrincipalLoader:
         if not rows:
             return None
         uid, username, created_at, is_active, revoked_at = rows[0]
-        if revoked_at is not None or not is_active or uid != user_id.hex:
-            return None
-        return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+        return _live(
+            session_id, user_id, uid == user_id.hex, username, created_at, is_active, revoked_at
+        )
 
     async def close(self) -> None:
         """See `PrincipalLoader.close`."""
@@ -135,9 +151,9 @@ class PostgresPrincipalLoader:
         if row is None:
             return None
         _, uid, username, created_at, is_active, revoked_at = row
-        if revoked_at is not None or not is_active or uid != user_id:
-            return None
-        return Principal(user_id, session_id, username, _utc(created_at), bool(is_active))
+        return _live(
+            session_id, user_id, uid == user_id, username, created_at, is_active, revoked_at
+        )
 
     def _dispatch(self) -> None:
         batch, self._waiting = self._waiting, {}
