@@ -10,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conductor_api.errors import PayloadTooLarge
 from conductor_api.logs import ACCESS, REQUEST_ID
 
 # fullmatch, not match with `$`: `$` also matches before a trailing newline.
@@ -17,10 +18,10 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _too_large() -> tuple[Message, Message]:
-    body = json.dumps({"detail": "Request body too large", "code": "payload_too_large"}).encode()
+    body = json.dumps({"detail": PayloadTooLarge.detail, "code": PayloadTooLarge.code}).encode()
     start: Message = {
         "type": "http.response.start",
-        "status": 413,
+        "status": PayloadTooLarge.status,
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
