@@ -18,7 +18,7 @@ from conductor_api.auth.principal import Principal
 from conductor_api.config import Settings
 from conductor_api.container import Container
 from conductor_api.errors import InvalidToken
-from conductor_api.sessions.service import ClientInfo
+from conductor_api.values import ClientInfo
 
 # auto_error=False: a missing token is answered by `current_principal` in the contract's shape.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)

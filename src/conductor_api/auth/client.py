@@ -7,7 +7,7 @@ import ipaddress
 from starlette.requests import Request
 
 from conductor_api.config import IPNetwork
-from conductor_api.sessions.service import ClientInfo
+from conductor_api.values import ClientInfo
 
 USER_AGENT_MAX = 512
 

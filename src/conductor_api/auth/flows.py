@@ -12,10 +12,10 @@ from conductor_api.errors import InvalidRefreshToken, NotFound
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.sessions import service as sessions
-from conductor_api.sessions.service import ClientInfo, TokenPair
 from conductor_api.users import repository as users_repo
 from conductor_api.users import service as users
 from conductor_api.users.models import User
+from conductor_api.values import ClientInfo, TokenPair
 
 
 async def login(

@@ -21,8 +21,8 @@ from conductor_api.auth.schemas import (
 from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
 from conductor_api.errors import AppError, NotFound
 from conductor_api.schemas import error_responses
-from conductor_api.sessions.service import TokenPair
 from conductor_api.users import service as users
+from conductor_api.values import TokenPair
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

@@ -23,10 +23,10 @@ from conductor_api.errors import (
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.passwords import PasswordHasher
-from conductor_api.sessions.service import ClientInfo
 from conductor_api.users import repository as users
 from conductor_api.users.models import User
 from conductor_api.users.service import normalize_username
+from conductor_api.values import ClientInfo
 
 T = TypeVar("T")
 

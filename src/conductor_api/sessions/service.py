@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,25 +18,7 @@ from conductor_api.sessions import repository
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import repository as users
 from conductor_api.users.models import User
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who is calling: the client address (after trusted proxies) and user agent."""
-
-    ip_address: str
-    user_agent: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPair:
-    """What login and refresh return."""
-
-    access_token: str
-    refresh_token: str
-    expires_in: int
-    refresh_expires_in: int
-    session_id: uuid.UUID
+from conductor_api.values import ClientInfo, TokenPair
 
 
 def _pair(

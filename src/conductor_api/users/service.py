@@ -14,9 +14,10 @@ from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.passwords import PasswordHasher, check_password_rules
-from conductor_api.sessions.service import ClientInfo, revoke_many
+from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
 from conductor_api.users.models import User
+from conductor_api.values import ClientInfo
 
 USERNAME_MAX = 150
 _USERNAME_RE = re.compile(r"^[\w.@+-]{3,150}$")

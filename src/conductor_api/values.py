@@ -1,0 +1,25 @@
+"""Value types that every domain uses; this module imports no domain, so arrows point one way."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is calling: the client address (after trusted proxies) and user agent."""
+
+    ip_address: str
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """What login and refresh return."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    refresh_expires_in: int
+    session_id: uuid.UUID
