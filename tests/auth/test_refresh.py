@@ -213,7 +213,7 @@ class TestInvalidRefreshToken:
             "tampered payload": f"{header}.{flipped}.{signature}",
             "expired": expired,
             "an access token": pair["access_token"],
-            "unsigned": jwt.encode(claims, None, algorithm="none"),
+            "unsigned": jwt.encode(claims, "", algorithm="none"),
         }
         for name, token in bad.items():
             response = await refresh(client, token)
