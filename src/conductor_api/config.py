@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     database_timeout_seconds: float = Field(default=5.0, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Retention (see conductor_api.retention): how long history is kept, how often serve prunes.
+    event_retention_days: int = Field(default=90, ge=1, le=36500)
+    session_retention_days: int = Field(default=30, ge=1, le=36500)
+    prune_interval_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+    prune_batch_size: int = Field(default=500, ge=10, le=10000)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -134,6 +139,11 @@ class Settings(BaseSettings):
             return f"sqlite+aiosqlite:///{path}"
         scheme, rest = self.database_url.split("://", 1)
         return f"{_DRIVERS[scheme.lower()]}://{rest}"
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite database file (only meaningful when `is_sqlite`)."""
+        return self.sqlalchemy_url.split(":///", 1)[1]
 
     @property
     def is_sqlite(self) -> bool:

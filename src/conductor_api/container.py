@@ -12,6 +12,8 @@ from conductor_api.auth.service import Authenticator
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
+from conductor_api.retention.pruner import Pruner
+from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 
@@ -29,6 +31,7 @@ class Container:
     tokens: TokenService
     principals: PrincipalLoader
     authenticator: Authenticator
+    pruner: PeriodicPruner | None
 
     @classmethod
     async def start(cls, settings: Settings, clock: Clock) -> Container:
@@ -45,6 +48,12 @@ class Container:
             audience=settings.jwt_audience,
             access_ttl=timedelta(minutes=settings.access_token_expire_minutes),
         )
+        pruner = None
+        if settings.prune_interval_seconds > 0:
+            pruner = PeriodicPruner(
+                Pruner(settings, engine, clock.now), settings.prune_interval_seconds
+            )
+            pruner.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -55,10 +64,13 @@ class Container:
             tokens=tokens,
             principals=make_principal_loader(settings),
             authenticator=Authenticator(settings, clock, sessionmaker, hasher),
+            pruner=pruner,
         )
 
     async def close(self) -> None:
-        """Release connections and threads."""
+        """Stop the pruner, release connections and threads."""
+        if self.pruner is not None:
+            await self.pruner.stop()
         await self.principals.close()
         await self.autocommit.dispose()
         await self.engine.dispose()

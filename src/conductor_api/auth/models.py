@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Integer, String
+from sqlalchemy import Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conductor_api.db import Base, UTCDateTime
@@ -14,6 +14,8 @@ class LoginThrottle(Base):
     """Failures (and in-flight reservations) for one username key or one client address."""
 
     __tablename__ = "login_throttles"
+    # For pruning (conductor_api.retention): counters idle past their window.
+    __table_args__ = (Index("ix_login_throttles_window_started_at", "window_started_at"),)
 
     scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "user" or "ip"
     key: Mapped[str] = mapped_column(String(150), primary_key=True)

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
-from conductor_api.cli import sessions, users
+from conductor_api.cli import prune, sessions, users
 from conductor_api.cli.common import CliError, settings
 from conductor_api.config import ConfigError, Settings
 from conductor_api.errors import AppError
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(sessions.app, name="sessions")
+app.command()(prune.prune)
 
 
 @app.command()

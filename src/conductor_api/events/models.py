@@ -27,7 +27,11 @@ class SecurityEvent(Base):
     """Something security-relevant that happened to an account (or to an unknown username)."""
 
     __tablename__ = "security_events"
-    __table_args__ = (Index("ix_security_events_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_security_events_user_id_created_at", "user_id", "created_at"),
+        # For pruning (conductor_api.retention); events of unknown names have no user_id.
+        Index("ix_security_events_created_at", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

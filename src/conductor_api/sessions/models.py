@@ -18,6 +18,9 @@ class DeviceSession(Base):
     __table_args__ = (
         Index("ix_sessions_user_id_revoked_at", "user_id", "revoked_at"),
         Index("ix_sessions_user_id_device_fingerprint", "user_id", "device_fingerprint"),
+        # For pruning (conductor_api.retention): ended sessions by revocation or expiry.
+        Index("ix_sessions_revoked_at", "revoked_at"),
+        Index("ix_sessions_expires_at", "expires_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

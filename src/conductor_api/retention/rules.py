@@ -1,0 +1,86 @@
+"""The registry of expiring things: one `Expiring(table, condition)` line per kind of row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, Table, and_, or_
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.config import Settings
+from conductor_api.events.models import SecurityEvent
+from conductor_api.sessions.models import DeviceSession
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """The cut-off times of one prune round."""
+
+    now: datetime
+    events_before: datetime
+    sessions_ended_before: datetime
+    counters_idle_before: datetime
+
+    @classmethod
+    def at(cls, now: datetime, settings: Settings) -> Retention:
+        """The cut-offs that the settings give at `now`."""
+        return cls(
+            now=now,
+            events_before=now - timedelta(days=settings.event_retention_days),
+            sessions_ended_before=now - timedelta(days=settings.session_retention_days),
+            # The per-name and per-address window are both LOCKOUT_MINUTES.
+            counters_idle_before=now - timedelta(minutes=settings.lockout_minutes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    """Rows of `table` that `condition` (given the round's cut-offs) says are past keeping."""
+
+    table: Table
+    condition: Callable[[Retention], ColumnElement[bool]]
+
+    @property
+    def name(self) -> str:
+        """The table's name, as `conductor-api prune` prints it."""
+        return self.table.name
+
+
+def _old_event(r: Retention) -> ColumnElement[bool]:
+    return SecurityEvent.created_at < r.events_before
+
+
+def _revoked_session(r: Retention) -> ColumnElement[bool]:
+    return DeviceSession.revoked_at < r.sessions_ended_before
+
+
+def _expired_session(r: Retention) -> ColumnElement[bool]:
+    # The refresh expiry never passes the absolute one, so this is every unrevoked session
+    # that ended by itself, and also one revoked only after it had expired (it ended then).
+    return DeviceSession.expires_at < r.sessions_ended_before
+
+
+def _idle_counter(r: Retention) -> ColumnElement[bool]:
+    # `window_started_at` is the last attempt counted. Once the window has passed with no
+    # attempt and no lock is held, the row says nothing the absence of a row would not:
+    # an address's count restarts anyway, and a name's failures are forgiven after a quiet
+    # window. A lock that has run out is no lock (the next attempt restarts the count).
+    t = LoginThrottle
+    return and_(
+        t.window_started_at < r.counters_idle_before,
+        or_(t.locked_until.is_(None), t.locked_until <= r.now),
+    )
+
+
+# One line per expiring thing; later features add theirs here.
+RULES: tuple[Expiring, ...] = (
+    Expiring(SecurityEvent.__table__, _old_event),  # type: ignore[arg-type]
+    # A session ends at its revocation or its expiry, whichever comes first. Two lines, not
+    # one OR: each is then one index range scan that stops after a batch, where an OR is
+    # a bitmap of every match, rebuilt for each batch.
+    Expiring(DeviceSession.__table__, _revoked_session),  # type: ignore[arg-type]
+    Expiring(DeviceSession.__table__, _expired_session),  # type: ignore[arg-type]
+    Expiring(LoginThrottle.__table__, _idle_counter),  # type: ignore[arg-type]
+)

@@ -1,0 +1,129 @@
+"""Rows of every expiring kind, placed around the retention cut-offs, for prune tests."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.events.models import SecurityEvent
+from conductor_api.sessions.models import DeviceSession
+
+
+@dataclass
+class Expected:
+    """What a prune with the default settings must delete, and what it must keep."""
+
+    deleted: dict[str, set[object]] = field(default_factory=dict)
+    kept: dict[str, set[object]] = field(default_factory=dict)
+
+    def add(self, table: str, key: object, *, delete: bool) -> None:
+        """Record one row the test inserted."""
+        target = self.deleted if delete else self.kept
+        target.setdefault(table, set()).add(key)
+
+
+async def insert_event(conn: AsyncConnection, user_id: uuid.UUID | None, at: datetime) -> uuid.UUID:
+    """One login_failed event at `at`."""
+    event_id = uuid.uuid4()
+    await conn.execute(
+        insert(SecurityEvent).values(
+            id=event_id, user_id=user_id, username_key="x", type="login_failed", created_at=at
+        )
+    )
+    return event_id
+
+
+async def insert_session(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    now: datetime,
+    *,
+    expires: timedelta,
+    revoked: timedelta | None = None,
+) -> uuid.UUID:
+    """A session whose refresh expiry is `now + expires`, revoked at `now + revoked`."""
+    session_id = uuid.uuid4()
+    await conn.execute(
+        insert(DeviceSession).values(
+            id=session_id, user_id=user_id, device_name="d", ip_address="192.0.2.1",
+            user_agent="ua", created_at=now - timedelta(days=200), last_used_at=now,
+            expires_at=now + expires, absolute_expires_at=now + expires + timedelta(days=1),
+            revoked_at=None if revoked is None else now + revoked,
+            revoked_reason=None if revoked is None else "logout",
+            refresh_token_hash="0" * 64, generation=0,
+        )
+    )  # fmt: skip
+    return session_id
+
+
+async def insert_counter(
+    conn: AsyncConnection,
+    scope: str,
+    key: str,
+    window_started_at: datetime,
+    locked_until: datetime | None = None,
+) -> tuple[str, str]:
+    """A login_throttles row."""
+    await conn.execute(
+        insert(LoginThrottle).values(
+            scope=scope, key=key, failures=3, window_started_at=window_started_at,
+            locked_until=locked_until,
+        )
+    )  # fmt: skip
+    return scope, key
+
+
+async def seed_around_cutoffs(
+    conn: AsyncConnection, user_id: uuid.UUID, now: datetime, *, exact: bool = True
+) -> Expected:
+    """Rows on both sides of each cut-off of the defaults (events 90 days, sessions 30 days,
+    counters LOCKOUT_MINUTES = 15); with `exact`, also one right on a cut-off (kept: only
+    what is older than the retention goes), which needs a clock that does not move."""
+    day, minute = timedelta(days=1), timedelta(minutes=1)
+    e = Expected()
+    events = [(91 * day, True), (89 * day, False), (0 * day, False)]
+    if exact:
+        events.append((90 * day, False))
+    for age, delete in events:
+        e.add("security_events", await insert_event(conn, user_id, now - age), delete=delete)
+    # An unknown name's event has no user; it expires all the same.
+    e.add("security_events", await insert_event(conn, None, now - 100 * day), delete=True)
+    sessions = (
+        (dict(expires=5 * day), False),  # live
+        (dict(expires=-29 * day), False),  # expired, not long enough ago
+        (dict(expires=-31 * day), True),  # expired long ago
+        (dict(expires=-25 * day, revoked=-31 * day), True),  # revoked long ago
+        (dict(expires=-22 * day, revoked=-29 * day), False),  # revoked recently
+        (dict(expires=40 * day, revoked=-29 * day), False),  # revoked recently, unexpired
+        (dict(expires=-40 * day, revoked=-1 * day), True),  # revoked long after it expired
+    )
+    for kwargs, delete in sessions:
+        sid = await insert_session(conn, user_id, now, **kwargs)
+        e.add("sessions", sid, delete=delete)
+    counters = (
+        (("ip", "192.0.2.1", now - 16 * minute), True),  # window passed
+        (("ip", "192.0.2.2", now - 14 * minute), False),  # window still open
+        (("user", "idle", now - 16 * minute), True),  # failures forgiven after a quiet window
+        (("user", "recent", now - 1 * minute), False),
+        (("user", "locked", now - 16 * minute, now + 5 * minute), False),  # holds a lock
+        (("user", "was-locked", now - 40 * minute, now - 1 * minute), True),  # lock ran out
+    )
+    for args, delete in counters:
+        e.add("login_throttles", await insert_counter(conn, *args), delete=delete)
+    return e
+
+
+async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
+    """The primary keys each expiring table holds."""
+    return {
+        "security_events": set((await conn.scalars(select(SecurityEvent.id))).all()),
+        "sessions": set((await conn.scalars(select(DeviceSession.id))).all()),
+        "login_throttles": {
+            (r[0], r[1]) for r in await conn.execute(select(LoginThrottle.scope, LoginThrottle.key))
+        },
+    }
