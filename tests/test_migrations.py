@@ -69,6 +69,10 @@ class TestMigrations:
         assert "ix_sessions_user_id_revoked_at" in indexes["sessions"]
         assert "ix_sessions_user_id_device_fingerprint" in indexes["sessions"]
         assert "ix_security_events_user_id_created_at" in indexes["security_events"]
+        # Pruning's (0005_retention_indexes).
+        assert "ix_security_events_created_at" in indexes["security_events"]
+        assert {"ix_sessions_revoked_at", "ix_sessions_expires_at"} <= indexes["sessions"]
+        assert "ix_login_throttles_window_started_at" in indexes["login_throttles"]
         assert migrate.current_revision(empty_settings) == migrate.head_revision(empty_settings)
 
     def test_schema_matches_the_models(self, empty_settings: Settings) -> None:

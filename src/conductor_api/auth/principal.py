@@ -26,6 +26,9 @@ _SQL = (
     "FROM sessions AS s JOIN users AS u ON u.id = s.user_id WHERE s.id = {param}"
 )
 
+# Concurrent checks share one query; the session id is returned to tell their rows apart.
+POSTGRES_SQL = _SQL.format(param="ANY($1::uuid[])").replace("SELECT u.id", "SELECT s.id, u.id")
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -126,7 +129,7 @@ class PostgresPrincipalLoader:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        self._sql = _SQL.format(param="ANY($1::uuid[])").replace("SELECT u.id", "SELECT s.id, u.id")
+        self._sql = POSTGRES_SQL
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 

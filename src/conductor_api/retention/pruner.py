@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Delete, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Delete, delete, func, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conductor_api.config import Settings
@@ -20,13 +20,24 @@ from conductor_api.retention.rules import RULES, Expiring, Retention
 ADVISORY_LOCK_KEY = 0x636F6E6450  # "condP"
 
 
-def batch_delete(rule: Expiring, retention: Retention, limit: int) -> Delete:
-    """`DELETE ... WHERE pk IN (SELECT pk ... WHERE condition LIMIT n)`: portable (neither
-    PostgreSQL nor a stock SQLite has DELETE ... LIMIT), and bounded per statement."""
+def batch_delete(rule: Expiring, retention: Retention, limit: int, dialect: str) -> Delete:
+    """Delete at most `limit` rows that `rule` says have expired, in one statement.
+
+    Neither PostgreSQL nor a stock SQLite has DELETE ... LIMIT, so the rows are chosen by a
+    subquery with LIMIT. On PostgreSQL they are named by `ctid` (`= ANY(ARRAY(...))` is a
+    TID scan, where `pk IN (...)` may be planned as a scan of the whole table joined to the
+    subquery). The condition is repeated outside: a row that a request changed meanwhile is
+    checked again as it is now (and keeps a new `ctid`), so it is never deleted on the
+    strength of what it was."""
+    condition = rule.condition(retention)
+    if dialect == "postgresql":
+        ctid: ColumnElement[Any] = literal_column("ctid")
+        chosen = select(ctid).where(condition).limit(limit).scalar_subquery()
+        return delete(rule.table).where(ctid == func.any(func.array(chosen)), condition)
     pk = list(rule.table.primary_key.columns)
-    chosen = select(*pk).where(rule.condition(retention)).limit(limit)
+    keys = select(*pk).where(condition).limit(limit)
     target: Any = pk[0] if len(pk) == 1 else tuple_(*pk)
-    return delete(rule.table).where(target.in_(chosen))
+    return delete(rule.table).where(target.in_(keys), condition)
 
 
 class Pruner:
@@ -73,7 +84,7 @@ class Pruner:
 
     async def _drain(self, conn: AsyncConnection | None, rule: Expiring, r: Retention) -> int:
         limit = self._settings.prune_batch_size
-        statement = batch_delete(rule, r, limit)
+        statement = batch_delete(rule, r, limit, self._engine.dialect.name)
         total = 0
         while True:
             if conn is None:
