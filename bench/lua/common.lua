@@ -1,5 +1,6 @@
 -- Shared by every bench script: thread numbering, token/user pool files split between
--- wrk threads, per-status counts, and a done() hook that prints one JSON line for run.py.
+-- wrk threads, per-status counts, and a done() hook that prints one JSON line for run.py;
+-- then the pools themselves (pools.lua).
 -- Each script loads it with dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua").
 
 bench = {}
@@ -88,3 +89,5 @@ function done(summary, latency, requests)
     latency:percentile(99), latency.max,
     table.concat(parts, ","), starved))
 end
+
+dofile(os.getenv("BENCH_LUA_DIR") .. "/pools.lua")

@@ -4,24 +4,14 @@
 -- lockout reserves an attempt per username before it checks the password).
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local reqs, n, i = {}, 0, 0
+local next_request
 
 function init(args)
-  local headers = { ["Content-Type"] = "application/json" }
-  for _, line in ipairs(bench.lines(os.getenv("BENCH_USERS"))) do
-    local user, password, fingerprint = line:match("^([^\t]+)\t([^\t]+)\t([^\t]+)$")
-    assert(user, "bad user line")
-    local body = string.format(
-      '{"username":"%s","password":"%s","device_name":"bench","device_fingerprint":"%s"}',
-      user, password, fingerprint)
-    reqs[#reqs + 1] = wrk.format("POST", "/api/v1/auth/login", headers, body)
-  end
-  n = #reqs
+  next_request = pools.cycle(pools.login_requests(os.getenv("BENCH_USERS"), "bench", true))
 end
 
 function request()
-  i = i % n + 1
-  return reqs[i]
+  return next_request()
 end
 
 -- Logins are few and slow: counting their statuses costs wrk nothing that matters, and tells

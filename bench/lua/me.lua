@@ -1,16 +1,12 @@
 -- (b) GET /api/v1/auth/me with a pool of access tokens (BENCH_TOKENS, one a line), round-robin.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local reqs, n, i = {}, 0, 0
+local next_request
 
 function init(args)
-  for _, token in ipairs(bench.lines(os.getenv("BENCH_TOKENS"))) do
-    reqs[#reqs + 1] = wrk.format("GET", "/api/v1/auth/me", { ["Authorization"] = "Bearer " .. token })
-  end
-  n = #reqs
+  next_request = pools.cycle(pools.me_requests(os.getenv("BENCH_TOKENS")))
 end
 
 function request()
-  i = i % n + 1
-  return reqs[i]
+  return next_request()
 end

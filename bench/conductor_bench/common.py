@@ -1,0 +1,44 @@
+"""Paths, targets, scenario names, and the one error type of the benchmark."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+REPO = BENCH_DIR.parent
+LUA_DIR = BENCH_DIR / "lua"
+HOST = "127.0.0.1"  # the only address this harness ever sends load to
+MIB = 1024 * 1024
+
+# Targets from the benchmark issue.
+TARGET_ME_RATIO = 0.6
+TARGET_REFRESH_RATIO = 0.25
+TARGET_LOGIN_OF_BOUND = 0.85
+TARGET_PROBE_P99_MS = 50.0
+TARGET_WORKER_RSS_MIB = 120.0
+TARGET_PG_SCALING = 1.6
+
+BUSY_CORES = 0.25  # other processes' CPU above which a scenario is flagged as disturbed
+
+# The server's Argon2id parameters (src/conductor_api/security/passwords.py).
+ARGON2_MEMORY_KIB = 19456
+ARGON2_TIME_COST = 2
+ARGON2_PARALLELISM = 1
+
+SCENARIOS = {
+    "a": "a. GET /health/live (ceiling)",
+    "b": "b. GET /api/v1/auth/me",
+    "c": "c. POST /api/v1/auth/refresh",
+    "d": "d. POST /api/v1/auth/login",
+    "e": "e. GET /health/live, steady, during (d)",
+    "f": "f. mixed load",
+}
+
+
+class BenchError(Exception):
+    """Something stopped the benchmark; the message is the one line the user sees."""
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
