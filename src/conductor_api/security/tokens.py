@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from collections import OrderedDict
@@ -23,6 +25,31 @@ MAX_TOKEN_LENGTH = 2048
 _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "sid", "jti", "typ"]
 # Verified access tokens remembered per process (see `TokenService.decode_access`).
 VERIFIED_CACHE_SIZE = 4096
+# The JWS compact serialization: three unpadded base64url segments, ASCII only.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def is_canonical(token: str) -> bool:
+    """Whether `token` is in the one canonical JWS compact form this server issues.
+
+    PyJWT also accepts padded segments (`=` appended) and segments whose last character
+    carries non-zero spare bits: such a variant verifies like the genuine token but has
+    another digest, so a current refresh token re-encoded that way would look like a spent
+    one and revoke its session. Only the canonical encoding is accepted: every segment
+    must decode and re-encode to itself. Also refuses anything non-ASCII (lone surrogates
+    included) before it is hashed or encoded."""
+    if len(token) > MAX_TOKEN_LENGTH or not _COMPACT.fullmatch(token):
+        return False
+    for segment in token.split("."):
+        if len(segment) % 4 == 1:
+            return False
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except (binascii.Error, ValueError):
+            return False
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +110,21 @@ class TokenService:
         payload = {**claims, "iss": self._issuer, "aud": self._audience, "typ": kind}
         return jwt.encode(payload, self._keys[kind], algorithm=self._algorithm)
 
-    def issue_access(self, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> str:
-        """A new access token for a session."""
+    def access_expiry(self, now: datetime, not_after: int | None = None) -> int:
+        """When an access token issued at `now` expires: ACCESS_TOKEN_EXPIRE_MINUTES later,
+        but never after `not_after` (its session's absolute end)."""
+        exp = int(now.timestamp()) + self.access_ttl_seconds
+        return exp if not_after is None else min(exp, not_after)
+
+    def issue_access(
+        self,
+        user_id: uuid.UUID,
+        session_id: uuid.UUID,
+        now: datetime,
+        *,
+        not_after: int | None = None,
+    ) -> str:
+        """A new access token for a session, expiring at `access_expiry(now, not_after)`."""
         iat = int(now.timestamp())
         return self._encode(
             ACCESS,
@@ -93,7 +133,7 @@ class TokenService:
                 "sid": str(session_id),
                 "jti": secrets.token_urlsafe(16),
                 "iat": iat,
-                "exp": iat + self.access_ttl_seconds,
+                "exp": self.access_expiry(now, not_after),
             },
         )
 
@@ -135,7 +175,7 @@ class TokenService:
         not the token, is compared). Only a byte-identical token hits; expiry is still
         checked against the clock on every hit, and revocation is checked by the caller.
         """
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not is_canonical(token):
             raise InvalidToken()
         key = hashlib.sha256(token.encode()).digest()
         claims = self._verified.get(key)
@@ -154,7 +194,7 @@ class TokenService:
         return self._decode(REFRESH, token, now, InvalidRefreshToken)
 
     def _decode(self, kind: str, token: str, now: datetime, error: type[AppError]) -> Claims:
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not is_canonical(token):
             raise error()
         try:
             decoded = self._jwt.decode_complete(

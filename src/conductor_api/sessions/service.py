@@ -26,14 +26,19 @@ def _pair(
     user_id: uuid.UUID,
     session_id: uuid.UUID,
     refresh: str,
-    refresh_expires_at: datetime,
+    refresh_expires_at: int,
+    session_expires_at: int,
     now: datetime,
 ) -> TokenPair:
+    """Both lifetimes are counted from the whole second the tokens' `iat` holds, so a fresh
+    pair reports exactly ACCESS_TOKEN_EXPIRE_MINUTES and REFRESH_TOKEN_EXPIRE_DAYS; the
+    access token never outlives the session's absolute end."""
+    issued_at = int(now.timestamp())
     return TokenPair(
-        access_token=tokens.issue_access(user_id, session_id, now),
+        access_token=tokens.issue_access(user_id, session_id, now, not_after=session_expires_at),
         refresh_token=refresh,
-        expires_in=tokens.access_ttl_seconds,
-        refresh_expires_in=max(0, int((refresh_expires_at - now).total_seconds())),
+        expires_in=max(0, tokens.access_expiry(now, session_expires_at) - issued_at),
+        refresh_expires_in=max(0, refresh_expires_at - issued_at),
         session_id=session_id,
     )
 
@@ -83,14 +88,15 @@ async def start_session(
             generation=0,
         ),
     )
-    return _pair(tokens, user.id, session.id, refresh, session.expires_at, now)
+    return _pair(tokens, user.id, session.id, refresh, expires, int(absolute.timestamp()), now)
 
 
 def _child(
     tokens: TokenService, settings: Settings, claims: Claims, rotated_at: datetime
 ) -> tuple[str, int]:
     """The token that replaces the parent described by `claims` when rotated at
-    `rotated_at` (whole seconds), and its expiry: the same inputs give the same token."""
+    `rotated_at`, and its expiry: the same inputs give the same token. The token holds
+    whole seconds (`iat`); the session keeps the exact rotation time for the grace window."""
     issued_at = int(rotated_at.timestamp())
     expires = _refresh_expiry(settings, issued_at, claims.session_expires_at)
     child = tokens.issue_refresh(
@@ -122,7 +128,8 @@ async def refresh(
     that reads the session under a lock.
     """
     presented = token_digest(token)
-    rotated_at = now.replace(microsecond=0)
+    # The exact time, not cut to whole seconds: the grace window is measured from it.
+    rotated_at = now
     child, expires = _child(tokens, settings, claims, rotated_at)
     expires_at = datetime.fromtimestamp(expires, now.tzinfo)
     # The digests are compared by the database: they are SHA-256 of random tokens, so
@@ -133,7 +140,10 @@ async def refresh(
     )  # fmt: skip
     rotated = await autocommit.first(swap, params)
     if rotated is not None:
-        return _pair(tokens, claims.user_id, claims.session_id, child, expires_at, now)
+        return _pair(
+            tokens, claims.user_id, claims.session_id, child, expires,
+            claims.session_expires_at, now,
+        )  # fmt: skip
     return await _refresh_not_current(
         sessionmaker, tokens, settings, presented, claims, client, now
     )
@@ -170,11 +180,14 @@ async def _refresh_not_current(
             and session.rotated_at is not None
             and now - session.rotated_at <= grace
         ):
-            child, _ = _child(tokens, settings, claims, session.rotated_at)
+            child, child_expires = _child(tokens, settings, claims, session.rotated_at)
             if not digests_equal(token_digest(child), session.refresh_token_hash):
                 raise InvalidRefreshToken()
             session.last_used_at = now
-            return _pair(tokens, user.id, session.id, child, session.expires_at, now)
+            return _pair(
+                tokens, user.id, session.id, child, child_expires,
+                int(session.absolute_expires_at.timestamp()), now,
+            )  # fmt: skip
         await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
         events.record(
             db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
