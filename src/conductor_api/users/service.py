@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 import uuid
@@ -86,7 +87,8 @@ async def hash_new_password(
     hasher: PasswordHasher, password: str, min_password_length: int, username: str
 ) -> str:
     """Check a new password against the rules, then hash it (outside any transaction)."""
-    check_password_rules(password, min_password_length, username)
+    # zxcvbn is pure Python (up to ~50 ms): in a thread, so other requests keep moving.
+    await asyncio.to_thread(check_password_rules, password, min_password_length, username)
     return await hasher.hash(password)
 
 
