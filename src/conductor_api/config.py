@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conductor_api.storage import make_private_dir
+
 SECRETS_FILE_NAME = "secrets.json"
 MIN_SECRET_BYTES = 32
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -203,7 +205,7 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
     """Read the generated secrets, or create them with owner-only permissions."""
     path = data_dir / SECRETS_FILE_NAME
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(data_dir)
     except OSError as e:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot create {data_dir}: {e.strerror}") from None
     fresh = {

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, Executable, MetaData, Row, create_engine, event
@@ -22,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from conductor_api.config import Settings
+from conductor_api.storage import prepare_sqlite
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -66,7 +66,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     # hide_parameters: statement parameters (hashes, token digests) never reach a message.
     kwargs: dict[str, Any] = {"pool_timeout": timeout, "hide_parameters": True}
     if settings.is_sqlite:
-        Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite(url)
         kwargs["connect_args"] = {"timeout": timeout, "isolation_level": None}
         # One connection per process: every transaction here writes (BEGIN IMMEDIATE), and
         # SQLite admits one writer at a time. Waiting in the pool's queue hands the

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from conductor_api.config import Settings
+from conductor_api.storage import prepare_sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -25,7 +26,7 @@ def alembic_config(settings: Settings) -> Config:
     config.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(slug)s")
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
     if settings.is_sqlite:
-        Path(settings.sqlalchemy_url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite(settings.sqlalchemy_url)
     return config
 
 
