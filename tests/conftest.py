@@ -38,6 +38,9 @@ PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 PASSWORD = "correct horse battery staple"
 TABLES = ("security_events", "sessions", "login_throttles", "users")
 CLIENT_IP = "203.0.113.7"
+# Random per run: the settings refuse keys with few distinct characters.
+ACCESS_SECRET = secrets.token_urlsafe(48)
+REFRESH_SECRET = secrets.token_urlsafe(48)
 
 
 def pg_url(database: str) -> str:
@@ -75,8 +78,8 @@ def make_settings(data_dir: Path, database_url: str | None, **overrides: Any) ->
     values: dict[str, Any] = {
         "conductor_data_dir": data_dir,
         "database_url": database_url,
-        "jwt_secret_key": SecretStr("access-" + "a" * 40),
-        "jwt_refresh_secret_key": SecretStr("refresh-" + "b" * 40),
+        "jwt_secret_key": SecretStr(ACCESS_SECRET),
+        "jwt_refresh_secret_key": SecretStr(REFRESH_SECRET),
         "password_hash_concurrency": 2,
         **overrides,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 from conductor_api.config import ConfigError, load_settings
 from tests.e2e.server import clean_env, cli_path
 
-GOOD_A = "x" * 40
-GOOD_B = "y" * 40
+GOOD_A = secrets.token_urlsafe(32)
+GOOD_B = secrets.token_urlsafe(32)
 
 BAD_VALUES = [
     ({"JWT_SECRET_KEY": "short", "JWT_REFRESH_SECRET_KEY": GOOD_B}, "JWT_SECRET_KEY"),
@@ -34,6 +35,31 @@ BAD_VALUES = [
     ({"CORS_ORIGINS": "https://example.com/path"}, "CORS_ORIGINS"),
     ({"TRUSTED_PROXIES": "10.0.0.1,not-an-ip"}, "TRUSTED_PROXIES"),
     ({"ANDROID_API_PORT": "70000"}, "ANDROID_API_PORT"),
+    # Bounds past which a setting switches a protection off (issue 9, item 14).
+    ({"REFRESH_REUSE_GRACE_SECONDS": "99999999"}, "REFRESH_REUSE_GRACE_SECONDS"),
+    ({"REFRESH_REUSE_GRACE_SECONDS": "61"}, "REFRESH_REUSE_GRACE_SECONDS"),
+    ({"ACCESS_TOKEN_EXPIRE_MINUTES": "1000000000"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
+    ({"ACCESS_TOKEN_EXPIRE_MINUTES": "1441"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
+    ({"REFRESH_TOKEN_EXPIRE_DAYS": "366"}, "REFRESH_TOKEN_EXPIRE_DAYS"),
+    ({"SESSION_MAX_DAYS": "3651"}, "SESSION_MAX_DAYS"),
+    ({"MAX_FAILED_LOGIN_ATTEMPTS": "101"}, "MAX_FAILED_LOGIN_ATTEMPTS"),
+    ({"LOCKOUT_MINUTES": "1441"}, "LOCKOUT_MINUTES"),
+    ({"MAX_FAILED_LOGINS_PER_IP": "100001"}, "MAX_FAILED_LOGINS_PER_IP"),
+    ({"PASSWORD_HASH_CONCURRENCY": "257"}, "PASSWORD_HASH_CONCURRENCY"),
+    ({"DATABASE_TIMEOUT_SECONDS": "301"}, "DATABASE_TIMEOUT_SECONDS"),
+    ({"MAX_BODY_BYTES": "16777217"}, "MAX_BODY_BYTES"),
+    ({"TRUSTED_PROXIES": "0.0.0.0/0"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "10.0.0.1,::/0"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "0.0.0.0/1,128.0.0.0/1"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "::ffff:0:0/96"}, "TRUSTED_PROXIES"),
+    ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE"),
+    ({"JWT_ISSUER": "   "}, "JWT_ISSUER"),
+    ({"JWT_SECRET_KEY": "a" * 48, "JWT_REFRESH_SECRET_KEY": GOOD_B}, "JWT_SECRET_KEY"),
+    (
+        {"JWT_SECRET_KEY": GOOD_A, "JWT_REFRESH_SECRET_KEY": "refresh-" + "b" * 40},
+        "JWT_REFRESH_SECRET_KEY",
+    ),
+    ({"JWT_SECRET_KEY": "abcdefghijk" * 4, "JWT_REFRESH_SECRET_KEY": GOOD_B}, "JWT_SECRET_KEY"),
     ({"EVENT_RETENTION_DAYS": "0"}, "EVENT_RETENTION_DAYS"),
     ({"SESSION_RETENTION_DAYS": "-1"}, "SESSION_RETENTION_DAYS"),
     ({"PRUNE_INTERVAL_SECONDS": "soon"}, "PRUNE_INTERVAL_SECONDS"),
@@ -118,6 +144,64 @@ class TestGeneratedSecrets:
         (env / "data" / "secrets.json").write_text("{not json")
         with pytest.raises(ConfigError, match="CONDUCTOR_DATA_DIR"):
             load_settings()
+
+
+class TestSecretsNeverEchoed:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "mysql://root:Secret@db/prod",
+            "postgresql://root:Secret@127.0.0.1:abc/prod",
+            "oracle://root:Secret@db:1521/prod",
+        ],
+    )
+    def test_database_password_is_redacted(self, tmp_path: Path, url: str) -> None:
+        result = subprocess.run(
+            [cli_path(), "migrate"],
+            env=clean_env(CONDUCTOR_DATA_DIR=str(tmp_path / "data"), DATABASE_URL=url),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 2, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("conductor-api: error: DATABASE_URL:"), lines[0]
+        assert "Secret" not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr
+
+    def test_redacted_value_still_helps(self, env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "mysql://root:Secret@db/prod")
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert "mysql://root:***@db/prod" in str(raised.value)
+
+    def test_weak_secret_refusal_shows_no_part_of_it(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("JWT_SECRET_KEY", "placeholder-" + "z" * 40)
+        monkeypatch.setenv("JWT_REFRESH_SECRET_KEY", GOOD_B)
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert "zzz" not in str(raised.value) and "placeholder" not in str(raised.value)
+
+
+class TestAcceptedValues:
+    def test_bounds_themselves_are_accepted(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("REFRESH_REUSE_GRACE_SECONDS", "60")
+        monkeypatch.setenv("ACCESS_TOKEN_EXPIRE_MINUTES", "1440")
+        monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8,0.0.0.0/1,fd00::/8")
+        s = load_settings(jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B)
+        assert (s.refresh_reuse_grace_seconds, s.access_token_expire_minutes) == (60, 1440)
+        assert len(s.trusted_proxies) == 3
+
+    def test_random_hex_secrets_are_accepted(self, env: Path) -> None:
+        s = load_settings(jwt_secret_key=secrets.token_hex(32), jwt_refresh_secret_key=GOOD_B)
+        assert len(s.access_secret) == 64
 
 
 class TestBadValues:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from conductor_api.storage import make_private_dir
 
@@ -41,8 +43,8 @@ class Settings(BaseSettings):
     jwt_secret_key: SecretStr | None = None
     jwt_refresh_secret_key: SecretStr | None = None
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
-    jwt_issuer: str = "conductor-api"
-    jwt_audience: str = "conductor-android"
+    jwt_issuer: str = Field(default="conductor-api", min_length=1, max_length=256)
+    jwt_audience: str = Field(default="conductor-android", min_length=1, max_length=256)
 
     android_api_host: str = "127.0.0.1"
     android_api_port: int = Field(default=8000, ge=1, le=65535)
@@ -50,23 +52,27 @@ class Settings(BaseSettings):
     database_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    access_token_expire_minutes: int = Field(default=30, ge=1)
-    refresh_token_expire_days: int = Field(default=7, ge=1)
-    session_max_days: int = Field(default=90, ge=1)
-    refresh_reuse_grace_seconds: int = Field(default=10, ge=0)
+    # Upper bounds: past them a setting no longer protects anything (a day-long access
+    # token outlives any revocation worth making; a minute of grace is already generous).
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=1440)
+    refresh_token_expire_days: int = Field(default=7, ge=1, le=365)
+    session_max_days: int = Field(default=90, ge=1, le=3650)
+    refresh_reuse_grace_seconds: int = Field(default=10, ge=0, le=60)
     min_password_length: int = Field(default=15, ge=8, le=1024)
-    max_failed_login_attempts: int = Field(default=5, ge=1)
-    lockout_minutes: int = Field(default=15, ge=1)
-    max_failed_logins_per_ip: int = Field(default=50, ge=1)
+    max_failed_login_attempts: int = Field(default=5, ge=1, le=100)
+    lockout_minutes: int = Field(default=15, ge=1, le=1440)
+    max_failed_logins_per_ip: int = Field(default=50, ge=1, le=100_000)
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     allow_registration: bool = False
 
     # Operational settings beyond the contract's table (documented in .env.example).
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    database_timeout_seconds: float = Field(default=5.0, gt=0)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    password_hash_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256
+    )
+    database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Retention (see conductor_api.retention): how long history is kept, how often serve prunes.
     event_retention_days: int = Field(default=90, ge=1, le=36500)
     session_retention_days: int = Field(default=30, ge=1, le=36500)
@@ -106,13 +112,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"not an address or network: {e}") from None
         return parts
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, networks: list[IPNetwork]) -> list[IPNetwork]:
+        if _trusts_everyone(networks):
+            raise ValueError(
+                "trusts every address, so any client could choose its own address "
+                "(X-Forwarded-For) and escape the per-address limit; list your proxies"
+            )
+        return networks
+
+    @field_validator("jwt_issuer", "jwt_audience")
+    @classmethod
+    def _check_claim(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
     @field_validator("jwt_secret_key", "jwt_refresh_secret_key")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
             return None
-        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        secret = value.get_secret_value()
+        if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
+        weakness = _weak_secret(secret)
+        if weakness is not None:
+            raise ValueError(
+                f"{weakness}; use a random value, e.g. from "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
         return value
 
     @field_validator("database_url")
@@ -124,6 +154,13 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in _DRIVERS:
             raise ValueError("unknown scheme; use sqlite:///path or postgresql://user@host/db")
+        try:
+            parsed = make_url(value)
+            _ = parsed.port  # a port that is not a number fails here, not at the first query
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "not a valid URL; use postgresql://user:password@host:5432/db"
+            ) from None
         return value
 
     @model_validator(mode="after")
@@ -165,6 +202,54 @@ class Settings(BaseSettings):
         return self.jwt_refresh_secret_key.get_secret_value()
 
 
+# A random key of 32 characters or more has more distinct characters than this (32 hex
+# digits fall below 8 about once in 10^7 keys); a typed placeholder has fewer.
+MIN_SECRET_DISTINCT = 8
+
+
+def _weak_secret(secret: str) -> str | None:
+    """Why `secret` is too predictable to sign tokens with, or None."""
+    distinct = len(set(secret))
+    if distinct < MIN_SECRET_DISTINCT:
+        return f"has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT})"
+    if secret in (secret + secret)[1:-1]:
+        return "is one shorter string repeated"
+    commonest = max(secret.count(ch) for ch in set(secret))
+    if commonest * 2 > len(secret):
+        return "is more than half one repeated character"
+    return None
+
+
+def _trusts_everyone(networks: list[IPNetwork]) -> bool:
+    """Whether the networks together cover all of IPv4 or all of IPv6 (0.0.0.0/0, ::/0,
+    or pieces such as 0.0.0.0/1 with 128.0.0.0/1, or every IPv4-mapped IPv6 address)."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+    return (
+        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) >= 2**32
+        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) >= 2**128
+        or any(mapped.subnet_of(n) for n in v6)
+    )
+
+
+# Setting names whose values are never shown in an error message.
+_SECRET_NAMES = ("SECRET", "KEY", "PASSWORD", "TOKEN")
+
+
+def redact(value: object) -> str:
+    """A setting's value as an error may show it: the password of a URL's userinfo is
+    replaced by `***` (DATABASE_URL=postgresql://user:***@host/db)."""
+    text = str(value)
+    if "://" not in text or "@" not in text:
+        return repr(text)
+    scheme, rest = text.split("://", 1)
+    userinfo, sep, host = rest.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return repr(f"{scheme}://{userinfo}{sep}{host}")
+
+
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
@@ -181,7 +266,8 @@ def _first_error(error: ValidationError) -> str:
     if ":" in message and message.split(":", 1)[0].isupper():
         return message
     value = err.get("input")
-    shown = "" if "SECRET" in loc or isinstance(value, dict) else f" (got {value!r})"
+    hidden = any(name in loc for name in _SECRET_NAMES) or isinstance(value, dict)
+    shown = "" if hidden else f" (got {redact(value)})"
     return f"{loc or 'settings'}: {message}{shown}"
 
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from conductor_api.security.tokens import token_digest
-from tests.conftest import PASSWORD
+from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET
 from tests.e2e.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +42,8 @@ REGISTERED_TARGETS = [HAMMERED, "target1", "target2", "target21"]
 MAX_FAILED = 6
 LOAD_SECONDS = 3.0  # at least; and until the hammered name is locked
 ENV = {
-    "JWT_SECRET_KEY": "access-" + "a" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "b" * 40,
+    "JWT_SECRET_KEY": ACCESS_SECRET,
+    "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
     "ALLOW_REGISTRATION": "true",
     "MAX_FAILED_LOGIN_ATTEMPTS": str(MAX_FAILED),
     # Every client here is 127.0.0.1: the per-address limit must not get in the way.

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, PG_HOST, PG_PORT
+from tests.conftest import ACCESS_SECRET, PASSWORD, PG_HOST, PG_PORT, REFRESH_SECRET
 from tests.e2e.server import Server
 from tests.test_database_outage import BOUND, DATABASE_TIMEOUT, TcpProxy
 
@@ -92,8 +92,8 @@ def server(tmp_path: Path, pg_database: str, proxy: ProxyThread) -> Iterator[Ser
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/{database}",
         "DATABASE_TIMEOUT_SECONDS": str(DATABASE_TIMEOUT),
         "CONDUCTOR_DATA_DIR": str(tmp_path / "data"),
-        "JWT_SECRET_KEY": "access-" + "a" * 40,
-        "JWT_REFRESH_SECRET_KEY": "refresh-" + "b" * 40,
+        "JWT_SECRET_KEY": ACCESS_SECRET,
+        "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
         "ALLOW_REGISTRATION": "true",
         "LOG_FORMAT": "json",
     }

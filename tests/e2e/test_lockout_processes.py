@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET
 from tests.e2e.server import Server, create_user
 
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "l" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "k" * 40,
+    "JWT_SECRET_KEY": ACCESS_SECRET,
+    "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
 }
 LOGIN = "/api/v1/auth/login"
 WRONG = "wrong password, but long enough"

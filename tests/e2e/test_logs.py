@@ -4,6 +4,7 @@ access line with its request id, and no credential, token, key or hash reaches t
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.e2e
 API = "/api/v1/auth"
 PASSWORD = "correct horse battery staple"
 WRONG_PASSWORD = "incorrect mule battery paperclip"
-ACCESS_SECRET = "e2e-access-secret-" + "k" * 32
-REFRESH_SECRET = "e2e-refresh-secret-" + "r" * 32
+ACCESS_SECRET = "e2e-access-secret-" + secrets.token_hex(16)
+REFRESH_SECRET = "e2e-refresh-secret-" + secrets.token_hex(16)
 
 
 def slices(secret: str, size: int = 20) -> set[str]:

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET
 from tests.e2e.server import Server, create_user
 
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "m" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "n" * 40,
+    "JWT_SECRET_KEY": ACCESS_SECRET,
+    "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
 }
 API = "/api/v1/auth"
 
