@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import unicodedata
 import uuid
@@ -29,15 +30,28 @@ class InvalidUsername(AppError):
     detail = "Username must be 3 to 150 letters, digits or . @ + - _"
 
 
-def normalize_username(username: str) -> str:
-    """The key that logins and lockouts match on: NFKC, case-folded, NFKC again."""
+def _fold(username: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+
+
+def normalize_username(username: str) -> str:
+    """The key that logins and lockouts match on: NFKC, case-folded, NFKC again.
+
+    Folding can make a name much longer ("\ufdfa" becomes 18 characters, "ß" two), past
+    the 150 characters the key columns hold. No account can have such a key (registration
+    refuses it), so it is replaced by a fixed-length digest: the login then takes the
+    unknown-name path (dummy hash, 401) and its lockout counter still works. The `~`
+    cannot occur in a real key, so no digest can collide with one."""
+    key = _fold(username)
+    if len(key) <= USERNAME_MAX:
+        return key
+    return "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_username(username: str) -> str:
     """The name as stored (NFKC), or `InvalidUsername`."""
     name = unicodedata.normalize("NFKC", username)
-    if not _USERNAME_RE.fullmatch(name) or len(normalize_username(name)) > USERNAME_MAX:
+    if not _USERNAME_RE.fullmatch(name) or len(_fold(name)) > USERNAME_MAX:
         raise InvalidUsername()
     return name
 
