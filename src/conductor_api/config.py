@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_failed_logins_per_ip: int = Field(default=50, ge=1, le=100_000)
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     allow_registration: bool = False
+    # Registrations (each an Argon2id hash) from one address per hour.
+    max_registrations_per_ip: int = Field(default=10, ge=1, le=10_000)
 
     # Operational settings beyond the contract's table (documented in .env.example).
     log_format: Literal["text", "json"] = "text"

@@ -186,13 +186,18 @@ async def change_password(
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=error_responses(400, 404, 409, 413, 422, 503),
+    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
     summary="Create an account (only with ALLOW_REGISTRATION=true)",
 )
-async def register(body: RegisterRequest, db: DbSession, c: ContainerDep) -> UserOut:
+async def register(
+    body: RegisterRequest, db: DbSession, c: ContainerDep, client: Client
+) -> UserOut:
     """Create an account; 404 unless registration is enabled."""
     if not c.settings.allow_registration:
         raise NotFound()
+    await users.check_registration_rate(
+        c.sessionmaker, client.ip_address, c.clock.now(), c.settings.max_registrations_per_ip
+    )
     user = await users.create_user(
         db, c.hasher, username=body.username, password=body.password,
         min_password_length=c.settings.min_password_length, now=c.clock.now(),

@@ -19,6 +19,9 @@ class User(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(150))
     username_key: Mapped[str] = mapped_column(String(150), unique=True)
+    # SHA-256 of the UTS #39 skeleton of `username_key`: unique, so that no two accounts
+    # look alike. NULL only for accounts older than the rule that collided with another.
+    username_skeleton: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

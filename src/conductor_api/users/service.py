@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import unicodedata
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from conductor_api.errors import AppError, NotFound, UsernameTaken
+from conductor_api.errors import AppError, NotFound, TooManyAttempts, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.passwords import PasswordHasher, check_password_rules
 from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
+from conductor_api.users.confusables import skeleton_digest
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo
 
 USERNAME_MAX = 150
+LOOKALIKE_DETAIL = "This username is taken, or looks too much like a taken one"
+# Registrations from one address are counted in fixed windows of this length.
+REGISTRATION_WINDOW = timedelta(hours=1)
 _USERNAME_RE = re.compile(r"^[\w.@+-]{3,150}$")
 
 
@@ -70,12 +75,18 @@ async def create_user(
     # Hashed before the first query: on SQLite the transaction holds the write lock.
     password_hash = await hash_new_password(hasher, password, min_password_length, name)
     key = normalize_username(name)
+    skeleton = skeleton_digest(key)
     if await repository.get_by_key(db, key) is not None:
         raise UsernameTaken()
+    # A name that looks like an existing one (a Cyrillic a for a Latin one, "rn" for "m")
+    # would let its owner pass for the other user: refused like a taken name.
+    if await repository.skeleton_taken(db, skeleton):
+        raise UsernameTaken(LOOKALIKE_DETAIL)
     user = User(
         id=uuid.uuid4(),
         username=name,
         username_key=key,
+        username_skeleton=skeleton,
         password_hash=password_hash,
         is_active=True,
         created_at=now,
@@ -87,6 +98,22 @@ async def create_user(
     except IntegrityError:
         raise UsernameTaken() from None
     return user
+
+
+async def check_registration_rate(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    address: str,
+    now: datetime,
+    limit: int,
+) -> None:
+    """Count a registration from `address` in its own transaction (so that refused ones
+    count too) and refuse it past `limit` in the window: each one costs an Argon2id hash."""
+    async with sessionmaker.begin() as db:
+        count, started = await repository.count_registration(db, address, now, REGISTRATION_WINDOW)
+    if count > limit:
+        ends = started + REGISTRATION_WINDOW
+        retry = max(1, math.ceil((ends - now).total_seconds()))
+        raise TooManyAttempts(retry, "Too many registrations from this address; try again later")
 
 
 async def require_user(db: AsyncSession, username: str) -> User:

