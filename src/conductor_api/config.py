@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from conductor_api.settings_checks import SECRET_NAMES, redact, trusts_everyone, weak_secret
 from conductor_api.storage import make_private_dir
 
 SECRETS_FILE_NAME = "secrets.json"
@@ -117,7 +118,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, networks: list[IPNetwork]) -> list[IPNetwork]:
-        if _trusts_everyone(networks):
+        if trusts_everyone(networks):
             raise ValueError(
                 "trusts every address, so any client could choose its own address "
                 "(X-Forwarded-For) and escape the per-address limit; list your proxies"
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
         secret = value.get_secret_value()
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_BYTES} bytes")
-        weakness = _weak_secret(secret)
+        weakness = weak_secret(secret)
         if weakness is not None:
             raise ValueError(
                 f"{weakness}; use a random value, e.g. from "
@@ -204,54 +205,6 @@ class Settings(BaseSettings):
         return self.jwt_refresh_secret_key.get_secret_value()
 
 
-# A random key of 32 characters or more has more distinct characters than this (32 hex
-# digits fall below 8 about once in 10^7 keys); a typed placeholder has fewer.
-MIN_SECRET_DISTINCT = 8
-
-
-def _weak_secret(secret: str) -> str | None:
-    """Why `secret` is too predictable to sign tokens with, or None."""
-    distinct = len(set(secret))
-    if distinct < MIN_SECRET_DISTINCT:
-        return f"has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT})"
-    if secret in (secret + secret)[1:-1]:
-        return "is one shorter string repeated"
-    commonest = max(secret.count(ch) for ch in set(secret))
-    if commonest * 2 > len(secret):
-        return "is more than half one repeated character"
-    return None
-
-
-def _trusts_everyone(networks: list[IPNetwork]) -> bool:
-    """Whether the networks together cover all of IPv4 or all of IPv6 (0.0.0.0/0, ::/0,
-    or pieces such as 0.0.0.0/1 with 128.0.0.0/1, or every IPv4-mapped IPv6 address)."""
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
-    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
-    return (
-        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) >= 2**32
-        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) >= 2**128
-        or any(mapped.subnet_of(n) for n in v6)
-    )
-
-
-# Setting names whose values are never shown in an error message.
-_SECRET_NAMES = ("SECRET", "KEY", "PASSWORD", "TOKEN")
-
-
-def redact(value: object) -> str:
-    """A setting's value as an error may show it: the password of a URL's userinfo is
-    replaced by `***` (DATABASE_URL=postgresql://user:***@host/db)."""
-    text = str(value)
-    if "://" not in text or "@" not in text:
-        return repr(text)
-    scheme, rest = text.split("://", 1)
-    userinfo, sep, host = rest.rpartition("@")
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return repr(f"{scheme}://{userinfo}{sep}{host}")
-
-
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
@@ -268,7 +221,7 @@ def _first_error(error: ValidationError) -> str:
     if ":" in message and message.split(":", 1)[0].isupper():
         return message
     value = err.get("input")
-    hidden = any(name in loc for name in _SECRET_NAMES) or isinstance(value, dict)
+    hidden = any(name in loc for name in SECRET_NAMES) or isinstance(value, dict)
     shown = "" if hidden else f" (got {redact(value)})"
     return f"{loc or 'settings'}: {message}{shown}"
 

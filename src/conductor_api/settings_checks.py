@@ -1,0 +1,55 @@
+"""Checks on setting values that are more than a bound: key entropy, proxy lists, and
+what an error message may show of a value."""
+
+from __future__ import annotations
+
+import ipaddress
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A random key of 32 characters or more has more distinct characters than this (32 hex
+# digits fall below 8 about once in 10^7 keys); a typed placeholder has fewer.
+MIN_SECRET_DISTINCT = 8
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why `secret` is too predictable to sign tokens with, or None."""
+    distinct = len(set(secret))
+    if distinct < MIN_SECRET_DISTINCT:
+        return f"has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT})"
+    if secret in (secret + secret)[1:-1]:
+        return "is one shorter string repeated"
+    commonest = max(secret.count(ch) for ch in set(secret))
+    if commonest * 2 > len(secret):
+        return "is more than half one repeated character"
+    return None
+
+
+def trusts_everyone(networks: list[IPNetwork]) -> bool:
+    """Whether the networks together cover all of IPv4 or all of IPv6 (0.0.0.0/0, ::/0,
+    or pieces such as 0.0.0.0/1 with 128.0.0.0/1, or every IPv4-mapped IPv6 address)."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+    return (
+        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) >= 2**32
+        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) >= 2**128
+        or any(mapped.subnet_of(n) for n in v6)
+    )
+
+
+# Setting names whose values are never shown in an error message.
+SECRET_NAMES = ("SECRET", "KEY", "PASSWORD", "TOKEN")
+
+
+def redact(value: object) -> str:
+    """A setting's value as an error may show it: the password of a URL's userinfo is
+    replaced by `***` (DATABASE_URL=postgresql://user:***@host/db)."""
+    text = str(value)
+    if "://" not in text or "@" not in text:
+        return repr(text)
+    scheme, rest = text.split("://", 1)
+    userinfo, sep, host = rest.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return repr(f"{scheme}://{userinfo}{sep}{host}")
