@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -18,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from conductor_api import migrate
 from conductor_api.config import Settings
 from conductor_api.models import Base
+from conductor_api.users.confusables import skeleton_digest
 from tests.conftest import create_pg_database, drop_pg_database, make_settings, pg_url
 
 TABLES = {"users", "sessions", "login_throttles", "security_events"}
@@ -91,3 +94,52 @@ class TestMigrations:
         migrate.upgrade(empty_settings)
         migrate.upgrade(empty_settings)
         assert migrate.current_revision(empty_settings) == migrate.head_revision(empty_settings)
+
+
+def _insert_users(conn: Connection) -> None:
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    names = ["alice", "\u0430lice", "bob"]  # the second with a Cyrillic a
+    for i, name in enumerate(names):
+        user_id = uuid.uuid4()
+        conn.execute(
+            text(
+                "INSERT INTO users (id, username, username_key, password_hash, is_active,"
+                " created_at, password_changed_at) VALUES (:id, :n, :k, 'x', true, :c, :c)"
+            ),
+            {
+                "id": user_id.hex if conn.dialect.name == "sqlite" else user_id,
+                "n": name,
+                "k": name,
+                "c": now + timedelta(minutes=i),
+            },
+        )
+
+
+def _skeletons(conn: Connection) -> dict[str, str | None]:
+    rows = conn.execute(text("SELECT username_key, username_skeleton FROM users"))
+    return {k: s for k, s in rows}
+
+
+class TestUsernameSkeletonMigration:
+    def test_existing_users_get_skeletons_and_old_look_alikes_stay(
+        self, empty_settings: Settings
+    ) -> None:
+        migrate.upgrade(empty_settings, "0001")
+
+        async def insert() -> None:
+            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_insert_users)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(insert())
+        migrate.upgrade(empty_settings)
+        skeletons = _inspect(empty_settings, _skeletons)
+        assert skeletons["alice"] == skeleton_digest("alice")
+        assert skeletons["\u0430lice"] is None  # the younger look-alike keeps its account
+        assert skeletons["bob"] == skeleton_digest("bob")
+        migrate.downgrade(empty_settings, "0001")
+        migrate.upgrade(empty_settings)
+        assert _inspect(empty_settings, _skeletons) == skeletons
