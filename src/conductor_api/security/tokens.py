@@ -175,7 +175,9 @@ class TokenService:
         not the token, is compared). Only a byte-identical token hits; expiry is still
         checked against the clock on every hit, and revocation is checked by the caller.
         """
-        if not is_canonical(token):
+        # The canonical-form check runs in `_decode`, on a miss: a hit is byte-identical to
+        # a token that passed it. ASCII is checked here, before the token is encoded.
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise InvalidToken()
         key = hashlib.sha256(token.encode()).digest()
         claims = self._verified.get(key)
