@@ -165,3 +165,56 @@ class TestAccessTokenWithinTheSession:
         clock._now = end + timedelta(seconds=1)
         response = await client.get(ME, headers=bearer(pair["access_token"]))
         assert_error(response, 401, "invalid_token")
+
+
+LOGIN_FIELDS = {
+    "username": "al\\ud800ice",
+    "password": "correct horse \\ud800 staple",
+    "device_name": "Pixel \\udfff",
+    "device_fingerprint": "\\ud800",
+}
+
+
+class TestLoneSurrogatesElsewhere:
+    @pytest.mark.parametrize("field", sorted(LOGIN_FIELDS))
+    async def test_login_fields(
+        self, client: httpx.AsyncClient, alice: Account, field: str
+    ) -> None:
+        values = {"username": "alice", "password": "correct horse battery staple"}
+        values["device_name"] = "Pixel 8"
+        values[field] = LOGIN_FIELDS[field]
+        body = "{" + ", ".join(f'"{k}": "{v}"' for k, v in values.items()) + "}"
+        response = await client.post(
+            "/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert 400 <= response.status_code < 500, response.text
+        assert "code" in response.json()
+
+    @pytest.mark.parametrize(
+        "form",
+        [
+            "grant_type=password&username=al%ED%A0%80&password=x",
+            "grant_type=password&username=alice&password=%ED%A0%80%80",
+            "grant_type=refresh_token&refresh_token=%ED%A0%80",
+            "grant_type=password&username=alice&password=wrong&device_name=%ED%A0%80",
+        ],
+    )
+    async def test_form_endpoint(
+        self, client: httpx.AsyncClient, alice: Account, form: str
+    ) -> None:
+        response = await client.post(
+            "/api/v1/auth/token",
+            content=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 400, response.text
+
+    async def test_headers_that_are_not_utf8(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        response = await client.post(
+            "/api/v1/auth/login",
+            json={"username": "alice", "password": "wrong password!", "device_name": "x"},
+            headers={b"User-Agent": b"\xed\xa0\x80\xff", b"X-Request-ID": b"\xed\xa0\x80"},
+        )
+        assert response.status_code == 401
