@@ -72,6 +72,7 @@ def settings_overrides() -> dict[str, Any]:
         "allow_registration": True,
         "max_failed_login_attempts": 100_000,
         "max_failed_logins_per_ip": 100_000,
+        "max_registrations_per_ip": 100_000,
     }
 
 

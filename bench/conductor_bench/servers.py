@@ -37,6 +37,7 @@ def clean_env(**extra: str) -> dict[str, str]:
             "LOG_LEVEL",
             "MAX_FAILED_LOGIN_ATTEMPTS",
             "MAX_FAILED_LOGINS_PER_IP",
+            "MAX_REGISTRATIONS_PER_IP",
             "LOCKOUT_MINUTES",
         )
     }
