@@ -45,7 +45,8 @@ def clean_env(**env: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_"))
-        and k not in ("ALLOW_REGISTRATION", "TRUSTED_PROXIES", "LOG_FORMAT")
+        and k
+        not in ("ALLOW_REGISTRATION", "MAX_REGISTRATIONS_PER_IP", "TRUSTED_PROXIES", "LOG_FORMAT")
     }
     return {**keep, **env}
 
