@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_failed_logins_per_ip: int = Field(default=50, ge=1, le=1_000_000)
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     allow_registration: bool = False
-    # Registrations (each an Argon2id hash) from one address per hour.
+    # Registrations (each an Argon2id hash) from one address within LOCKOUT_MINUTES.
     max_registrations_per_ip: int = Field(default=10, ge=1, le=1_000_000)
 
     # Operational settings beyond the contract's table (documented in .env.example).

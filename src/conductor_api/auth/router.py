@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, status
@@ -196,8 +197,9 @@ async def register(
     if not c.settings.allow_registration:
         raise NotFound()
     await users.check_registration_rate(
-        c.sessionmaker, client.ip_address, c.clock.now(), c.settings.max_registrations_per_ip
-    )
+        c.sessionmaker, client.ip_address, c.clock.now(), c.settings.max_registrations_per_ip,
+        timedelta(minutes=c.settings.lockout_minutes),
+    )  # fmt: skip
     user = await users.create_user(
         db, c.hasher, username=body.username, password=body.password,
         min_password_length=c.settings.min_password_length, now=c.clock.now(),

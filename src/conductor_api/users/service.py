@@ -25,8 +25,6 @@ from conductor_api.values import ClientInfo
 
 USERNAME_MAX = 150
 LOOKALIKE_DETAIL = "This username is taken, or looks too much like a taken one"
-# Registrations from one address are counted in fixed windows of this length.
-REGISTRATION_WINDOW = timedelta(hours=1)
 _USERNAME_RE = re.compile(r"^[\w.@+-]{3,150}$")
 
 
@@ -105,13 +103,16 @@ async def check_registration_rate(
     address: str,
     now: datetime,
     limit: int,
+    window: timedelta,
 ) -> None:
     """Count a registration from `address` in its own transaction (so that refused ones
-    count too) and refuse it past `limit` in the window: each one costs an Argon2id hash."""
+    count too) and refuse it past `limit` in the window: each one costs an Argon2id hash.
+    The window is LOCKOUT_MINUTES, like an address's login failures, whose idle counters
+    the pruner removes after that long."""
     async with sessionmaker.begin() as db:
-        count, started = await repository.count_registration(db, address, now, REGISTRATION_WINDOW)
+        count, started = await repository.count_registration(db, address, now, window)
     if count > limit:
-        ends = started + REGISTRATION_WINDOW
+        ends = started + window
         retry = max(1, math.ceil((ends - now).total_seconds()))
         raise TooManyAttempts(retry, "Too many registrations from this address; try again later")
 
