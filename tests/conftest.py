@@ -41,6 +41,7 @@ CLIENT_IP = "203.0.113.7"
 # Random per run: the settings refuse keys with few distinct characters.
 ACCESS_SECRET = secrets.token_urlsafe(48)
 REFRESH_SECRET = secrets.token_urlsafe(48)
+TEST_KEK = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMhISE"
 
 
 def pg_url(database: str) -> str:
@@ -80,6 +81,8 @@ def make_settings(data_dir: Path, database_url: str | None, **overrides: Any) ->
         "database_url": database_url,
         "jwt_secret_key": SecretStr(ACCESS_SECRET),
         "jwt_refresh_secret_key": SecretStr(REFRESH_SECRET),
+        # One key-encryption key for every test: the run's databases are shared.
+        "key_encryption_key": SecretStr(TEST_KEK),
         "password_hash_concurrency": 2,
         **overrides,
     }

@@ -23,6 +23,7 @@ from conductor_api.config import Settings, load_settings
 from conductor_api.container import Container
 from conductor_api.errors import AppError, ServiceUnavailable
 from conductor_api.events.router import router as events_router
+from conductor_api.keys.router import router as keys_router
 from conductor_api.logs import configure_logging
 from conductor_api.middleware import EdgeMiddleware
 from conductor_api.schemas import ErrorOut
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(auth_router, prefix="/api/v1")
     app.include_router(sessions_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
+    app.include_router(keys_router)
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
     async def live() -> dict[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import fcntl
 import ipaddress
 import json
 import os
@@ -43,7 +46,8 @@ class Settings(BaseSettings):
 
     jwt_secret_key: SecretStr | None = None
     jwt_refresh_secret_key: SecretStr | None = None
-    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    # EdDSA and ES256 sign with the database's key set; the HS* modes with JWT_SECRET_KEY.
+    jwt_algorithm: Literal["EdDSA", "ES256", "HS256", "HS384", "HS512"] = "EdDSA"
     jwt_issuer: str = Field(default="conductor-api", min_length=1, max_length=256)
     jwt_audience: str = Field(default="conductor-android", min_length=1, max_length=256)
 
@@ -82,6 +86,13 @@ class Settings(BaseSettings):
     session_retention_days: int = Field(default=30, ge=1, le=36500)
     prune_interval_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
     prune_batch_size: int = Field(default=500, ge=10, le=10000)
+
+    # Signing keys (EdDSA/ES256): the key set in the database and its rotation.
+    key_encryption_key: SecretStr | None = None
+    key_publish_seconds: int = Field(default=300, ge=0, le=7 * 86400)
+    key_rotation_days: int = Field(default=30, ge=0, le=3650)
+    # How often each worker re-reads the key set (and rotates/retires when due).
+    key_refresh_seconds: float = Field(default=30.0, gt=0, le=60)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -149,6 +160,17 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("key_encryption_key")
+    @classmethod
+    def _check_kek(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(decode_kek(value.get_secret_value()) or b"") < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"KEY_ENCRYPTION_KEY: must be at least {MIN_SECRET_BYTES} random bytes in base64url"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -200,6 +222,19 @@ class Settings(BaseSettings):
         return self.jwt_secret_key.get_secret_value()
 
     @property
+    def asymmetric(self) -> bool:
+        """Whether access tokens are signed with the database's key set (EdDSA, ES256)."""
+        return self.jwt_algorithm in ("EdDSA", "ES256")
+
+    @property
+    def kek(self) -> bytes:
+        """The key-encryption key's bytes; resolved by `load_settings`."""
+        assert self.key_encryption_key is not None, "load_settings() resolves the secrets"
+        raw = decode_kek(self.key_encryption_key.get_secret_value())
+        assert raw is not None
+        return raw
+
+    @property
     def refresh_secret(self) -> str:
         """The refresh-token key; resolved by `load_settings`."""
         assert self.jwt_refresh_secret_key is not None, "load_settings() resolves the secrets"
@@ -215,6 +250,14 @@ _DRIVERS = {
 }
 
 
+def decode_kek(value: str) -> bytes | None:
+    """The bytes of a base64url key-encryption key (padding optional), or None."""
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        return None
+
+
 def _first_error(error: ValidationError) -> str:
     err = error.errors()[0]
     loc = "".join(str(p) for p in err["loc"][:1]).upper()
@@ -228,19 +271,28 @@ def _first_error(error: ValidationError) -> str:
 
 
 def _resolve_secrets(settings: Settings) -> Settings:
-    """Fill unset JWT secrets from the data directory's secrets file, creating it once."""
-    if settings.jwt_secret_key is not None and settings.jwt_refresh_secret_key is not None:
+    """Fill unset secrets from the data directory's secrets file, creating it once."""
+    jwt_set = settings.jwt_secret_key is not None and settings.jwt_refresh_secret_key is not None
+    if jwt_set and settings.key_encryption_key is not None:
         return settings
     if (settings.jwt_secret_key is None) != (settings.jwt_refresh_secret_key is None):
         missing = "JWT_SECRET_KEY" if settings.jwt_secret_key is None else "JWT_REFRESH_SECRET_KEY"
         raise ConfigError(f"{missing}: set both JWT secrets, or neither to have them generated")
     stored = load_or_create_secrets(settings.conductor_data_dir)
-    return settings.model_copy(
-        update={
-            "jwt_secret_key": SecretStr(stored["jwt_secret_key"]),
-            "jwt_refresh_secret_key": SecretStr(stored["jwt_refresh_secret_key"]),
-        }
-    )
+    update: dict[str, SecretStr] = {}
+    if not jwt_set:
+        update["jwt_secret_key"] = SecretStr(stored["jwt_secret_key"])
+        update["jwt_refresh_secret_key"] = SecretStr(stored["jwt_refresh_secret_key"])
+    if settings.key_encryption_key is None:
+        update["key_encryption_key"] = SecretStr(stored[KEK_NAME])
+    return settings.model_copy(update=update)
+
+
+KEK_NAME = "key_encryption_key"
+
+
+def _new_kek() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
 
 
 def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
@@ -253,6 +305,7 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
     fresh = {
         "jwt_secret_key": secrets.token_urlsafe(48),
         "jwt_refresh_secret_key": secrets.token_urlsafe(48),
+        KEK_NAME: _new_kek(),
     }
     try:
         # O_EXCL: when several workers start at once exactly one writes; the rest read it.
@@ -267,6 +320,13 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
             f.flush()
             os.fsync(f.fileno())
         return fresh
+    stored = _read_secrets(path)
+    if KEK_NAME not in stored:
+        stored = _add_kek(path)
+    return stored
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
     try:
         stored = json.loads(path.read_text())
         if not isinstance(stored, dict):
@@ -274,9 +334,36 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
         keys = ("jwt_secret_key", "jwt_refresh_secret_key")
         if any(len(str(stored.get(k, ""))) < MIN_SECRET_BYTES for k in keys):
             raise ValueError("a key is missing or short")
+        if KEK_NAME in stored and len(decode_kek(str(stored[KEK_NAME])) or b"") < 32:
+            raise ValueError(f"{KEK_NAME} is not 32 bytes of base64url")
     except (OSError, ValueError) as e:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: unreadable secrets file {path}: {e}") from None
     return {k: str(v) for k, v in stored.items()}
+
+
+def _add_kek(path: Path) -> dict[str, str]:
+    """Add a key-encryption key to a secrets file written before signing keys existed.
+
+    Under an exclusive lock on a file beside it, so that processes starting together agree
+    on one key; the file is replaced atomically, never left half written."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = _read_secrets(path)
+            if KEK_NAME in stored:
+                return stored
+            stored[KEK_NAME] = _new_kek()
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(stored, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return stored
+    except OSError as e:
+        raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,6 +14,7 @@ from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
+from conductor_api.keys.manager import KeyManager
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 
@@ -32,6 +33,8 @@ class Container:
     principals: PrincipalLoader
     authenticator: Authenticator
     pruner: PeriodicPruner | None
+    # None in the HS* modes, which sign with JWT_SECRET_KEY.
+    keys: KeyManager | None
 
     @classmethod
     async def start(cls, settings: Settings, clock: Clock) -> Container:
@@ -40,6 +43,14 @@ class Container:
         sessionmaker = make_session_factory(engine)
         hasher = PasswordHasher(settings.password_hash_concurrency)
         await hasher.start()
+        keys = KeyManager(settings, clock, sessionmaker) if settings.asymmetric else None
+        if keys is not None:
+            try:
+                await keys.start()
+            except BaseException:
+                await engine.dispose()
+                hasher.close()
+                raise
         tokens = TokenService(
             access_secret=settings.access_secret,
             refresh_secret=settings.refresh_secret,
@@ -47,6 +58,7 @@ class Container:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             access_ttl=timedelta(minutes=settings.access_token_expire_minutes),
+            keyring=keys.ring if keys is not None else None,
         )
         pruner = None
         if settings.prune_interval_seconds > 0:
@@ -65,12 +77,15 @@ class Container:
             principals=make_principal_loader(settings),
             authenticator=Authenticator(settings, clock, sessionmaker, hasher),
             pruner=pruner,
+            keys=keys,
         )
 
     async def close(self) -> None:
-        """Stop the pruner, release connections and threads."""
+        """Stop the pruner and the key re-reads, release connections and threads."""
         if self.pruner is not None:
             await self.pruner.stop()
+        if self.keys is not None:
+            await self.keys.close()
         await self.principals.close()
         await self.autocommit.dispose()
         await self.engine.dispose()

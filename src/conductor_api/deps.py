@@ -18,6 +18,7 @@ from conductor_api.auth.principal import Principal
 from conductor_api.config import Settings
 from conductor_api.container import Container
 from conductor_api.errors import InvalidToken
+from conductor_api.security.tokens import UnknownSigningKey
 from conductor_api.values import ClientInfo
 
 # auto_error=False: a missing token is answered by `current_principal` in the contract's shape.
@@ -72,7 +73,14 @@ async def current_principal(
     # refused below as a malformed token with error="invalid_token" (RFC 6750 section 3.1).
     if token is None:
         raise InvalidToken("Not authenticated", token_sent=False)
-    claims = container.tokens.decode_access(token, container.clock.now())
+    try:
+        claims = container.tokens.decode_access(token, container.clock.now())
+    except UnknownSigningKey as e:
+        # A key published a moment ago by another instance: re-read the set (rate-limited,
+        # so a stream of forged kids costs at most one read a second) and try once more.
+        if container.keys is None or not await container.keys.reload_for_unknown_kid(e.kid):
+            raise InvalidToken() from e
+        claims = container.tokens.decode_access(token, container.clock.now())
     principal = await container.principals.load(claims.session_id, claims.user_id)
     if principal is None:
         raise InvalidToken("The session of this token has ended")

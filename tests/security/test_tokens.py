@@ -143,6 +143,13 @@ def make_service(algorithm: str = "HS256") -> TokenService:
 UNIT_KEYS = Keys(ACCESS_KEY, REFRESH_KEY)
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """The HTTP attacks below forge tokens with the server's HMAC key: the HS256 mode.
+    The same attacks on the default EdDSA mode are in tests/keys/test_api.py."""
+    return {"jwt_algorithm": "HS256"}
+
+
 class TestTokenServiceAccess:
     def test_issued_token_decodes_to_its_claims(self) -> None:
         service = make_service()

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
-from conductor_api.cli import prune, sessions, users
+from conductor_api.cli import keys, prune, sessions, users
 from conductor_api.cli.common import CliError, settings
 from conductor_api.config import ConfigError, Settings
 from conductor_api.errors import AppError
@@ -29,6 +29,7 @@ app = typer.Typer(
 app.add_typer(users.app, name="users")
 app.add_typer(sessions.app, name="sessions")
 app.command()(prune.prune)
+app.add_typer(keys.app, name="keys")
 
 
 @app.command()
@@ -41,7 +42,10 @@ def serve(
     s = settings()  # also creates the generated secrets before any worker starts
     if port is not None and not 0 < port < 65536:
         raise CliError(f"--port: {port} is not a port")
-    migrations.upgrade(s)
+    if s.asymmetric:
+        keys.prepare()  # migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line
+    else:
+        migrations.upgrade(s)
     from conductor_api.logs import configure_logging
 
     configure_logging(s.log_format, s.log_level)
@@ -74,6 +78,7 @@ def openapi() -> None:
 
     # Placeholder keys: printing the document must not create secrets or touch a database.
     placeholder = Settings(
+        jwt_algorithm="HS256",  # no key set is read either
         jwt_secret_key=SecretStr(secrets.token_urlsafe(32)),
         jwt_refresh_secret_key=SecretStr(secrets.token_urlsafe(32)),
     )

@@ -15,8 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from conductor_api.errors import AppError, InvalidRefreshToken, InvalidToken
+from conductor_api.keys.ring import KID_PATTERN, KeyRing
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -63,6 +66,17 @@ class Claims:
     expires_at: int
     # Refresh tokens only: when the session ends however often it refreshes (`sxp`).
     session_expires_at: int = 0
+    # Access tokens in the asymmetric modes: the key that signed it.
+    kid: str = ""
+
+
+class UnknownSigningKey(InvalidToken):
+    """An access token naming a kid this process has not loaded: perhaps a key published a
+    moment ago by another instance, so the caller may re-read the key set and try again."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__()
+        self.kid = kid
 
 
 def token_digest(token: str) -> str:
@@ -89,9 +103,21 @@ class TokenService:
         issuer: str,
         audience: str,
         access_ttl: timedelta,
+        keyring: KeyRing | None = None,
     ) -> None:
         self._keys = {ACCESS: access_secret, REFRESH: refresh_secret}
-        self._algorithm = algorithm
+        # EdDSA/ES256: access tokens are signed and verified with the key set instead.
+        self._ring = keyring
+        # The child-jti key is derived, not the refresh signing key itself: one key, one use.
+        self._child_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None,
+            info=b"conductor-api refresh child jti v1",
+        ).derive(refresh_secret.encode())  # fmt: skip
+        # Refresh tokens are only ever verified here: they stay HMAC in every mode.
+        self._algorithms = {
+            ACCESS: algorithm,
+            REFRESH: algorithm if algorithm.startswith("HS") else "HS256",
+        }
         self._issuer = issuer
         self._audience = audience
         self.access_ttl_seconds = int(access_ttl.total_seconds())
@@ -106,9 +132,16 @@ class TokenService:
             }
         )
 
-    def _encode(self, kind: str, claims: dict[str, Any]) -> str:
+    def _encode(self, kind: str, claims: dict[str, Any], now: datetime | None = None) -> str:
         payload = {**claims, "iss": self._issuer, "aud": self._audience, "typ": kind}
-        return jwt.encode(payload, self._keys[kind], algorithm=self._algorithm)
+        if kind == ACCESS and self._ring is not None:
+            assert now is not None
+            key = self._ring.signing_key(now)
+            assert key.private is not None  # signing_key() only returns keys that can sign
+            return jwt.encode(
+                payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
+            )
+        return jwt.encode(payload, self._keys[kind], algorithm=self._algorithms[kind])
 
     def access_expiry(self, now: datetime, not_after: int | None = None) -> int:
         """When an access token issued at `now` expires: ACCESS_TOKEN_EXPIRE_MINUTES later,
@@ -135,6 +168,7 @@ class TokenService:
                 "iat": iat,
                 "exp": self.access_expiry(now, not_after),
             },
+            now,
         )
 
     def issue_refresh(
@@ -163,7 +197,7 @@ class TokenService:
     def child_jti(self, parent_jti: str) -> str:
         """The jti of the token that replaces `parent_jti`: derived, not random, and keyed so
         that nobody without the refresh secret can predict it."""
-        mac = hmac.new(self._keys[REFRESH].encode(), b"rotate:" + parent_jti.encode(), "sha256")
+        mac = hmac.new(self._child_key, b"rotate:" + parent_jti.encode(), "sha256")
         return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
 
     def decode_access(self, token: str, now: datetime) -> Claims:
@@ -186,7 +220,10 @@ class TokenService:
             self._verified[key] = claims
             if len(self._verified) > VERIFIED_CACHE_SIZE:
                 self._verified.popitem(last=False)
-        elif claims.expires_at <= now.timestamp():
+        elif claims.expires_at <= now.timestamp() or (
+            # A key revoked since this token verified must be refused from the cache too.
+            self._ring is not None and self._ring.verification_key(claims.kid) is None
+        ):
             del self._verified[key]
             raise InvalidToken()
         return claims
@@ -195,14 +232,34 @@ class TokenService:
         """Verify a refresh token; every failure is one `InvalidRefreshToken`."""
         return self._decode(REFRESH, token, now, InvalidRefreshToken)
 
+    def _verification_key(self, kind: str, token: str, error: type[AppError]) -> tuple[str, Any]:
+        """The key a token must verify under: the `kid`'s public key for access tokens in the
+        asymmetric modes (the header only picks among this server's keys; the algorithm is
+        still the server's), else the secret of its kind."""
+        if kind != ACCESS or self._ring is None:
+            return "", self._keys[kind]
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as e:
+            raise error() from e
+        if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
+            raise error()
+        loaded = self._ring.verification_key(kid)
+        if loaded is None:
+            if self._ring.knows(kid):  # published, but of another algorithm
+                raise error()
+            raise UnknownSigningKey(kid)
+        return kid, loaded.public
+
     def _decode(self, kind: str, token: str, now: datetime, error: type[AppError]) -> Claims:
         if not is_canonical(token):
             raise error()
+        kid, key = self._verification_key(kind, token, error)
         try:
             decoded = self._jwt.decode_complete(
                 token,
-                self._keys[kind],
-                algorithms=[self._algorithm],
+                key,
+                algorithms=[self._algorithms[kind]],
                 audience=self._audience,
                 issuer=self._issuer,
             )
@@ -231,6 +288,7 @@ class TokenService:
                 issued_at=iat,
                 expires_at=exp,
                 session_expires_at=sxp if kind == REFRESH else 0,
+                kid=kid,
             )
         except ValueError as e:
             raise error() from e

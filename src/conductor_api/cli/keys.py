@@ -1,0 +1,114 @@
+"""`conductor-api keys ...`: list, rotate and revoke the access-token signing keys."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.cli.common import CliError, iso, run_db, settings
+from conductor_api.config import ConfigError
+from conductor_api.keys import crypto, repository, service
+from conductor_api.keys.manager import WRONG_KEK
+from conductor_api.keys.models import SigningKey
+from conductor_api.security.passwords import PasswordHasher
+
+app = typer.Typer(help="Access-token signing keys (EdDSA, ES256).", no_args_is_help=True)
+T = TypeVar("T")
+KeyFn = Callable[[AsyncSession, crypto.KeyCipher, service.KeyPolicy, datetime], Awaitable[T]]
+
+
+def run_keys(fn: KeyFn[T]) -> T:
+    """Run `fn` on the key set in one transaction; a wrong KEY_ENCRYPTION_KEY is one line."""
+    s = settings()
+    cipher = crypto.KeyCipher(s.kek)
+    policy = service.KeyPolicy.of(s)
+
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> T:
+        try:
+            return await fn(db, cipher, policy, now)
+        except crypto.KeyDecryptionError:
+            raise ConfigError(WRONG_KEK) from None
+
+    return run_db(go)
+
+
+def _line(row: SigningKey) -> str:
+    dates = [f"created {iso(row.created_at)}"]
+    if row.state == "next":
+        dates.append(f"signs from {iso(row.sign_after)}")
+    if row.activated_at is not None:
+        dates.append(f"current from {iso(row.activated_at)}")
+    if row.deactivated_at is not None:
+        dates.append(f"until {iso(row.deactivated_at)}")
+    if row.retired_at is not None:
+        dates.append(f"retired {iso(row.retired_at)}")
+    if row.revoked_at is not None:
+        dates.append(f"revoked {iso(row.revoked_at)}")
+    return "\t".join([row.kid, row.algorithm, row.state, *dates])
+
+
+def prepare() -> None:
+    """What `serve` runs before its workers: a current key exists and every stored key
+    opens, or one line naming KEY_ENCRYPTION_KEY."""
+    run_keys(service.maintain)
+
+
+@app.command("list")
+def list_keys() -> None:
+    """Every key: kid, algorithm, state and dates, one line a key, oldest first."""
+
+    async def go(
+        db: AsyncSession, cipher: crypto.KeyCipher, _: service.KeyPolicy, __: datetime
+    ) -> list[str]:
+        rows = await repository.all_keys(db)
+        service.check_decrypts(rows, cipher)
+        return [_line(r) for r in rows]
+
+    lines = run_keys(go)
+    typer.echo("\n".join(lines) if lines else "no keys")
+
+
+@app.command()
+def rotate(
+    now: Annotated[
+        bool, typer.Option("--now", help="Sign with the new key at once (no publish delay).")
+    ] = False,
+) -> None:
+    """Publish a new key; instances sign with it after KEY_PUBLISH_SECONDS (or --now)."""
+    s = settings()
+    if not s.asymmetric:
+        raise CliError(f"JWT_ALGORITHM is {s.jwt_algorithm}: signing keys need EdDSA or ES256")
+
+    async def go(
+        db: AsyncSession, cipher: crypto.KeyCipher, policy: service.KeyPolicy, at: datetime
+    ) -> str:
+        key = await service.rotate(db, cipher, policy, at, at_once=now)
+        if now:
+            return f"key {key.kid} is current"
+        return f"key {key.kid} published; signs from {iso(key.sign_after)}"
+
+    typer.echo(run_keys(go))
+
+
+@app.command()
+def revoke(kid: str) -> None:
+    """Revoke a leaked key: it leaves the JWKS and its tokens are refused."""
+
+    async def go(
+        db: AsyncSession, cipher: crypto.KeyCipher, policy: service.KeyPolicy, at: datetime
+    ) -> str:
+        before = {r.kid: r.state for r in await repository.all_keys(db)}
+        row = await service.revoke(db, cipher, policy, kid, at)
+        if row is None:
+            raise CliError(f"no key {kid!r}")
+        if before[kid] == "revoked":
+            return f"key {kid} was already revoked"
+        current = next((r for r in await repository.all_keys(db) if r.state == "current"), None)
+        then = f"; key {current.kid} is current" if current is not None else ""
+        return f"key {kid} revoked{then}"
+
+    typer.echo(run_keys(go))

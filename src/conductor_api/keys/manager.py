@@ -1,0 +1,111 @@
+"""Keeps one process's `KeyRing` in step with the database: at start, at a bounded interval,
+and (rate-limited) when a token names a kid this process has not seen yet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from conductor_api.clock import Clock
+from conductor_api.config import ConfigError, Settings
+from conductor_api.keys import crypto, repository, service
+from conductor_api.keys.ring import KeyRing
+
+log = logging.getLogger("conductor_api.keys")
+# A token with an unknown kid re-reads the key set at most this often per process: enough to
+# follow a rotation made elsewhere at once, too rare for forged kids to load the database.
+UNKNOWN_KID_RELOAD_SECONDS = 1.0
+WRONG_KEK = (
+    "KEY_ENCRYPTION_KEY: does not decrypt the signing keys stored in the database "
+    "(they belong to another key); set the KEY_ENCRYPTION_KEY of the instances that made them"
+)
+
+
+class KeyManager:
+    """Loads, maintains and re-reads the key set for one process."""
+
+    def __init__(
+        self, settings: Settings, clock: Clock, sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.ring = KeyRing(settings.jwt_algorithm)
+        self._cipher = crypto.KeyCipher(settings.kek)
+        self._policy = service.KeyPolicy.of(settings)
+        self._interval = settings.key_refresh_seconds
+        self._clock = clock
+        self._sessionmaker = sessionmaker
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._last_read = 0.0
+
+    async def start(self) -> None:
+        """Make sure a current key exists, check that every stored key opens, load the set;
+        a wrong KEY_ENCRYPTION_KEY raises `ConfigError` before anything is generated."""
+        await self.maintain()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def maintain(self) -> None:
+        """Apply the rotation rules now and reload."""
+        for attempt in range(3):
+            try:
+                async with self._sessionmaker.begin() as db:
+                    rows = await service.maintain(db, self._cipher, self._policy, self._now())
+                    self.ring.replace(rows, self._cipher)
+                return
+            except crypto.KeyDecryptionError:
+                raise ConfigError(WRONG_KEK) from None
+            except sa_exc.IntegrityError:
+                # Another instance changed the set at the same moment: read theirs.
+                if attempt == 2:
+                    raise
+
+    async def refresh(self) -> None:
+        """Re-read the key set; apply the rules only when something is due."""
+        async with self._lock:
+            self._last_read = time.monotonic()
+            async with self._sessionmaker.begin() as db:
+                rows = await repository.all_keys(db)
+            if service.due(rows, self._policy, self._now()):
+                await self.maintain()
+            else:
+                self.ring.replace(rows, self._cipher)
+
+    async def reload_for_unknown_kid(self, kid: str) -> bool:
+        """Re-read the set for a kid not seen yet, unless that was done just now; whether
+        the kid is known afterwards."""
+        if time.monotonic() - self._last_read < UNKNOWN_KID_RELOAD_SECONDS:
+            # A reload in progress (or just done) answers for this kid too.
+            async with self._lock:
+                return self.ring.knows(kid)
+        try:
+            await self.refresh()
+        except crypto.KeyDecryptionError:
+            log.error("a stored signing key does not decrypt under KEY_ENCRYPTION_KEY")
+            return False
+        return self.ring.knows(kid)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the database may be down; the old set stays in use
+                log.warning("signing keys not re-read: %s", type(e).__name__)
+
+    def _now(self) -> datetime:
+        return self._clock.now()
+
+    async def close(self) -> None:
+        """Stop the periodic re-read."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None

@@ -1,0 +1,44 @@
+"""The signing_keys table: one row per access-token signing key, whatever its state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, LargeBinary, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from conductor_api.db import Base, UTCDateTime
+
+NEXT, CURRENT, PREVIOUS, RETIRED, REVOKED = "next", "current", "previous", "retired", "revoked"
+STATES = (NEXT, CURRENT, PREVIOUS, RETIRED, REVOKED)
+# States whose public key is published and whose tokens verify.
+PUBLISHED = (NEXT, CURRENT, PREVIOUS)
+_ONE_EACH = text("state IN ('current', 'next')")
+
+
+class SigningKey(Base):
+    """A key pair; the private half is AES-GCM encrypted and wiped once the key is retired
+    or revoked, since no token may ever be signed with it again."""
+
+    __tablename__ = "signing_keys"
+    # At most one `current` and one `next` key, whatever instances race to rotate: the
+    # database refuses the second, not a lock that a crashed process might still hold.
+    __table_args__ = (
+        Index(
+            "uq_signing_keys_state_live", "state", unique=True,
+            sqlite_where=_ONE_EACH, postgresql_where=_ONE_EACH,
+        ),
+    )  # fmt: skip
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str] = mapped_column(Text)  # PEM, SubjectPublicKeyInfo
+    private_key: Mapped[bytes | None] = mapped_column(LargeBinary)  # nonce + AES-GCM sealed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # An instance signs with a `next` key from this moment on (publish-before-sign).
+    sign_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

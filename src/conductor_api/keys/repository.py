@@ -1,0 +1,38 @@
+"""Every query on the signing_keys table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.keys.models import SigningKey
+
+# Any constant: the advisory lock that serializes key-set changes across instances.
+_PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
+
+
+async def lock(db: AsyncSession) -> None:
+    """Serialize key-set changes: a transaction-scoped advisory lock on PostgreSQL. SQLite
+    transactions here already begin IMMEDIATE, which takes the database's write lock."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+
+
+async def all_keys(db: AsyncSession) -> Sequence[SigningKey]:
+    """Every key, oldest first."""
+    result = await db.scalars(select(SigningKey).order_by(SigningKey.created_at, SigningKey.kid))
+    return result.all()
+
+
+async def add(db: AsyncSession, key: SigningKey) -> SigningKey:
+    """Insert a key and flush, so the one-current/one-next index is checked at once."""
+    db.add(key)
+    await db.flush()
+    return key
+
+
+async def save(db: AsyncSession) -> None:
+    """Flush a state change now: the unique index must see each change in order."""
+    await db.flush()

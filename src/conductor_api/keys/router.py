@@ -1,0 +1,51 @@
+"""`GET /.well-known/jwks.json`: the public keys other services verify access tokens with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from conductor_api.deps import ContainerDep
+
+router = APIRouter(tags=["keys"])
+MAX_AGE_LIMIT = 300
+
+
+class JwkOut(BaseModel):
+    """One public key (RFC 7517): Ed25519 as `OKP` (`crv`, `x`), P-256 as `EC` (`x`, `y`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kty: str = Field(examples=["OKP"])
+    kid: str = Field(examples=["20261201_3f9a1c0b7d2e"])
+    alg: str = Field(examples=["EdDSA"])
+    use: str = Field(examples=["sig"])
+    crv: str = Field(examples=["Ed25519"])
+    x: str
+
+
+class JwksOut(BaseModel):
+    """A JSON Web Key Set; empty in the HS256 mode."""
+
+    keys: list[JwkOut]
+
+
+@router.get(
+    "/.well-known/jwks.json",
+    summary="Public keys that verify access tokens",
+    response_model=JwksOut,
+    responses={200: {"headers": {"Cache-Control": {"schema": {"type": "string"}}}}},
+)
+async def jwks(container: ContainerDep, response: Response) -> Any:
+    """Every key that may have signed a still-valid access token, and the next key once it
+    is published. Cacheable for less than the publish delay minus this server's own re-read
+    interval, so a verifier that follows `max-age` sees a new key before any token uses it."""
+    settings = container.settings
+    lag = settings.key_publish_seconds - int(settings.key_refresh_seconds)
+    max_age = max(0, min(MAX_AGE_LIMIT, lag))
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    if container.keys is None:
+        return {"keys": []}
+    return container.keys.ring.jwks

@@ -1,0 +1,202 @@
+"""The key set's rules: a current key always, rotation with publish-before-sign, retirement
+once every token a key signed has expired, revocation. Callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.config import Settings
+from conductor_api.keys import crypto, repository
+from conductor_api.keys.models import (
+    CURRENT,
+    NEXT,
+    PREVIOUS,
+    RETIRED,
+    REVOKED,
+    SigningKey,
+)
+
+# Tokens a lagging worker signed with a key after it stopped being current are covered by
+# this margin: workers re-read the key set at least every 60 seconds.
+RETIRE_MARGIN = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What the rules need from the settings."""
+
+    algorithm: str
+    access_ttl: timedelta
+    publish: timedelta
+    rotation: timedelta | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> KeyPolicy:
+        """The policy of the configured settings."""
+        days = settings.key_rotation_days
+        return cls(
+            algorithm=settings.jwt_algorithm,
+            access_ttl=timedelta(minutes=settings.access_token_expire_minutes),
+            publish=timedelta(seconds=settings.key_publish_seconds),
+            rotation=timedelta(days=days) if days else None,
+        )
+
+    @property
+    def asymmetric(self) -> bool:
+        """Whether this policy signs with the key set at all."""
+        return self.algorithm in ("EdDSA", "ES256")
+
+
+def _find(rows: Sequence[SigningKey], state: str) -> SigningKey | None:
+    return next((r for r in rows if r.state == state), None)
+
+
+def check_decrypts(rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
+    """Raise `KeyDecryptionError` unless every stored private key opens with this cipher."""
+    for row in rows:
+        if row.private_key is not None:
+            cipher.open(row.kid, row.private_key)
+
+
+def due(rows: Sequence[SigningKey], policy: KeyPolicy, now: datetime) -> bool:
+    """Whether `maintain` has anything to do: read-only, so workers can ask it cheaply."""
+    if not policy.asymmetric:
+        return False
+    current, upcoming = _find(rows, CURRENT), _find(rows, NEXT)
+    if current is None or current.algorithm != policy.algorithm:
+        return True
+    if upcoming is not None and (
+        upcoming.sign_after <= now or upcoming.algorithm != policy.algorithm
+    ):
+        return True
+    if upcoming is None and _rotation_due(current, policy, now):
+        return True
+    return any(_retire_due(r, policy, now) for r in rows)
+
+
+def _rotation_due(current: SigningKey, policy: KeyPolicy, now: datetime) -> bool:
+    since = current.activated_at or current.created_at
+    return policy.rotation is not None and since + policy.rotation <= now
+
+
+def _retire_due(row: SigningKey, policy: KeyPolicy, now: datetime) -> bool:
+    if row.state != PREVIOUS:
+        return False
+    ended = row.deactivated_at or row.created_at
+    return ended + policy.access_ttl + RETIRE_MARGIN <= now
+
+
+async def _create(
+    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, state: str,
+    now: datetime, sign_after: datetime,
+) -> SigningKey:  # fmt: skip
+    private = crypto.generate(policy.algorithm)
+    kid = crypto.new_kid(now)
+    return await repository.add(
+        db,
+        SigningKey(
+            kid=kid, algorithm=policy.algorithm, state=state,
+            public_key=crypto.public_pem(private), private_key=cipher.seal(kid, private),
+            created_at=now, sign_after=sign_after,
+            activated_at=now if state == CURRENT else None,
+        ),
+    )  # fmt: skip
+
+
+async def _end(db: AsyncSession, row: SigningKey, state: str, now: datetime) -> None:
+    """Take a key out of signing for good: its private half is wiped."""
+    if row.state == CURRENT:
+        row.deactivated_at = now
+    row.state = state
+    if state in (RETIRED, REVOKED):
+        row.private_key = None
+        if state == RETIRED:
+            row.retired_at = now
+        else:
+            row.revoked_at = now
+    await repository.save(db)
+
+
+async def _promote(db: AsyncSession, upcoming: SigningKey, now: datetime) -> None:
+    """The next key becomes current; the current one becomes previous, in that order of
+    writes so that the one-current index never sees two."""
+    rows = await repository.all_keys(db)
+    current = _find(rows, CURRENT)
+    if current is not None:
+        await _end(db, current, PREVIOUS, now)
+    upcoming.state = CURRENT
+    upcoming.activated_at = now
+    await repository.save(db)
+
+
+async def maintain(
+    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, now: datetime
+) -> Sequence[SigningKey]:
+    """Bring the key set to what the policy asks at `now`, under the key-set lock."""
+    await repository.lock(db)
+    rows = await repository.all_keys(db)
+    check_decrypts(rows, cipher)
+    if not policy.asymmetric:
+        return rows
+    current, upcoming = _find(rows, CURRENT), _find(rows, NEXT)
+    if upcoming is not None and upcoming.algorithm != policy.algorithm:
+        await _end(db, upcoming, RETIRED, now)  # published, never signed: nothing to wait for
+        upcoming = None
+    if current is not None and current.algorithm != policy.algorithm:
+        # JWT_ALGORITHM changed: a key of the new algorithm is made current at once.
+        await _end(db, current, PREVIOUS, now)
+        current = None
+    if current is None:
+        if upcoming is not None:
+            await _promote(db, upcoming, now)
+        else:
+            await _create(db, cipher, policy, CURRENT, now, now)
+    elif upcoming is not None and upcoming.sign_after <= now:
+        await _promote(db, upcoming, upcoming.sign_after)
+    elif upcoming is None and _rotation_due(current, policy, now):
+        await _create(db, cipher, policy, NEXT, now, now + policy.publish)
+    for row in await repository.all_keys(db):
+        if _retire_due(row, policy, now):
+            await _end(db, row, RETIRED, now)
+    return await repository.all_keys(db)
+
+
+async def rotate(
+    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, now: datetime, *, at_once: bool
+) -> SigningKey:
+    """Publish a new key that signs after the publish delay (or `at_once`); a key already
+    waiting as `next` is kept rather than replaced, so that concurrent rotations agree."""
+    await maintain(db, cipher, policy, now)
+    upcoming = _find(await repository.all_keys(db), NEXT)
+    if upcoming is None:
+        upcoming = await _create(db, cipher, policy, NEXT, now, now + policy.publish)
+    if at_once:
+        upcoming.sign_after = now
+        await _promote(db, upcoming, now)
+    return upcoming
+
+
+async def revoke(
+    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, kid: str, now: datetime
+) -> SigningKey | None:
+    """Revoke a key (leaked): out of the JWKS, its tokens refused. A revoked current key
+    is replaced first. None when there is no such key."""
+    await repository.lock(db)
+    rows = await repository.all_keys(db)
+    row = next((r for r in rows if r.kid == kid), None)
+    if row is None or row.state == REVOKED:
+        return row
+    was_current = row.state == CURRENT
+    await _end(db, row, REVOKED, now)
+    if was_current and policy.asymmetric:
+        upcoming = _find(rows, NEXT)
+        if upcoming is not None and upcoming.algorithm == policy.algorithm:
+            upcoming.sign_after = now
+            await _promote(db, upcoming, now)
+        else:
+            await _create(db, cipher, policy, CURRENT, now, now)
+    return row
