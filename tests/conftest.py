@@ -12,6 +12,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,15 +128,22 @@ def settings(database_url: str, tmp_path: Path, settings_overrides: dict[str, An
     return make_settings(tmp_path, database_url, **settings_overrides)
 
 
-@pytest.fixture
-async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[FastAPI]:
-    """A started application on emptied tables."""
+@asynccontextmanager
+async def started_app(settings: Settings, clock: FrozenClock) -> AsyncIterator[FastAPI]:
+    """A started application on emptied tables (the signing keys are kept)."""
     application = create_app(settings, clock)
     async with application.router.lifespan_context(application):
         container: Container = application.state.container
         async with container.engine.begin() as conn:
             for table in TABLES:
                 await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+        yield application
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[FastAPI]:
+    """A started application on emptied tables."""
+    async with started_app(settings, clock) as application:
         yield application
 
 

@@ -40,6 +40,7 @@ class KeyManager:
         self._clock = clock
         self._sessionmaker = sessionmaker
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_read = 0.0
 
@@ -49,12 +50,14 @@ class KeyManager:
         await self.maintain()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def maintain(self) -> None:
-        """Apply the rotation rules now and reload."""
+    async def maintain(self, *, take_over: bool = True) -> None:
+        """Apply the rotation rules now and reload (`service.maintain`)."""
         for attempt in range(3):
             try:
                 async with self._sessionmaker.begin() as db:
-                    rows = await service.maintain(db, self._cipher, self._policy, self._now())
+                    rows = await service.maintain(
+                        db, self._cipher, self._policy, self._now(), take_over=take_over
+                    )
                     self.ring.replace(rows, self._cipher)
                 return
             except crypto.KeyDecryptionError:
@@ -71,7 +74,7 @@ class KeyManager:
             async with self._sessionmaker.begin() as db:
                 rows = await repository.all_keys(db)
             if service.due(rows, self._policy, self._now()):
-                await self.maintain()
+                await self.maintain(take_over=False)
             else:
                 self.ring.replace(rows, self._cipher)
 
@@ -91,11 +94,13 @@ class KeyManager:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                return
+            except TimeoutError:
+                pass
             try:
                 await self.refresh()
-            except asyncio.CancelledError:
-                raise
             except Exception as e:  # the database may be down; the old set stays in use
                 log.warning("signing keys not re-read: %s", type(e).__name__)
 
@@ -103,9 +108,10 @@ class KeyManager:
         return self._clock.now()
 
     async def close(self) -> None:
-        """Stop the periodic re-read."""
+        """Stop the periodic re-read; a re-read under way finishes first, since cancelling
+        it mid-statement could leave its SQLite transaction open on a stray connection."""
         if self._task is not None:
-            self._task.cancel()
+            self._stopping.set()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await asyncio.wait_for(self._task, timeout=10)
             self._task = None

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from conductor_api.errors import ServiceUnavailable
 from conductor_api.keys import crypto
 from conductor_api.keys.models import CURRENT, NEXT, PUBLISHED, SigningKey
 
@@ -27,8 +28,12 @@ class LoadedKey:
     sign_after: datetime
 
 
-class NoSigningKey(Exception):
-    """The key set has no key this server may sign with (it was never prepared)."""
+class NoSigningKey(ServiceUnavailable):
+    """No key of this server's algorithm may sign: another instance switched JWT_ALGORITHM
+    and this one's last key has been retired. A 503 until this instance restarts."""
+
+    def __init__(self) -> None:
+        super().__init__(30, "No signing key for this server's JWT_ALGORITHM; restart it")
 
 
 class KeyRing:
@@ -42,8 +47,8 @@ class KeyRing:
         self.jwks: dict[str, Any] = {"keys": []}
 
     def replace(self, rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
-        """Take a fresh read of the table. Private keys are opened only for the current and
-        the next key; a key of another algorithm is published but never verifies here."""
+        """Take a fresh read of the table. A key of another algorithm is published but never
+        verifies here."""
         keys: dict[str, LoadedKey] = {}
         jwks = []
         for row in rows:
@@ -51,7 +56,7 @@ class KeyRing:
                 continue
             public = crypto.load_public(row.public_key)
             private = None
-            if row.state in (CURRENT, NEXT) and row.private_key is not None:
+            if row.private_key is not None:
                 private = cipher.open(row.kid, row.private_key)
             keys[row.kid] = LoadedKey(
                 row.kid, row.algorithm, row.state, public, private, row.sign_after
@@ -59,6 +64,11 @@ class KeyRing:
             jwks.append(crypto.public_jwk(row.kid, row.algorithm, public))
         current = next((k for k in keys.values() if k.state == CURRENT), None)
         upcoming = next((k for k in keys.values() if k.state == NEXT), None)
+        if current is None or current.algorithm != self.algorithm:
+            # Another instance runs another JWT_ALGORITHM (a rollout under way): keep
+            # signing with the newest key of ours until it is retired.
+            own = [k for k in keys.values() if k.algorithm == self.algorithm and k.private]
+            current = own[-1] if own else None
         # Assigned last and together: a request in between sees the old set or the new one.
         self._keys, self._current, self._next, self.jwks = keys, current, upcoming, {"keys": jwks}
 

@@ -67,11 +67,13 @@ def due(rows: Sequence[SigningKey], policy: KeyPolicy, now: datetime) -> bool:
     if not policy.asymmetric:
         return False
     current, upcoming = _find(rows, CURRENT), _find(rows, NEXT)
-    if current is None or current.algorithm != policy.algorithm:
+    if current is None:
         return True
-    if upcoming is not None and (
-        upcoming.sign_after <= now or upcoming.algorithm != policy.algorithm
-    ):
+    if current.algorithm != policy.algorithm:
+        # Only a start takes the set over to a new algorithm: two instances configured
+        # differently (a rollout) must not flip it back and forth every interval.
+        return any(_retire_due(r, policy, now) for r in rows)
+    if upcoming is not None and upcoming.sign_after <= now:
         return True
     if upcoming is None and _rotation_due(current, policy, now):
         return True
@@ -134,15 +136,20 @@ async def _promote(db: AsyncSession, upcoming: SigningKey, now: datetime) -> Non
 
 
 async def maintain(
-    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, now: datetime
-) -> Sequence[SigningKey]:
-    """Bring the key set to what the policy asks at `now`, under the key-set lock."""
+    db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, now: datetime,
+    *, take_over: bool = True,
+) -> Sequence[SigningKey]:  # fmt: skip
+    """Bring the key set to what the policy asks at `now`, under the key-set lock. Without
+    `take_over` (the periodic run) a set whose current key is of another algorithm is only
+    retired from, never switched."""
     await repository.lock(db)
     rows = await repository.all_keys(db)
     check_decrypts(rows, cipher)
     if not policy.asymmetric:
         return rows
     current, upcoming = _find(rows, CURRENT), _find(rows, NEXT)
+    if not take_over and current is not None and current.algorithm != policy.algorithm:
+        return await _retire(db, policy, now)
     if upcoming is not None and upcoming.algorithm != policy.algorithm:
         await _end(db, upcoming, RETIRED, now)  # published, never signed: nothing to wait for
         upcoming = None
@@ -159,6 +166,10 @@ async def maintain(
         await _promote(db, upcoming, upcoming.sign_after)
     elif upcoming is None and _rotation_due(current, policy, now):
         await _create(db, cipher, policy, NEXT, now, now + policy.publish)
+    return await _retire(db, policy, now)
+
+
+async def _retire(db: AsyncSession, policy: KeyPolicy, now: datetime) -> Sequence[SigningKey]:
     for row in await repository.all_keys(db):
         if _retire_due(row, policy, now):
             await _end(db, row, RETIRED, now)
