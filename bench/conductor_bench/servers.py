@@ -28,7 +28,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     keep = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_"))
+        if not k.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_", "KEY_"))
         and k
         not in (
             "ALLOW_REGISTRATION",

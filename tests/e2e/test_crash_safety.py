@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from conductor_api.security.tokens import token_digest
-from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET
+from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET, TEST_KEK
 from tests.e2e.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +44,7 @@ LOAD_SECONDS = 3.0  # at least; and until the hammered name is locked
 ENV = {
     "JWT_SECRET_KEY": ACCESS_SECRET,
     "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
+    "KEY_ENCRYPTION_KEY": TEST_KEK,
     "ALLOW_REGISTRATION": "true",
     # Every user is registered from 127.0.0.1: out of the per-address registration limit.
     "MAX_REGISTRATIONS_PER_IP": "1000000",

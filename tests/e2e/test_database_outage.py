@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ACCESS_SECRET, PASSWORD, PG_HOST, PG_PORT, REFRESH_SECRET
+from tests.conftest import ACCESS_SECRET, PASSWORD, PG_HOST, PG_PORT, REFRESH_SECRET, TEST_KEK
 from tests.e2e.server import Server
 from tests.test_database_outage import BOUND, DATABASE_TIMEOUT, TcpProxy
 
@@ -94,6 +94,7 @@ def server(tmp_path: Path, pg_database: str, proxy: ProxyThread) -> Iterator[Ser
         "CONDUCTOR_DATA_DIR": str(tmp_path / "data"),
         "JWT_SECRET_KEY": ACCESS_SECRET,
         "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
+        "KEY_ENCRYPTION_KEY": TEST_KEK,
         "ALLOW_REGISTRATION": "true",
         "LOG_FORMAT": "json",
     }

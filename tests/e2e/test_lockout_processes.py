@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET
+from tests.conftest import ACCESS_SECRET, PASSWORD, REFRESH_SECRET, TEST_KEK
 from tests.e2e.server import Server, create_user
 
 pytestmark = pytest.mark.e2e
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 SECRETS = {
     "JWT_SECRET_KEY": ACCESS_SECRET,
     "JWT_REFRESH_SECRET_KEY": REFRESH_SECRET,
+    "KEY_ENCRYPTION_KEY": TEST_KEK,
 }
 LOGIN = "/api/v1/auth/login"
 WRONG = "wrong password, but long enough"
