@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conductor_api.config import ConfigError, load_settings
+from tests.conftest import TEST_KEK
 from tests.e2e.server import clean_env, cli_path
 
 GOOD_A = secrets.token_urlsafe(32)
@@ -71,7 +72,7 @@ BAD_VALUES = [
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No Conductor variable from the outer environment; a fresh working directory."""
     for name in list(os.environ):
-        if name.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_")):
+        if name.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_", "KEY_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CONDUCTOR_DATA_DIR", str(tmp_path / "data"))
@@ -135,7 +136,9 @@ class TestGeneratedSecrets:
         assert json.loads(path.read_text())["jwt_secret_key"] == first.access_secret
 
     def test_explicit_secrets_write_no_file(self, env: Path) -> None:
-        s = load_settings(jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B)
+        s = load_settings(
+            jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B, key_encryption_key=TEST_KEK
+        )
         assert s.access_secret == GOOD_A
         assert not (env / "data" / "secrets.json").exists()
 
