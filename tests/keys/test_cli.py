@@ -1,0 +1,42 @@
+"""`conductor-api keys ...` as an operator runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_cli import Cli, one_line_error
+
+
+def test_list_rotate_revoke(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "data")
+    assert cli("keys", "list").stdout.strip() == "no keys"
+    published = cli("keys", "rotate")
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith("key ") and "published; signs from" in published.stdout
+    lines = [line.split("\t") for line in cli("keys", "list").stdout.splitlines()]
+    assert sorted(line[2] for line in lines) == ["current", "next"]
+    assert {line[1] for line in lines} == {"EdDSA"}
+    now = cli("keys", "rotate", "--now")
+    assert now.returncode == 0 and now.stdout.strip().endswith("is current")
+    current = next(
+        line[0]
+        for line in (x.split("\t") for x in cli("keys", "list").stdout.splitlines())
+        if line[2] == "current"
+    )
+    revoked = cli("keys", "revoke", current)
+    assert revoked.returncode == 0
+    assert revoked.stdout.startswith(f"key {current} revoked; key ")
+    states = {x.split("\t")[0]: x.split("\t")[2] for x in cli("keys", "list").stdout.splitlines()}
+    assert states[current] == "revoked" and list(states.values()).count("current") == 1
+    assert "already revoked" in cli("keys", "revoke", current).stdout
+    one_line_error(cli("keys", "revoke", "nope"), "no key 'nope'")
+    # Another key-encryption key: one line naming it, and nothing is generated.
+    wrong = cli("keys", "rotate", env={"KEY_ENCRYPTION_KEY": "w" * 43})
+    one_line_error(wrong, "KEY_ENCRYPTION_KEY")
+    assert wrong.returncode == 2
+    assert len(cli("keys", "list").stdout.splitlines()) == len(states)
+
+
+def test_rotate_in_hs256_mode_is_refused(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "data")
+    one_line_error(cli("keys", "rotate", env={"JWT_ALGORITHM": "HS256"}), "JWT_ALGORITHM")
