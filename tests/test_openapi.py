@@ -31,6 +31,7 @@ OPERATIONS: dict[tuple[str, str], bool] = {
     (f"{API}/events", "get"): True,
     ("/health/live", "get"): False,
     ("/health/ready", "get"): False,
+    ("/.well-known/jwks.json", "get"): False,
 }
 ERROR_OUT = "#/components/schemas/ErrorOut"
 TOKEN_URL = "/api/v1/auth/token"
