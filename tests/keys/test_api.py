@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -294,6 +295,15 @@ class TestNoQueryPerRequest:
             forged = jwt.encode(claims_of(token), foreign, algorithm="EdDSA", headers={"kid": kid})
             assert (await client.get(ME, headers=bearer(forged))).status_code == 401
         assert len(calls) == 1
+        # Concurrent requests with unknown kids share one read too.
+        monkeypatch.setattr(manager, "_last_read", 0.0)
+        forged = [
+            jwt.encode(claims_of(token), foreign, algorithm="EdDSA", headers={"kid": f"other_{n}"})
+            for n in range(5)
+        ]
+        answers = await asyncio.gather(*(client.get(ME, headers=bearer(f)) for f in forged))
+        assert [a.status_code for a in answers] == [401] * 5
+        assert len(calls) == 2
 
 
 class TestAlgorithmChange:

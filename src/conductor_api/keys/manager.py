@@ -85,9 +85,12 @@ class KeyManager:
             # A reload in progress (or just done) answers for this kid too.
             async with self._lock:
                 return self.ring.knows(kid)
+        # Marked before the read starts, so that callers arriving meanwhile wait for it
+        # (on the lock) instead of starting reads of their own.
+        self._last_read = time.monotonic()
         try:
             await self.refresh()
-        except crypto.KeyDecryptionError:
+        except (crypto.KeyDecryptionError, ConfigError):
             log.error("a stored signing key does not decrypt under KEY_ENCRYPTION_KEY")
             return False
         return self.ring.knows(kid)
