@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.config import ConfigError, Settings
 from conductor_api.container import Container
 from conductor_api.keys import crypto, service
-from tests.conftest import Account, bearer, make_client, tokens
+from tests.conftest import Account, bearer, make_client, make_settings, tokens
 from tests.keys.conftest import sessionmaker_for, stored_keys
 
 JWKS = "/.well-known/jwks.json"
@@ -297,11 +298,11 @@ class TestNoQueryPerRequest:
         assert len(calls) == 1
         # Concurrent requests with unknown kids share one read too.
         monkeypatch.setattr(manager, "_last_read", 0.0)
-        forged = [
+        many = [
             jwt.encode(claims_of(token), foreign, algorithm="EdDSA", headers={"kid": f"other_{n}"})
             for n in range(5)
         ]
-        answers = await asyncio.gather(*(client.get(ME, headers=bearer(f)) for f in forged))
+        answers = await asyncio.gather(*(client.get(ME, headers=bearer(f)) for f in many))
         assert [a.status_code for a in answers] == [401] * 5
         assert len(calls) == 2
 
@@ -360,3 +361,21 @@ class TestHs256Mode:
         assert "kid" not in jwt.get_unverified_header(token)
         assert jwt.get_unverified_header(token)["alg"] == "HS256"
         assert container.keys is None
+
+
+class TestDatabaseDownAtStart:
+    async def test_a_worker_still_starts_and_answers(self, tmp_path: Path) -> None:
+        # uvicorn restarts a worker whenever it likes, also during an outage: the worker
+        # must come up and answer (503 where the database is needed), not exit.
+        down = make_settings(
+            tmp_path, "postgresql://postgres@127.0.0.1:9/none", database_timeout_seconds=0.5
+        )
+        application = create_app(down, FrozenClock())
+        async with application.router.lifespan_context(application), make_client(application) as c:
+            assert (await c.get("/health/live")).status_code == 200
+            assert (await c.get(JWKS)).json() == {"keys": []}
+            login = await c.post(
+                "/api/v1/auth/login",
+                json={"username": "alice", "password": "x" * 20, "device_name": "P"},
+            )
+            assert login.status_code == 503

@@ -21,6 +21,8 @@ log = logging.getLogger("conductor_api.keys")
 # A token with an unknown kid re-reads the key set at most this often per process: enough to
 # follow a rotation made elsewhere at once, too rare for forged kids to load the database.
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
+# What a database that does not answer raises (a DBAPIError wraps the driver's).
+_DATABASE_DOWN = (sa_exc.DBAPIError, OSError, TimeoutError)
 WRONG_KEK = (
     "KEY_ENCRYPTION_KEY: does not decrypt the signing keys stored in the database "
     "(they belong to another key); set the KEY_ENCRYPTION_KEY of the instances that made them"
@@ -43,11 +45,20 @@ class KeyManager:
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_read = 0.0
+        self._loaded = False
 
     async def start(self) -> None:
         """Make sure a current key exists, check that every stored key opens, load the set;
-        a wrong KEY_ENCRYPTION_KEY raises `ConfigError` before anything is generated."""
-        await self.maintain()
+        a wrong KEY_ENCRYPTION_KEY raises `ConfigError` before anything is generated.
+
+        A database that does not answer does not stop the start: a worker that uvicorn
+        restarts during an outage must come up and answer 503s like its siblings, not take
+        the server down. The set is then loaded by the background loop, retried every
+        second (`serve` itself checked the key set before starting any worker)."""
+        try:
+            await self.maintain()
+        except _DATABASE_DOWN as e:
+            log.warning("signing keys not loaded at start: %s; retrying", type(e).__name__)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def maintain(self, *, take_over: bool = True) -> None:
@@ -59,6 +70,7 @@ class KeyManager:
                         db, self._cipher, self._policy, self._now(), take_over=take_over
                     )
                     self.ring.replace(rows, self._cipher)
+                self._loaded = True
                 return
             except crypto.KeyDecryptionError:
                 raise ConfigError(WRONG_KEK) from None
@@ -77,6 +89,7 @@ class KeyManager:
                 await self.maintain(take_over=False)
             else:
                 self.ring.replace(rows, self._cipher)
+                self._loaded = True
 
     async def reload_for_unknown_kid(self, kid: str) -> bool:
         """Re-read the set for a kid not seen yet, unless that was done just now; whether
@@ -98,12 +111,16 @@ class KeyManager:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+                wait = self._interval if self._loaded else 1.0
+                await asyncio.wait_for(self._stopping.wait(), wait)
                 return
             except TimeoutError:
                 pass
             try:
-                await self.refresh()
+                if self._loaded:
+                    await self.refresh()
+                else:
+                    await self.maintain()
             except Exception as e:  # the database may be down; the old set stays in use
                 log.warning("signing keys not re-read: %s", type(e).__name__)
 
