@@ -379,3 +379,12 @@ class TestDatabaseDownAtStart:
                 json={"username": "alice", "password": "x" * 20, "device_name": "P"},
             )
             assert login.status_code == 503
+            # A token it cannot check yet is "try again", not "invalid", also when asked
+            # again within the re-read rate limit.
+            foreign = ed25519.Ed25519PrivateKey.generate()
+            claims = {"sub": str(uuid.uuid4()), "sid": str(uuid.uuid4()), "typ": "access"}
+            token = jwt.encode(claims, foreign, algorithm="EdDSA", headers={"kid": "k_1"})
+            for _ in range(2):
+                me = await c.get(ME, headers=bearer(token))
+                assert me.status_code == 503, me.text
+                assert me.json()["code"] == "service_unavailable"

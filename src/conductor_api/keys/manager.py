@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.clock import Clock
 from conductor_api.config import ConfigError, Settings
+from conductor_api.errors import ServiceUnavailable
 from conductor_api.keys import crypto, repository, service
 from conductor_api.keys.ring import KeyRing
 
@@ -97,7 +98,7 @@ class KeyManager:
         if time.monotonic() - self._last_read < UNKNOWN_KID_RELOAD_SECONDS:
             # A reload in progress (or just done) answers for this kid too.
             async with self._lock:
-                return self.ring.knows(kid)
+                return self._known(kid)
         # Marked before the read starts, so that callers arriving meanwhile wait for it
         # (on the lock) instead of starting reads of their own.
         self._last_read = time.monotonic()
@@ -106,6 +107,13 @@ class KeyManager:
         except (crypto.KeyDecryptionError, ConfigError):
             log.error("a stored signing key does not decrypt under KEY_ENCRYPTION_KEY")
             return False
+        return self._known(kid)
+
+    def _known(self, kid: str) -> bool:
+        if not self._loaded and not self.ring.knows(kid):
+            # Never loaded (the database was down at start): which kids are genuine is not
+            # known yet, so the answer is "try again", not "invalid token".
+            raise ServiceUnavailable()
         return self.ring.knows(kid)
 
     async def _loop(self) -> None:
