@@ -12,9 +12,9 @@ from conductor_api.auth.service import Authenticator
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
+from conductor_api.keys.manager import KeyManager
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
-from conductor_api.keys.manager import KeyManager
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 
