@@ -1,7 +1,7 @@
 """signing keys
 
 Revision ID: 0004_signing_keys
-Revises: 0005_retention_indexes
+Revises: 0003_username_skeleton
 Create Date: 2026-12-01 23:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_signing_keys"
-down_revision: str | None = "0005_retention_indexes"
+down_revision: str | None = "0003_username_skeleton"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
