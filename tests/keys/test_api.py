@@ -288,7 +288,7 @@ class TestNoQueryPerRequest:
             await real()
 
         monkeypatch.setattr(manager, "refresh", counted)
-        monkeypatch.setattr(manager, "_last_read", 0.0)
+        monkeypatch.setattr(manager, "_last_unknown_read", 0.0)
         token = (await tokens(client))["access_token"]
         foreign = ed25519.Ed25519PrivateKey.generate()
         for n in range(5):
@@ -297,7 +297,7 @@ class TestNoQueryPerRequest:
             assert (await client.get(ME, headers=bearer(forged))).status_code == 401
         assert len(calls) == 1
         # Concurrent requests with unknown kids share one read too.
-        monkeypatch.setattr(manager, "_last_read", 0.0)
+        monkeypatch.setattr(manager, "_last_unknown_read", 0.0)
         many = [
             jwt.encode(claims_of(token), foreign, algorithm="EdDSA", headers={"kid": f"other_{n}"})
             for n in range(5)

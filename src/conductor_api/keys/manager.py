@@ -45,7 +45,7 @@ class KeyManager:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._last_read = 0.0
+        self._last_unknown_read = 0.0
         self._loaded = False
 
     async def start(self) -> None:
@@ -83,7 +83,6 @@ class KeyManager:
     async def refresh(self) -> None:
         """Re-read the key set; apply the rules only when something is due."""
         async with self._lock:
-            self._last_read = time.monotonic()
             async with self._sessionmaker.begin() as db:
                 rows = await repository.all_keys(db)
             if service.due(rows, self._policy, self._now()):
@@ -95,13 +94,15 @@ class KeyManager:
     async def reload_for_unknown_kid(self, kid: str) -> bool:
         """Re-read the set for a kid not seen yet, unless that was done just now; whether
         the kid is known afterwards."""
-        if time.monotonic() - self._last_read < UNKNOWN_KID_RELOAD_SECONDS:
+        # Only reads made for unknown kids count: one the periodic loop made a moment ago
+        # may have missed a key made current elsewhere with --now.
+        if time.monotonic() - self._last_unknown_read < UNKNOWN_KID_RELOAD_SECONDS:
             # A reload in progress (or just done) answers for this kid too.
             async with self._lock:
                 return self._known(kid)
         # Marked before the read starts, so that callers arriving meanwhile wait for it
         # (on the lock) instead of starting reads of their own.
-        self._last_read = time.monotonic()
+        self._last_unknown_read = time.monotonic()
         try:
             await self.refresh()
         except (crypto.KeyDecryptionError, ConfigError):
