@@ -156,7 +156,7 @@ class TestCommand:
     def test_migrate_says_the_revision(self, cli: Cli) -> None:
         result = cli("migrate")
         assert result.returncode == 0
-        assert result.stdout.strip() == "database at revision 0004_signing_keys (head)"
+        assert result.stdout.strip() == "database at revision 0002_throttle_pending (head)"
         assert (cli.data_dir / "conductor.db").exists()
 
     def test_usage_errors_are_one_line(self, cli: Cli) -> None:

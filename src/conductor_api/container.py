@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from conductor_api.auth.principal import PrincipalLoader, make_principal_loader
-from conductor_api.auth.service import Authenticator
+from conductor_api.auth.service import SignInService
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
@@ -31,7 +31,7 @@ class Container:
     hasher: PasswordHasher
     tokens: TokenService
     principals: PrincipalLoader
-    authenticator: Authenticator
+    signin: SignInService
     pruner: PeriodicPruner | None
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
     keys: KeyManager | None
@@ -41,6 +41,11 @@ class Container:
         """Build every service; the dummy hash is computed here, once."""
         engine = make_engine(settings)
         sessionmaker = make_session_factory(engine)
+        statement_sessions = (
+            sessionmaker
+            if settings.is_sqlite
+            else make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        )
         hasher = PasswordHasher(settings.password_hash_concurrency)
         await hasher.start()
         keys = KeyManager(settings, clock, sessionmaker) if settings.asymmetric else None
@@ -75,7 +80,9 @@ class Container:
             hasher=hasher,
             tokens=tokens,
             principals=make_principal_loader(settings),
-            authenticator=Authenticator(settings, clock, sessionmaker, hasher),
+            signin=SignInService(
+                settings, clock, sessionmaker, statement_sessions, hasher, tokens
+            ),
             pruner=pruner,
             keys=keys,
         )

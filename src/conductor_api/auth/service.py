@@ -1,150 +1,98 @@
-"""Checking a password under the brute-force rules, and what a right one leads to."""
+"""The sign-in service: drives a `SignIn` through its steps for each way of signing in."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from conductor_api.auth import throttle
+from conductor_api.auth.limits import AddressLimit, UsernameLimit
+from conductor_api.auth.principal import Principal
+from conductor_api.auth.signin import SignIn, Steps
+from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
-from conductor_api.errors import (
-    AccountDisabled,
-    AccountLocked,
-    AppError,
-    InvalidCredentials,
-    TooManyAttempts,
-)
-from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.passwords import PasswordHasher
-from conductor_api.users import repository as users
-from conductor_api.users.models import User
-from conductor_api.users.service import normalize_username
-from conductor_api.values import ClientInfo
+from conductor_api.security.tokens import TokenService
+from conductor_api.sessions import service as sessions
+from conductor_api.users import service as users
+from conductor_api.values import ClientInfo, TokenPair
 
-T = TypeVar("T")
-
-
-def seconds_until(moment: datetime, now: datetime) -> int:
-    """Whole seconds from `now` to `moment`, at least 1 (for `Retry-After`)."""
-    return max(1, math.ceil((moment - now).total_seconds()))
+# How long an attempt beyond a limit waits for a slot before it is refused.
+WAIT_SECONDS = 12.0
 
 
 @dataclass(frozen=True, slots=True)
-class Authenticator:
-    """Everything a credential check needs."""
+class Device:
+    """The device a sign-in starts a session for."""
 
-    settings: Settings
-    clock: Clock
-    sessionmaker: async_sessionmaker[AsyncSession]
-    hasher: PasswordHasher
+    name: str
+    fingerprint: str | None
 
-    @property
-    def lockout(self) -> timedelta:
-        """How long a lock lasts, and the per-address window."""
-        return timedelta(minutes=self.settings.lockout_minutes)
 
-    def _retry_after(self, moment: datetime) -> int:
-        """Seconds until `moment` from the clock as it reads now, not at the request's start:
-        the lock or window may have been set by a request that read the clock later (it held
-        the row first), and Retry-After must never exceed LOCKOUT_MINUTES."""
-        lockout = math.ceil(self.lockout.total_seconds())
-        return min(seconds_until(moment, self.clock.now()), lockout)
+class SignInService:
+    """Signing in, and the other checks of a password under the same limits."""
 
-    async def count_ip_failure(self, client: ClientInfo) -> None:
-        """A credential that did not verify outside a login (a forged refresh token):
-        counted against the address, and refused once the address is over its limit."""
-        now = self.clock.now()
-        async with self.sessionmaker.begin() as db:
-            counter = await throttle.add_ip_failure(db, client.ip_address, now, window=self.lockout)
-        if counter.failures > self.settings.max_failed_logins_per_ip:
-            raise TooManyAttempts(self._retry_after(counter.window_started_at + self.lockout))
-
-    async def authenticate(
+    def __init__(
         self,
-        username: str,
-        password: str,
-        client: ClientInfo,
-        on_success: Callable[[AsyncSession, User, datetime], Awaitable[T]],
-    ) -> T:
-        """Reserve an attempt, verify the password off the event loop, then either reset
-        the count and run `on_success` in the same transaction, or keep the failure."""
-        settings = self.settings
-        key = normalize_username(username)
-        now = self.clock.now()
-        refused: AppError | None = None
-        user: User | None = None
-        reserved = 0
-        async with self.sessionmaker.begin() as db:
-            ip = await throttle.ip_failures(db, client.ip_address, now, window=self.lockout)
-            if ip is not None and ip.failures >= settings.max_failed_logins_per_ip:
-                refused = TooManyAttempts(self._retry_after(ip.window_started_at + self.lockout))
-            else:
-                counter = await throttle.reserve_user(
-                    db, key, now, max_failures=settings.max_failed_login_attempts,
-                    lockout=self.lockout,
-                )  # fmt: skip
-                reserved = counter.failures
-                user = await users.get_by_key(db, key)
-                if counter.locked_until is not None:
-                    # A locked name is not a credential check: the address is not charged.
-                    if counter.locked_until == now + self.lockout:
-                        self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
-                    refused = AccountLocked(self._retry_after(counter.locked_until))
-        if refused is not None:
-            raise refused
-
-        if user is None:
-            await self.hasher.verify_dummy(password)
-            valid, new_hash = False, None
-        else:
-            valid, new_hash = await self.hasher.verify(password, user.password_hash)
-
-        now = self.clock.now()
-        async with self.sessionmaker.begin() as db:
-            if not valid:
-                counter_after = await throttle.fail_user(
-                    db, key, now, max_failures=settings.max_failed_login_attempts,
-                    lockout=self.lockout,
-                )  # fmt: skip
-                await throttle.add_ip_failure(db, client.ip_address, now, window=self.lockout)
-                self._record(db, EventType.LOGIN_FAILED, key, user, client, now)
-                if counter_after is not None and counter_after.locked_until == now + self.lockout:
-                    self._record(db, EventType.ACCOUNT_LOCKED, key, user, client, now)
-            else:
-                assert user is not None
-                await throttle.reset_user(
-                    db, key, reserved, max_failures=settings.max_failed_login_attempts
-                )
-                if new_hash is not None:
-                    # An old bcrypt (or weaker Argon2) hash is replaced at the first login.
-                    await users.set_password_hash(db, user.id, new_hash)
-                    user.password_hash = new_hash
-                if user.is_active:
-                    result = await on_success(db, user, now)
-        if not valid:
-            raise InvalidCredentials()
-        assert user is not None
-        if not user.is_active:
-            raise AccountDisabled()
-        return result
-
-    @staticmethod
-    def _record(
-        db: AsyncSession,
-        type_: EventType,
-        key: str,
-        user: User | None,
-        client: ClientInfo,
-        now: datetime,
+        settings: Settings,
+        clock: Clock,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        autocommit: async_sessionmaker[AsyncSession],
+        hasher: PasswordHasher,
+        tokens: TokenService,
     ) -> None:
-        events.record(
-            db, type_, now=now, username_key=key, user_id=user.id if user else None,
-            ip_address=client.ip_address, user_agent=client.user_agent,
-        )  # fmt: skip
+        self.settings = settings
+        self.steps = Steps(clock, sessionmaker, autocommit, hasher, Turns(WAIT_SECONDS))
+        self.address = AddressLimit(settings, clock)
+        self.username = UsernameLimit(settings, clock)
+        self.tokens = tokens
+
+    async def login(
+        self, username: str, password: str, device: Device, client: ClientInfo
+    ) -> TokenPair:
+        """Sign a device in with a password: a session and its token pair."""
+        async with SignIn(self.steps, username, client) as attempt:
+            await attempt.limits(
+                (self.address, client.ip_address),  # 1. the client address's limit
+                (self.username, attempt.key),  # 2. the name's (later: or a device token's)
+            )
+            verified = await attempt.password(password)  # 3. the credential
+            # 4. The second factor goes here, when the account has one (see `auth.signin`).
+            async with attempt.finish(verified) as db:  # 5. the session and its token pair
+                pair = await sessions.start_session(
+                    db, self.tokens, self.settings, verified.user, device_name=device.name,
+                    fingerprint=device.fingerprint, client=client, now=self.steps.clock.now(),
+                )  # fmt: skip
+                attempt.record(db, EventType.LOGIN_SUCCEEDED, verified.user, pair.session_id)
+        return pair
+
+    async def change_password(
+        self, principal: Principal, current: str, new: str, client: ClientInfo
+    ) -> None:
+        """Check the current password under the same limits as a sign-in (a wrong one is a
+        failed login), then set the new one and revoke every other session."""
+        # A rejected new password costs no hash and counts nothing: refused first. A locked
+        # name is refused next, before any hash (of the current password or the new one).
+        users.check_new_password(new, self.settings.min_password_length, principal.username)
+        async with SignIn(self.steps, principal.username, client) as attempt:
+            await attempt.limits((self.address, client.ip_address), (self.username, attempt.key))
+            verified = await attempt.password(current)
+            # Hashed outside any transaction (on SQLite a transaction holds the write lock).
+            new_hash = await self.steps.hasher.hash(new)
+            async with attempt.finish(verified) as db:
+                await users.set_password(
+                    db, verified.user, new_hash, now=self.steps.clock.now(),
+                    keep_session=principal.session_id, client=client,
+                )  # fmt: skip
+
+    async def count_refresh_failure(self, client: ClientInfo) -> None:
+        """A refresh token that did not verify: counted against the address, and refused
+        once the address is over its limit."""
+        async with self.steps.sessionmaker.begin() as db:
+            refusal = await self.address.count_failure(
+                db, client.ip_address, self.steps.clock.now()
+            )
+        if refusal is not None:
+            raise refusal

@@ -59,9 +59,16 @@ async def count_registration(
     return int(row[0]), row[1]
 
 
-async def get(db: AsyncSession, user_id: uuid.UUID) -> User | None:
-    """The user with this id."""
-    return await db.get(User, user_id)
+async def get(db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
+    """The user with this id; `lock` reads it afresh under a row lock (PostgreSQL; on SQLite
+    every transaction already holds the write lock)."""
+    if not lock:
+        return await db.get(User, user_id)
+    # FOR NO KEY UPDATE, the lock an UPDATE of the row takes: it orders sign-ins, password
+    # changes and disables, yet lets other transactions insert rows that reference the
+    # user (events, sessions), which FOR UPDATE would block into deadlocks.
+    query = select(User).where(User.id == user_id).with_for_update(key_share=True)
+    return await db.scalar(query.execution_options(populate_existing=True))
 
 
 async def add(db: AsyncSession, user: User) -> User:

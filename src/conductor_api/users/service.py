@@ -125,6 +125,28 @@ async def require_user(db: AsyncSession, username: str) -> User:
     return user
 
 
+async def find(db: AsyncSession, username_key: str) -> User | None:
+    """The user whose normalized name is `username_key`, if any."""
+    return await repository.get_by_key(db, username_key)
+
+
+async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user row read afresh under the lock that password changes, disables and the
+    start of a session take, so that they happen in one order."""
+    return await repository.get(db, user_id, lock=True)
+
+
+async def upgrade_hash(db: AsyncSession, user: User, password_hash: str) -> None:
+    """Replace an outdated hash (bcrypt, weaker Argon2) of the same password."""
+    await repository.set_password_hash(db, user.id, password_hash)
+    user.password_hash = password_hash
+
+
+def check_new_password(password: str, min_password_length: int, username: str) -> None:
+    """Refuse a new password that breaks the rules (costs no hash)."""
+    check_password_rules(password, min_password_length, username)
+
+
 async def hash_new_password(
     hasher: PasswordHasher, password: str, min_password_length: int, username: str
 ) -> str:
@@ -145,6 +167,10 @@ async def set_password(
 ) -> list[uuid.UUID]:
     """Store a new hash (from `hash_new_password`) and revoke every session but
     `keep_session`; returns the ids of those revoked."""
+    # The row lock first: a sign-in that checked the old password and is about to start its
+    # session either commits before this (and its session is revoked below) or sees the
+    # new hash and fails.
+    await lock(db, user.id)
     # An explicit UPDATE, not a flush of `user`: the password-change flow loads the user in
     # an earlier transaction, and a detached object's changes would never be written.
     await repository.set_password(db, user.id, password_hash, now)
@@ -162,6 +188,8 @@ async def set_password(
 
 async def set_active(db: AsyncSession, user: User, active: bool, now: datetime) -> list[uuid.UUID]:
     """Enable or disable a user; disabling revokes every session, whose ids it returns."""
+    # The same row lock as a sign-in's start of session: see `set_password`.
+    await lock(db, user.id)
     user.is_active = active
     await db.flush()
     if active:

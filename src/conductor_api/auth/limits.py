@@ -1,0 +1,213 @@
+"""The two limits a sign-in passes, each one counter: per client address, per username.
+
+Both work the same way: a check takes a slot before it starts (refused if the counter is
+locked, waits its turn if failures and checks in flight fill the limit), and when it ends
+the slot becomes a failure, is given back by a success, or is simply released. So of any
+number of simultaneous attempts, at most the limit reach the check, while right ones are
+never refused for being many. A later device-token limit takes the username's place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import ClassVar, Protocol, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.auth import throttle
+from conductor_api.clock import Clock
+from conductor_api.config import Settings
+from conductor_api.errors import AccountLocked, AppError, TooManyAttempts
+
+# Slots not given back within this time (the process died during the check) are dropped.
+PENDING_TTL = timedelta(seconds=60)
+# Retry-After of an attempt that waited its whole turn without getting a slot.
+BUSY_RETRY_AFTER = 5
+
+
+def seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds from `now` to `moment`, at least 1 (for `Retry-After`)."""
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One check in flight, held against one counter."""
+
+    limit: Limit
+    key: str
+    # Failures settled before the slot was taken: those a success forgives.
+    failures_before: int
+
+
+class Limit(Protocol):
+    """A counter that bounds how many checks run for one key."""
+
+    @property
+    def scope(self) -> str:
+        """The counter's kind (`throttle.USER`, `throttle.IP`)."""
+
+    async def take(self, db: AsyncSession, key: str, now: datetime) -> Slot | AppError | None:
+        """A slot, a refusal, or None when the key is full and the attempt should wait."""
+
+    def busy(self) -> AppError:
+        """The refusal of an attempt that waited its whole turn."""
+
+    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+        """The check failed: count it; whether this locked the key."""
+
+    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+        """The check succeeded: give the slot back (and forgive what the limit forgives)."""
+
+    async def released(self, db: AsyncSession, slot: Slot) -> None:
+        """Give the slot back without counting anything (refused later, or abandoned)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    settings: Settings
+    clock: Clock
+    scope: ClassVar[str]
+
+    @property
+    def lockout(self) -> timedelta:
+        """How long a lock lasts, and the per-address window."""
+        return timedelta(minutes=self.settings.lockout_minutes)
+
+    def retry_after(self, moment: datetime) -> int:
+        """Seconds until `moment` from the clock as it reads now, not at the request's start:
+        the lock or window may have been set by a request that read the clock later (it held
+        the row first), and Retry-After must never exceed LOCKOUT_MINUTES."""
+        lockout = math.ceil(self.lockout.total_seconds())
+        return min(seconds_until(moment, self.clock.now()), lockout)
+
+    @property
+    def limit(self) -> int:
+        """Failures and checks in flight allowed at once."""
+        raise NotImplementedError
+
+    @property
+    def window(self) -> timedelta | None:
+        """After how long failures start again (None: when a lock ends)."""
+        raise NotImplementedError
+
+    def refusal(self, counter: throttle.Counter) -> AppError | None:
+        """The refusal for a counter that has no slot left, or None to wait for one."""
+        raise NotImplementedError
+
+    async def take(self, db: AsyncSession, key: str, now: datetime) -> Slot | AppError | None:
+        """A slot when failures and checks in flight leave one; else the refusal, or None
+        to wait. The guarded UPDATE comes first: it is the one statement that takes the
+        row's lock, so attempts get their slots in the order they arrive."""
+        taken = await self._take(db, key, now)
+        if taken is None:
+            counter = await throttle.read(db, self.scope, key, now, window=self.window)
+            if counter is not None:
+                return self.refusal(counter)
+            await throttle.create(db, self.scope, key, now)
+            taken = await self._take(db, key, now)
+            if taken is None:
+                return None
+        return Slot(cast(Limit, self), key, taken.failures)
+
+    async def _take(self, db: AsyncSession, key: str, now: datetime) -> throttle.Counter | None:
+        return await throttle.take(
+            db, self.scope, key, now, limit=self.limit, window=self.window, ttl=PENDING_TTL
+        )
+
+
+class AddressLimit(_Window):
+    """At most MAX_FAILED_LOGINS_PER_IP failures (in a window of LOCKOUT_MINUTES) and checks
+    in flight per client address. Many people can share one address (a NAT): their right
+    logins are never counted, and wait rather than fail while the address is busy."""
+
+    scope: ClassVar[str] = throttle.IP
+
+    @property
+    def limit(self) -> int:
+        """MAX_FAILED_LOGINS_PER_IP."""
+        return self.settings.max_failed_logins_per_ip
+
+    @property
+    def window(self) -> timedelta | None:
+        """Failures are counted in fixed windows of LOCKOUT_MINUTES."""
+        return self.lockout
+
+    def refusal(self, counter: throttle.Counter) -> AppError | None:
+        """Refused while the address has failed too often; otherwise it waits."""
+        if counter.failures >= self.limit:
+            return TooManyAttempts(self.retry_after(counter.window_started_at + self.lockout))
+        return None
+
+    def busy(self) -> AppError:
+        """Too many logins from this address are being checked at once."""
+        return TooManyAttempts(BUSY_RETRY_AFTER)
+
+    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+        """One more failure for the address; it is refused, not locked, at its limit."""
+        await throttle.fail_ip(db, slot.key, now, window=self.lockout)
+        return False
+
+    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+        """Successes do not count against an address."""
+        await throttle.release_ip(db, slot.key)
+
+    async def released(self, db: AsyncSession, slot: Slot) -> None:
+        """Nothing counted: the slot goes back."""
+        await throttle.release_ip(db, slot.key)
+
+    async def count_failure(self, db: AsyncSession, key: str, now: datetime) -> AppError | None:
+        """A credential that did not verify outside a sign-in (a forged refresh token):
+        counted, and refused once the address is over its limit."""
+        counter = await throttle.add_ip_failure(db, key, now, window=self.lockout)
+        if counter.failures > self.settings.max_failed_logins_per_ip:
+            return TooManyAttempts(self.retry_after(counter.window_started_at + self.lockout))
+        return None
+
+
+class UsernameLimit(_Window):
+    """At most MAX_FAILED_LOGIN_ATTEMPTS failures and checks in flight per username key;
+    the failure that reaches the limit locks the name for LOCKOUT_MINUTES. Known and
+    unknown names are counted alike."""
+
+    scope: ClassVar[str] = throttle.USER
+
+    @property
+    def limit(self) -> int:
+        """MAX_FAILED_LOGIN_ATTEMPTS."""
+        return self.settings.max_failed_login_attempts
+
+    @property
+    def window(self) -> timedelta | None:
+        """Failures start again only when a lock ends."""
+        return None
+
+    def refusal(self, counter: throttle.Counter) -> AppError | None:
+        """Refused while the name is locked; otherwise it waits."""
+        if counter.locked_until is not None and counter.locked_until > self.clock.now():
+            return AccountLocked(self.retry_after(counter.locked_until))
+        return None
+
+    def busy(self) -> AppError:
+        """The name's slots stayed taken by checks in flight for the whole wait."""
+        return AccountLocked(BUSY_RETRY_AFTER)
+
+    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+        """One more failure for the name; whether it locked the name."""
+        return await throttle.fail_user(
+            db, slot.key, now, max_failures=self.settings.max_failed_login_attempts,
+            lockout=self.lockout,
+        )  # fmt: skip
+
+    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+        """A right password forgives the failures settled before its slot."""
+        await throttle.forgive_user(
+            db, slot.key, slot.failures_before,
+            max_failures=self.settings.max_failed_login_attempts,
+        )  # fmt: skip
+
+    async def released(self, db: AsyncSession, slot: Slot) -> None:
+        """Nothing counted: the slot goes back."""
+        await throttle.release(db, self.scope, slot.key)

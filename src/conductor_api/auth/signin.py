@@ -1,0 +1,216 @@
+"""One sign-in attempt as explicit steps, each deciding, recording and counting alike.
+
+The service drives an attempt top to bottom (see `SignInService.login`):
+
+1. `limits((address, ...), ...)`: the client address's limit;
+2. `limits(..., (username, ...))`: the username's limit (a device-token limit will be its
+   alternative);
+3. `password(...)`: the credential (a passkey will fill the same slot);
+4. the second factor, when the account has one: it goes between the credential and
+   `finish`, and settles a wrong code with `reject` exactly like a wrong password;
+5. `finish(verified)`: the transaction that starts the session and its token pair.
+
+Every slot taken in steps 1 and 2 is settled once: as a failure by `reject`, as a success
+by `finish`, or released uncounted when the attempt ends any other way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import NoReturn
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from conductor_api.auth.limits import Limit, Slot
+from conductor_api.auth.turns import Turns
+from conductor_api.clock import Clock
+from conductor_api.errors import AccountDisabled, AppError, InvalidCredentials
+from conductor_api.events import repository as events
+from conductor_api.events.models import EventType
+from conductor_api.security.passwords import PasswordHasher
+from conductor_api.users import service as users
+from conductor_api.users.models import User
+from conductor_api.values import ClientInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A credential that verified, and the user row as it was when it was checked."""
+
+    user: User
+    password_hash: str
+    password_changed_at: datetime
+    # A fresh Argon2id hash when the stored one is outdated (bcrypt, weaker parameters).
+    new_hash: str | None
+
+    def still_holds(self, current: User) -> bool:
+        """Whether `current` (the row read again at session start) still has the password
+        that was checked. A rehash by a concurrent sign-in changes the hash but not the
+        time of the last password change; any password change changes both."""
+        if current.password_hash == self.password_hash:
+            return True
+        return self.new_hash is not None and current.password_changed_at == (
+            self.password_changed_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Steps:
+    """What every attempt of one application shares."""
+
+    clock: Clock
+    sessionmaker: async_sessionmaker[AsyncSession]
+    # Sessions whose every statement commits by itself (PostgreSQL; on SQLite, where one
+    # connection a process serializes everything anyway, the ordinary ones).
+    autocommit: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    turns: Turns
+
+
+class SignIn:
+    """One attempt: the slots it holds, and the steps that take and settle them."""
+
+    def __init__(self, steps: Steps, username: str, client: ClientInfo) -> None:
+        self._s = steps
+        self.key = users.normalize_username(username)
+        self.client = client
+        self._held: list[Slot] = []
+        self._settled: list[Slot] = []
+
+    async def __aenter__(self) -> SignIn:
+        return self
+
+    async def __aexit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        # Refused, failed or cancelled before a settlement committed: nothing is counted.
+        if self._held:
+            async with self._s.sessionmaker.begin() as db:
+                for slot in self._held:
+                    await slot.limit.released(db, slot)
+            self._committed()
+        for slot in self._settled:
+            self._s.turns.next(slot.limit.scope, slot.key)
+
+    async def limits(self, *steps: tuple[Limit, str]) -> None:
+        """Steps 1 and 2: take a slot of each limit for its key, in order.
+
+        Each is tried at once, in the order the attempts arrived; a limit that is full is
+        then waited for (bounded) with the slots before it kept; a refusal (locked,
+        blocked, or a wait that ran out) gives back what this attempt holds and is raised."""
+        refusal: AppError | None = None
+        left = list(steps)
+        while left and refusal is None:
+            # Each statement commits on its own (it is atomic by itself): a row that every
+            # attempt from one address needs is then never locked across a round trip.
+            async with self._s.autocommit.begin() as db:
+                outcome = await left[0][0].take(db, left[0][1], self._s.clock.now())
+            if outcome is None:
+                break
+            if isinstance(outcome, AppError):
+                refusal = outcome
+            else:
+                self._held.append(outcome)
+                left.pop(0)
+        for limit, key in left if refusal is None else []:
+            refusal = await self._wait_for(limit, key)
+            if refusal is not None:
+                break
+        if refusal is not None:
+            raise refusal
+
+    async def _wait_for(self, limit: Limit, key: str) -> AppError | None:
+        async def attempt() -> Slot | AppError | None:
+            async with self._s.autocommit.begin() as db:
+                return await limit.take(db, key, self._s.clock.now())
+
+        outcome: Slot | AppError | None = await self._s.turns.until(limit.scope, key, attempt)
+        if isinstance(outcome, Slot):
+            self._held.append(outcome)
+            return None
+        # The next waiter learns of a lock at once, not at its next poll.
+        self._s.turns.next(limit.scope, key)
+        return outcome if outcome is not None else limit.busy()
+
+    async def password(self, password: str) -> Verified:
+        """Step 3: the password, verified off the event loop and outside any transaction."""
+        async with self._s.sessionmaker() as db:
+            user = await users.find(db, self.key)
+        if user is None:
+            # A dummy hash, so that an unknown name takes as long as a wrong password.
+            await self._s.hasher.verify_dummy(password)
+            await self.reject(None)
+        valid, new_hash = await self._s.hasher.verify(password, user.password_hash)
+        if not valid:
+            await self.reject(user)
+        return Verified(user, user.password_hash, user.password_changed_at, new_hash)
+
+    async def reject(self, user: User | None) -> NoReturn:
+        """A credential (or factor) that did not verify: every slot becomes a failure, the
+        event is recorded, in one transaction; then `InvalidCredentials`."""
+        async with self._s.sessionmaker.begin() as db:
+            await self._fail(db, user)
+        self._committed()
+        raise InvalidCredentials()
+
+    @asynccontextmanager
+    async def finish(self, verified: Verified) -> AsyncIterator[AsyncSession]:
+        """Step 5: the transaction that acts on the sign-in (starts the session).
+
+        The user row is read again under a row lock, the one a password change or a disable
+        takes: a password changed or an account disabled while this attempt was checked
+        ends as a wrong password or a disabled account, never in a live session."""
+        refusal: AppError | None = None
+        async with self._s.sessionmaker.begin() as db:
+            current = await users.lock(db, verified.user.id)
+            if current is None or not verified.still_holds(current):
+                await self._fail(db, current)
+                refusal = InvalidCredentials()
+            else:
+                if verified.new_hash is not None and current.password_hash == (
+                    verified.password_hash
+                ):
+                    await users.upgrade_hash(db, current, verified.new_hash)
+                if not current.is_active:
+                    refusal = AccountDisabled()
+                else:
+                    yield db
+                # The slots last, just before the commit: the address's row is one that
+                # every attempt from that address needs.
+                for slot in self._held:
+                    await slot.limit.succeeded(db, slot)
+        self._committed()
+        if refusal is not None:
+            raise refusal
+
+    def record(
+        self,
+        db: AsyncSession,
+        type_: EventType,
+        user: User | None,
+        session_id: uuid.UUID | None = None,
+    ) -> None:
+        """Record an event of this attempt (its name, user and client)."""
+        events.record(
+            db, type_, now=self._s.clock.now(), username_key=self.key,
+            user_id=user.id if user else None, ip_address=self.client.ip_address,
+            user_agent=self.client.user_agent, session_id=session_id,
+        )  # fmt: skip
+
+    async def _fail(self, db: AsyncSession, user: User | None) -> None:
+        now = self._s.clock.now()
+        locked = False
+        for slot in self._held:
+            locked = await slot.limit.failed(db, slot, now) or locked
+        self.record(db, EventType.LOGIN_FAILED, user)
+        if locked:
+            self.record(db, EventType.ACCOUNT_LOCKED, user)
+
+    def _committed(self) -> None:
+        self._settled.extend(self._held)
+        self._held.clear()
