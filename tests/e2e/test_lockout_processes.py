@@ -72,3 +72,18 @@ class TestTwoWorkersOnSqlite:
             responses = asyncio.run(simultaneous_logins([server.url] * 40, "erin", WRONG))
             assert_at_most_five_checked(responses)
             assert_locked(server.url, "erin")
+
+
+class TestRightPasswordsOnTwoServers:
+    def test_simultaneous_right_logins_all_succeed(self, tmp_path: Path, pg_database: str) -> None:
+        # Issue 9 item 3: right passwords never lock a name, across instances either.
+        env = {"DATABASE_URL": pg_database, **SECRETS}
+        create_user(tmp_path, env, "frank", PASSWORD)
+        with Server(tmp_path / "a", env) as a, Server(tmp_path / "b", env) as b:
+            responses = asyncio.run(simultaneous_logins([a.url, b.url] * 5, "frank", PASSWORD))
+            assert Counter(r.status_code for r in responses) == {200: 10}, [
+                r.text for r in responses if r.status_code != 200
+            ]
+            # And the limit still holds for wrong ones afterwards.
+            wrong = asyncio.run(simultaneous_logins([a.url, b.url] * 20, "frank", WRONG))
+            assert_at_most_five_checked(wrong)

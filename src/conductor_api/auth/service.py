@@ -20,7 +20,7 @@ from conductor_api.users import service as users
 from conductor_api.values import ClientInfo, TokenPair
 
 # How long an attempt beyond a limit waits for a slot before it is refused.
-WAIT_SECONDS = 12.0
+WAIT_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,9 @@ async def take(
     restart = _restart(now, window)
     failures, pending, locked = _effective(now, window)
     open_ = (locked.is_(None) | (locked <= _ts(now))) & (failures + pending < limit)
-    start = _ts(now) if window is not None else T.window_started_at
+    # A name's row dates from its last attempt (retention prunes rows idle for a window);
+    # an address's from the start of its failure window.
+    started = case((restart, _ts(now)), else_=T.window_started_at) if window else _ts(now)
     row = (
         await db.execute(
             update(T)
@@ -124,7 +126,7 @@ async def take(
             .values(
                 # Every right-hand side sees the row as it was before this statement.
                 failures=failures,
-                window_started_at=case((restart, start), else_=T.window_started_at),
+                window_started_at=started,
                 locked_until=locked,
                 pending=pending + 1,
                 pending_until=_ts(now + ttl),
