@@ -9,7 +9,7 @@ from conductor_api.auth.service import Device
 from conductor_api.container import Container
 from conductor_api.errors import InvalidRefreshToken, NotFound
 from conductor_api.sessions import service as sessions
-from conductor_api.users import repository as users_repo
+from conductor_api.users import service as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 
@@ -58,7 +58,7 @@ async def logout(db: AsyncSession, c: Container, principal: Principal, client: C
 
 
 async def _user(db: AsyncSession, principal: Principal) -> User:
-    user = await users_repo.get(db, principal.user_id)
+    user = await users.get(db, principal.user_id)
     if user is None:
         raise NotFound("No such user")
     return user

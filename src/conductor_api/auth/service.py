@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from conductor_api.auth import throttle
 from conductor_api.auth.limits import AddressLimit, UsernameLimit
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.signin import SignIn, Steps
@@ -96,3 +98,13 @@ class SignInService:
             )
         if refusal is not None:
             raise refusal
+
+
+async def locked_names(db: AsyncSession, now: datetime) -> dict[str, datetime]:
+    """Username keys locked at `now`, with the end of each lock (the operator's list)."""
+    return await throttle.locks(db, now)
+
+
+async def unlock(db: AsyncSession, username: str) -> bool:
+    """Clear a name's lockout and count; whether there was a counter."""
+    return await throttle.unlock_user(db, users.normalize_username(username))

@@ -228,3 +228,11 @@ async def unlock_user(db: AsyncSession, key: str) -> bool:
         update(T).where(_row(USER, key)).values(failures=0, locked_until=None).returning(T.key)
     )
     return result.first() is not None
+
+
+async def locks(db: AsyncSession, now: datetime) -> dict[str, datetime]:
+    """Names locked at `now`, with the end of each lock."""
+    rows = await db.execute(
+        select(T.key, T.locked_until).where(T.scope == USER, T.locked_until > _ts(now))
+    )
+    return {key: until for key, until in rows.tuples() if until is not None}

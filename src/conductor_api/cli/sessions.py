@@ -12,7 +12,6 @@ from conductor_api.cli.common import CliError, iso, run_db
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.sessions import repository
 from conductor_api.sessions.service import revoke_session
-from conductor_api.users import repository as users_repo
 from conductor_api.users import service as users
 
 app = typer.Typer(help="Inspect and revoke sessions.", no_args_is_help=True)
@@ -52,7 +51,7 @@ def revoke(session_id: str) -> None:
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
         session = await repository.get(db, sid)
-        user = await users_repo.get(db, session.user_id) if session else None
+        user = await users.get(db, session.user_id) if session else None
         if session is None or user is None:
             raise CliError(f"no session {sid}")
         if not await revoke_session(db, user, sid, now, None, reason="operator"):

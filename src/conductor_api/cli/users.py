@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.auth import throttle
+from conductor_api.auth import service as auth
 from conductor_api.cli.common import CliError, iso, run_db, settings
 from conductor_api.security.passwords import PasswordHasher
-from conductor_api.users import repository
+from conductor_api.sessions import service as sessions_service
 from conductor_api.users import service as users
 
 app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -59,12 +59,12 @@ def list_users() -> None:
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> list[str]:
         lines = []
-        for user, lock, sessions in await repository.list_with_status(db, now):
-            locked = (
-                f"locked until {iso(lock.locked_until)}"
-                if lock is not None and lock.locked_until is not None and lock.locked_until > now
-                else "not locked"
-            )
+        locks = await auth.locked_names(db, now)
+        active = await sessions_service.active_counts(db, now)
+        for user in await users.list_users(db):
+            until = locks.get(user.username_key)
+            locked = f"locked until {iso(until)}" if until is not None else "not locked"
+            sessions = active.get(user.id, 0)
             status = "active" if user.is_active else "disabled"
             lines.append(f"{user.username}\t{status}\t{locked}\t{sessions} sessions")
         return lines
@@ -100,7 +100,7 @@ def unlock(username: str) -> None:
     """Clear a lockout (the name need not exist: unknown names are locked too)."""
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
-        cleared = await throttle.unlock_user(db, users.normalize_username(username))
+        cleared = await auth.unlock(db, username)
         return f"{username} unlocked" if cleared else f"{username} was not locked"
 
     typer.echo(run_db(go))

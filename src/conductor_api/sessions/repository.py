@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Update, bindparam, exists, select, update
+from sqlalchemy import Update, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.sessions.models import DeviceSession
@@ -78,6 +78,17 @@ async def revoke_for_user(
         query.values(revoked_at=now, revoked_reason=reason).returning(DeviceSession.id)
     )
     return [row[0] for row in result]
+
+
+async def count_active(db: AsyncSession, now: datetime) -> dict[uuid.UUID, int]:
+    """The number of live sessions of every user that has one."""
+    s = DeviceSession
+    rows = await db.execute(
+        select(s.user_id, func.count())
+        .where(s.revoked_at.is_(None), s.expires_at > now)
+        .group_by(s.user_id)
+    )
+    return {user_id: int(n) for user_id, n in rows.tuples()}
 
 
 async def list_for_user(db: AsyncSession, user_id: uuid.UUID) -> Sequence[DeviceSession]:

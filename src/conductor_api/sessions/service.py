@@ -197,6 +197,11 @@ async def _refresh_not_current(
     raise RefreshTokenReused()
 
 
+async def active_counts(db: AsyncSession, now: datetime) -> dict[uuid.UUID, int]:
+    """The number of live sessions of every user that has one (the operator's list)."""
+    return await repository.count_active(db, now)
+
+
 async def revoke_session(
     db: AsyncSession,
     user: User,

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.db import UTCDateTime
-from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
 
@@ -94,26 +93,6 @@ async def set_password(
     )
 
 
-async def list_with_status(
-    db: AsyncSession, now_active_after: object
-) -> Sequence[tuple[User, LoginThrottle | None, int]]:
-    """Every user with its lockout row and its number of active sessions."""
-    active = (
-        select(func.count())
-        .where(
-            DeviceSession.user_id == User.id,
-            DeviceSession.revoked_at.is_(None),
-            DeviceSession.expires_at > now_active_after,
-        )
-        .correlate(User)
-        .scalar_subquery()
-    )
-    rows = await db.execute(
-        select(User, LoginThrottle, active)
-        .outerjoin(
-            LoginThrottle,
-            (LoginThrottle.scope == "user") & (LoginThrottle.key == User.username_key),
-        )
-        .order_by(User.username_key)
-    )
-    return [(u, t, int(n)) for u, t, n in rows.tuples()]
+async def list_all(db: AsyncSession) -> Sequence[User]:
+    """Every user, by normalized name."""
+    return (await db.scalars(select(User).order_by(User.username_key))).all()

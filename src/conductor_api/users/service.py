@@ -8,6 +8,7 @@ import math
 import re
 import unicodedata
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
@@ -123,6 +124,16 @@ async def require_user(db: AsyncSession, username: str) -> User:
     if user is None:
         raise NotFound(f"No user named {username!r}")
     return user
+
+
+async def list_users(db: AsyncSession) -> Sequence[User]:
+    """Every user, by normalized name."""
+    return await repository.list_all(db)
+
+
+async def get(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user with this id, if any."""
+    return await repository.get(db, user_id)
 
 
 async def find(db: AsyncSession, username_key: str) -> User | None:
