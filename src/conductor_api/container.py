@@ -80,9 +80,7 @@ class Container:
             hasher=hasher,
             tokens=tokens,
             principals=make_principal_loader(settings),
-            signin=SignInService(
-                settings, clock, sessionmaker, statement_sessions, hasher, tokens
-            ),
+            signin=SignInService(settings, clock, sessionmaker, statement_sessions, hasher, tokens),
             pruner=pruner,
             keys=keys,
         )

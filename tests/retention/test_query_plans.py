@@ -164,11 +164,13 @@ def _queries(url: str) -> dict[str, list[Query]]:
                 url, lambda db: events.list_for_user(db, user_id, 50)
             ),
             "address counter": await _statements(
-                url, lambda db: throttle.ip_failures(db, "k3", now, window=window)
+                url, lambda db: throttle.read(db, throttle.IP, "k3", now, window=window)
             ),
             "name counter": await _statements(
                 url,
-                lambda db: throttle.reserve_user(db, "k2", now, max_failures=5, lockout=window),
+                lambda db: throttle.take(
+                    db, throttle.USER, "k2", now, limit=5, window=None, ttl=window
+                ),
             ),
             "revoke a user's sessions": await _statements(
                 url, lambda db: sessions.revoke_for_user(db, user_id, now, "x")
