@@ -67,12 +67,14 @@ async def insert_counter(
     key: str,
     window_started_at: datetime,
     locked_until: datetime | None = None,
+    pending_until: datetime | None = None,
 ) -> tuple[str, str]:
-    """A login_throttles row."""
+    """A login_throttles row; with `pending_until`, one check in flight until then."""
     await conn.execute(
         insert(LoginThrottle).values(
             scope=scope, key=key, failures=3, window_started_at=window_started_at,
-            locked_until=locked_until,
+            locked_until=locked_until, pending=0 if pending_until is None else 1,
+            pending_until=pending_until,
         )
     )  # fmt: skip
     return scope, key
@@ -112,6 +114,9 @@ async def seed_around_cutoffs(
         (("user", "recent", now - 1 * minute), False),
         (("user", "locked", now - 16 * minute, now + 5 * minute), False),  # holds a lock
         (("user", "was-locked", now - 40 * minute, now - 1 * minute), True),  # lock ran out
+        # A check still in flight keeps its row, however old the window.
+        (("user", "in-flight", now - 16 * minute, None, now + 1 * minute), False),
+        (("user", "stale-slot", now - 16 * minute, None, now - 1 * minute), True),
     )
     for args, delete in counters:
         e.add("login_throttles", await insert_counter(conn, *args), delete=delete)

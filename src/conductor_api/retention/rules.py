@@ -66,11 +66,13 @@ def _idle_counter(r: Retention) -> ColumnElement[bool]:
     # `window_started_at` is the last attempt counted. Once the window has passed with no
     # attempt and no lock is held, the row says nothing the absence of a row would not:
     # an address's count restarts anyway, and a name's failures are forgiven after a quiet
-    # window. A lock that has run out is no lock (the next attempt restarts the count).
+    # window. A lock that has run out is no lock (the next attempt restarts the count), and
+    # a slot still held by a check in flight keeps the row whose count it will settle.
     t = LoginThrottle
     return and_(
         t.window_started_at < r.counters_idle_before,
         or_(t.locked_until.is_(None), t.locked_until <= r.now),
+        or_(t.pending == 0, t.pending_until.is_(None), t.pending_until <= r.now),
     )
 
 
