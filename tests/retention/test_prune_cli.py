@@ -36,7 +36,7 @@ class TestPruneCommand:
         assert result.stdout.splitlines() == [
             "security_events: 2 deleted",
             "sessions: 3 deleted",
-            "login_throttles: 3 deleted",
+            "login_throttles: 4 deleted",
         ]
         async with container.engine.connect() as conn:
             after = await keys(conn)
