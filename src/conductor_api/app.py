@@ -25,6 +25,7 @@ from conductor_api.errors import AppError, ServiceUnavailable
 from conductor_api.events.router import router as events_router
 from conductor_api.keys.router import router as keys_router
 from conductor_api.logs import configure_logging
+from conductor_api.metrics.middleware import MetricsMiddleware
 from conductor_api.middleware import EdgeMiddleware
 from conductor_api.schemas import ErrorOut
 from conductor_api.sessions.router import router as sessions_router
@@ -80,9 +81,17 @@ def _render(error: AppError) -> JSONResponse:
     )
 
 
+def _count_database_error(request: Request) -> None:
+    container: Container | None = getattr(request.app.state, "container", None)
+    if container is not None:
+        container.metrics.database_error()
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(_: Request, error: AppError) -> JSONResponse:
+    async def app_error(request: Request, error: AppError) -> JSONResponse:
+        if isinstance(error, ServiceUnavailable):
+            _count_database_error(request)
         return _render(error)
 
     @app.exception_handler(RequestValidationError)
@@ -105,7 +114,8 @@ def _install_handlers(app: FastAPI) -> None:
     for exc_type in (*DATABASE_DOWN, sa_exc.DBAPIError):
 
         @app.exception_handler(exc_type)
-        async def database_error(_: Request, error: Exception) -> JSONResponse:
+        async def database_error(request: Request, error: Exception) -> JSONResponse:
+            _count_database_error(request)
             if not database_down(error):
                 raise error  # a bug, not an outage: the 500 handler below
             log.warning("database unavailable: %s", type(error).__name__)
@@ -165,6 +175,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         except Exception as e:
             if not database_down(e):
                 raise
+            container.metrics.database_error()
             return _render(ServiceUnavailable())
         return {"status": "ok"}
 
@@ -178,6 +189,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             expose_headers=["Retry-After", "X-Request-ID"],
         )
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: the time it measures includes every other middleware.
+    app.add_middleware(MetricsMiddleware)
     return app
 
 

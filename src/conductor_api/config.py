@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # How often each worker re-reads the key set (and rotates/retires when due).
     key_refresh_seconds: float = Field(default=30.0, gt=0, le=60)
 
+    # Metrics (contract section "Metrics"): off unless METRICS_PORT is set.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
@@ -188,6 +192,17 @@ class Settings(BaseSettings):
                 "not a valid URL; use postgresql://user:password@host:5432/db"
             ) from None
         return value
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_metrics_port(self) -> Settings:
+        if self.metrics_port is not None and self.metrics_port == self.android_api_port:
+            raise ValueError("METRICS_PORT: must differ from ANDROID_API_PORT (the API's port)")
+        return self
 
     @model_validator(mode="after")
     def _check_secrets_differ(self) -> Settings:

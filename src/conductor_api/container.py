@@ -13,6 +13,7 @@ from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
 from conductor_api.keys.manager import KeyManager
+from conductor_api.metrics.service import Metrics
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
@@ -21,7 +22,7 @@ from conductor_api.security.tokens import TokenService
 
 @dataclass
 class Container:
-    """Settings, clock, database, hasher, tokens and the principal loader of one app."""
+    """Settings, clock, database, hasher, tokens, the principal loader and metrics of one app."""
 
     settings: Settings
     clock: Clock
@@ -35,6 +36,7 @@ class Container:
     pruner: PeriodicPruner | None
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
     keys: KeyManager | None
+    metrics: Metrics
 
     @classmethod
     async def start(cls, settings: Settings, clock: Clock) -> Container:
@@ -46,7 +48,8 @@ class Container:
             if settings.is_sqlite
             else make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
         )
-        hasher = PasswordHasher(settings.password_hash_concurrency)
+        metrics = Metrics()
+        hasher = PasswordHasher(settings.password_hash_concurrency, metrics)
         await hasher.start()
         keys = KeyManager(settings, clock, sessionmaker) if settings.asymmetric else None
         if keys is not None:
@@ -83,6 +86,7 @@ class Container:
             signin=SignInService(settings, clock, sessionmaker, statement_sessions, hasher, tokens),
             pruner=pruner,
             keys=keys,
+            metrics=metrics,
         )
 
     async def close(self) -> None:

@@ -23,3 +23,5 @@ class TokenPair:
     expires_in: int
     refresh_expires_in: int
     session_id: uuid.UUID
+    # A refresh answered inside the reuse grace window (the same child again), not rotated.
+    grace: bool = False

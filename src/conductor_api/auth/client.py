@@ -12,9 +12,30 @@ from conductor_api.values import ClientInfo
 USER_AGENT_MAX = 512
 
 
+def _without_port(value: str) -> str | None:
+    """`1.2.3.4:5678` -> `1.2.3.4`, `[2001:db8::1]:443` -> `2001:db8::1` (proxies may send
+    hops with ports); a bare address is returned as it is; None when malformed."""
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and _is_port(port[1:]))):
+            return None
+        return host
+    if value.count(":") == 1:  # IPv4 with a port; a bare IPv6 address has two or more
+        host, _, port = value.partition(":")
+        return host if _is_port(port) else None
+    return value
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535
+
+
 def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    host = _without_port(value.strip())
+    if host is None:
+        return None
     try:
-        return ipaddress.ip_address(value.strip())
+        return ipaddress.ip_address(host)
     except ValueError:
         return None
 

@@ -56,10 +56,11 @@ _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
 )
 async def login(body: LoginRequest, c: ContainerDep, client: Client) -> Response:
     """Check the password and start a session for this device."""
-    pair = await flows.login(
-        c, username=body.username, password=body.password, device_name=body.device_name,
-        fingerprint=body.device_fingerprint, client=client,
-    )  # fmt: skip
+    with c.metrics.counting_login("password"):
+        pair = await flows.login(
+            c, username=body.username, password=body.password, device_name=body.device_name,
+            fingerprint=body.device_fingerprint, client=client,
+        )  # fmt: skip
     return _token_response(pair)
 
 
@@ -107,16 +108,18 @@ async def token(
                 return _oauth_error(
                     "invalid_request", "username and password are required", "invalid_request"
                 )
-            pair = await flows.login(
-                c, username=username, password=password,
-                device_name=device_name or "OAuth client", fingerprint=None, client=client,
-            )  # fmt: skip
+            with c.metrics.counting_login("password"):
+                pair = await flows.login(
+                    c, username=username, password=password,
+                    device_name=device_name or "OAuth client", fingerprint=None, client=client,
+                )  # fmt: skip
         elif grant_type == "refresh_token":
             if not refresh_token:
                 return _oauth_error(
                     "invalid_request", "refresh_token is required", "invalid_request"
                 )
-            pair = await flows.refresh(c, refresh_token, client)
+            with c.metrics.counting_refresh():
+                pair = c.metrics.refreshed(await flows.refresh(c, refresh_token, client))
         else:
             return _oauth_error(
                 "unsupported_grant_type", "grant_type must be password or refresh_token",
@@ -137,7 +140,9 @@ async def token(
 )
 async def refresh(body: RefreshRequest, c: ContainerDep, client: Client) -> Response:
     """A new token pair for the same session; the presented refresh token is spent."""
-    return _token_response(await flows.refresh(c, body.refresh_token, client))
+    with c.metrics.counting_refresh():
+        pair = c.metrics.refreshed(await flows.refresh(c, body.refresh_token, client))
+    return _token_response(pair)
 
 
 @router.post(

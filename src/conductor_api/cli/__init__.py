@@ -8,7 +8,6 @@ import sys
 from typing import Annotated
 
 import typer
-import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
 from typer.exceptions import TyperException
@@ -42,25 +41,23 @@ def serve(
     s = settings()  # also creates the generated secrets before any worker starts
     if port is not None and not 0 < port < 65536:
         raise CliError(f"--port: {port} is not a port")
+    api_port = port or s.android_api_port
+    if s.metrics_port is not None and s.metrics_port == api_port:
+        raise CliError("METRICS_PORT: must differ from the API's port (--port)")
     if s.asymmetric:
         keys.prepare()  # migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line
     else:
         migrations.upgrade(s)
     from conductor_api.logs import configure_logging
+    from conductor_api.serving.supervisor import ServeError, Supervisor
 
     configure_logging(s.log_format, s.log_level)
-    uvicorn.run(
-        "conductor_api.app:app_factory",
-        factory=True,
-        host=host or s.android_api_host,
-        port=port or s.android_api_port,
-        workers=workers,
-        # The client address is decided by TRUSTED_PROXIES in the app, not by uvicorn.
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_config=None,
-    )
+    try:
+        status = Supervisor(s, host or s.android_api_host, api_port, workers).run()
+    except ServeError as e:
+        raise CliError(str(e)) from None
+    if status:
+        raise CliError("the server stopped: see the log above")
 
 
 @app.command()

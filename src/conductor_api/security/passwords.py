@@ -7,10 +7,13 @@ import ctypes
 import ctypes.util
 import importlib
 import secrets
+import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from types import ModuleType
+from typing import Protocol, TypeVar
 
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
@@ -18,6 +21,8 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from conductor_api.errors import PasswordRejected
+
+T = TypeVar("T")
 
 MAX_PASSWORD_LENGTH = 1024
 
@@ -64,11 +69,36 @@ def map_large_buffers() -> None:
     mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
+class HashObserver(Protocol):
+    """Told about every hash: the metrics' queue gauge and timing histogram."""
+
+    def hash_queued(self) -> None:
+        """A hash waits for a thread."""
+
+    def hash_dequeued(self) -> None:
+        """A hash left the queue (taken by a thread, or cancelled)."""
+
+    def hash_done(self, seconds: float) -> None:
+        """A hash took `seconds` on its thread."""
+
+
+class _Unobserved:
+    def hash_queued(self) -> None:
+        pass
+
+    def hash_dequeued(self) -> None:
+        pass
+
+    def hash_done(self, seconds: float) -> None:
+        pass
+
+
 class PasswordHasher:
     """Hashes and verifies in a bounded thread pool, never on the event loop."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, observer: HashObserver | None = None) -> None:
         map_large_buffers()
+        self._observer: HashObserver = observer or _Unobserved()
         self._hash = make_password_hash()
         # The pool size is the cap: an unbounded pool lets a login flood hold ~19 MiB per
         # queued hash at once. Argon2 releases the GIL, so these threads use every core.
@@ -85,13 +115,32 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """Argon2id hash of `password`."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._hash.hash, password)
+        return await self._run(self._hash.hash, password)
 
     async def verify(self, password: str, password_hash: str) -> tuple[bool, str | None]:
         """Whether `password` matches, and a new Argon2id hash when the stored one is outdated."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._verify_sync, password, password_hash)
+        return await self._run(self._verify_sync, password, password_hash)
+
+    async def _run(self, fn: Callable[..., T], *args: str) -> T:
+        observer = self._observer
+
+        def timed() -> T:
+            observer.hash_dequeued()
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                observer.hash_done(time.perf_counter() - started)
+
+        def leave_if_cancelled(future: Future[T]) -> None:
+            # A job cancelled before a thread took it never runs `timed`.
+            if future.cancelled():
+                observer.hash_dequeued()
+
+        observer.hash_queued()
+        future = self._pool.submit(timed)
+        future.add_done_callback(leave_if_cancelled)
+        return await asyncio.wrap_future(future)
 
     async def verify_dummy(self, password: str) -> None:
         """Verify against a hash no password matches, so that an unknown username takes

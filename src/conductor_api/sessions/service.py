@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -184,10 +185,11 @@ async def _refresh_not_current(
             if not digests_equal(token_digest(child), session.refresh_token_hash):
                 raise InvalidRefreshToken()
             session.last_used_at = now
-            return _pair(
+            pair = _pair(
                 tokens, user.id, session.id, child, child_expires,
                 int(session.absolute_expires_at.timestamp()), now,
             )  # fmt: skip
+            return replace(pair, grace=True)
         await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
         events.record(
             db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,

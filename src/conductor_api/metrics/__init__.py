@@ -1,0 +1,2 @@
+"""Prometheus metrics: what is counted (`service`), per request (`middleware`), served
+(`exposition`)."""

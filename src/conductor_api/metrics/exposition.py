@@ -1,0 +1,60 @@
+"""The metrics listener that `serve` runs beside its workers: `GET /metrics` on
+METRICS_HOST:METRICS_PORT, summing the files every worker writes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.multiprocess import MultiProcessCollector
+
+StartResponse = Callable[..., Any]
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the log."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    def wsgi(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Not found; metrics are at /metrics\n"]
+        return app(environ, start_response)
+
+    return wsgi
+
+
+class MetricsListener:
+    """A threaded HTTP server for the summed metrics of `directory`."""
+
+    def __init__(self, host: str, port: int, directory: str) -> None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("_MetricsServer", (_Server,), {"address_family": family})
+        self._server: WSGIServer = make_server(
+            host, port, _only_metrics(make_wsgi_app(registry)), server_class, _Quiet
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()

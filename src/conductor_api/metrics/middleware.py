@@ -1,0 +1,74 @@
+"""Counts and times every HTTP request by its route template."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conductor_api.metrics.service import Metrics
+
+UNMATCHED = "unmatched"
+
+
+def _metrics(scope: Scope) -> Metrics | None:
+    # The container (and its metrics) exists once the lifespan has run.
+    container: Any = getattr(scope["app"].state, "container", None)
+    return container.metrics if container is not None else None
+
+
+def route_of(scope: Scope, status: int) -> str:
+    """The matched route's template (`/api/v1/auth/sessions/{session_id}`), never the raw
+    path, which would hold ids and make one series per request."""
+    route = scope.get("route")
+    if route is None and status != 404:
+        # Refused before routing (a 413 by the edge middleware): find the route it was for.
+        for candidate in scope["app"].router.routes:
+            if candidate.matches(scope)[0] == Match.FULL:
+                route = candidate
+                break
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class MetricsMiddleware:
+    """The outermost middleware: its time covers everything the app does for a request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = _metrics(scope) if scope["type"] == "http" else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        counted = False
+
+        def count() -> None:
+            nonlocal counted
+            counted = True
+            metrics.observe_request(
+                scope["method"], route_of(scope, status), status, time.perf_counter() - started
+            )
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte leaves: a scrape that follows the answer
+                # always includes it.
+                count()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if not counted:
+                # An error the server's last handler answers outside this middleware (500),
+                # or a client that went away first.
+                count()

@@ -1,0 +1,1 @@
+"""`conductor-api serve`: a supervisor and its worker processes."""

@@ -1,0 +1,186 @@
+"""Runs N worker processes, each on its own SO_REUSEPORT socket, plus the metrics listener.
+
+One shared socket let one worker take nearly every connection now and then (whichever
+accept() won); with a socket per worker the kernel spreads connections by their addresses.
+The supervisor binds every socket itself, so a busy port is one line before any worker
+starts, and a restarted worker takes over its predecessor's socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from conductor_api.config import Settings
+from conductor_api.serving.worker import STARTUP_FAILURE
+
+if TYPE_CHECKING:
+    from conductor_api.metrics.exposition import MetricsListener
+
+log = logging.getLogger("conductor_api")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Time for workers to finish their requests after SIGTERM before they are killed.
+GRACEFUL_SECONDS = 20.0
+# More unexpected exits than this within the window: something is wrong, stop.
+MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
+
+
+class ServeError(Exception):
+    """The server cannot start; one line for the operator."""
+
+
+def _family(host: str, port: int) -> socket.AddressFamily:
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on host:port in one SO_REUSEPORT group."""
+    family = _family(host, port)
+    # SO_REUSEPORT would let these join a group another server of the same user already
+    # listens in, and silently share its traffic: check first that the port is free.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sockets: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as e:
+            sock.close()
+            for s in sockets:
+                s.close()
+            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return sockets
+
+
+class Supervisor:
+    """Starts, watches and stops the workers; cleans the metrics directory it made."""
+
+    def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
+        self.settings = settings
+        self.host, self.port = host, port
+        self.sockets = bind_sockets(host, port, workers)
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * workers
+        self.exits: list[float] = []
+        self.stopping = False
+        self.metrics_dir: str | None = None
+        self.env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+
+    def run(self) -> int:
+        """Serve until a stop signal; the exit status."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        listener = None
+        try:
+            listener = self._start_metrics()
+            for i in range(len(self.sockets)):
+                self._spawn(i)
+            log.info("serving on %s:%d with %d worker(s)", self.host, self.port, len(self.sockets))
+            return self._watch()
+        finally:
+            self._stop_workers()
+            if listener is not None:
+                listener.close()
+            for sock in self.sockets:
+                sock.close()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _start_metrics(self) -> MetricsListener | None:
+        s = self.settings
+        if s.metrics_port is None:
+            return None
+        # Every worker writes its figures to files here; the listener sums them. Made fresh
+        # for each run, so a scrape never counts a previous run's requests.
+        self.metrics_dir = tempfile.mkdtemp(prefix="conductor-metrics-")
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        # Imported only now: prometheus-client picks its file-backed values at import.
+        from conductor_api.metrics.exposition import MetricsListener
+        from conductor_api.metrics.service import Metrics
+
+        Metrics()  # every metric at 0 in the files before any worker has started
+        try:
+            listener = MetricsListener(s.metrics_host, s.metrics_port, self.metrics_dir)
+        except OSError as e:
+            raise ServeError(
+                f"METRICS_PORT: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
+            ) from None
+        listener.start()
+        log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+        return listener
+
+    def _spawn(self, i: int) -> None:
+        fd = self.sockets[i].fileno()
+        # Our own interpreter and module, no input from outside.
+        self.procs[i] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "conductor_api.serving.worker", str(fd)],
+            pass_fds=(fd,),
+            env=self.env,
+        )
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            for i, proc in enumerate(self.procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                self._forget(proc.pid)
+                if proc.returncode == STARTUP_FAILURE:
+                    log.error("a worker could not start; stopping")
+                    return 1
+                now = time.monotonic()
+                self.exits = [t for t in self.exits if now - t < RESTART_WINDOW] + [now]
+                if len(self.exits) > MAX_RESTARTS:
+                    log.error("workers keep exiting; stopping")
+                    return 1
+                log.warning("worker %d exited with status %d; starting another", proc.pid,
+                            proc.returncode)  # fmt: skip
+                self._spawn(i)
+            time.sleep(0.2)
+        return 0
+
+    def _stop_workers(self) -> None:
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACEFUL_SECONDS
+        for proc in live:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for done in self.procs:
+            if done is not None:
+                self._forget(done.pid)
+
+    def _forget(self, pid: int) -> None:
+        """Drop a dead worker's live gauges (the hash queue) from the sums."""
+        if self.metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]

@@ -1,0 +1,54 @@
+"""One worker process: uvicorn on the listening socket its supervisor handed over.
+
+Run as `python -m conductor_api.serving.worker FD` by `serving.supervisor`; each worker has
+a socket of its own in one SO_REUSEPORT group, so the kernel spreads connections evenly."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from conductor_api.config import load_settings
+from conductor_api.logs import configure_logging
+
+_PR_SET_PDEATHSIG = 1
+# The status of a worker whose application did not start (uvicorn's own value): the
+# supervisor stops rather than restarting it in a loop.
+STARTUP_FAILURE = 3
+
+
+def die_with_parent() -> None:
+    """Get SIGTERM when the supervisor dies, even by SIGKILL: no orphan keeps serving."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        ctypes.CDLL(libc_name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def main(argv: list[str]) -> None:
+    """Serve the application on the inherited socket until SIGTERM or SIGINT."""
+    die_with_parent()
+    sock = socket.socket(fileno=int(argv[1]))
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    config = uvicorn.Config(
+        "conductor_api.app:app_factory",
+        factory=True,
+        # The client address is decided by TRUSTED_PROXIES in the app, not by uvicorn.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
