@@ -65,6 +65,11 @@ BAD_VALUES = [
     ({"SESSION_RETENTION_DAYS": "-1"}, "SESSION_RETENTION_DAYS"),
     ({"PRUNE_INTERVAL_SECONDS": "soon"}, "PRUNE_INTERVAL_SECONDS"),
     ({"PRUNE_BATCH_SIZE": "1000000"}, "PRUNE_BATCH_SIZE"),
+    ({"METRICS_PORT": "70000"}, "METRICS_PORT"),
+    ({"METRICS_PORT": "http"}, "METRICS_PORT"),
+    # The metrics listener never shares the API's port.
+    ({"METRICS_PORT": "8000"}, "METRICS_PORT"),
+    ({"METRICS_PORT": "9100", "ANDROID_API_PORT": "9100"}, "METRICS_PORT"),
 ]
 
 

@@ -224,6 +224,31 @@ class TestTrustedProxy:
             recorded = await session_address(container, response.json()["session_id"])
             assert recorded == expected, headers
 
+    async def test_hops_with_ports_are_read_as_addresses(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        cases = [
+            ("1.2.3.4:5678", "1.2.3.4"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::2]", "2001:db8::2"),
+            ("10.0.0.1, 198.51.100.60:1234", "198.51.100.60"),
+            # Proxies of ours with ports are walked past like any trusted hop.
+            ("198.51.100.61:80, 203.0.113.9:8443", "198.51.100.61"),
+            # Malformed ports are no address: the proxy's own address, never a 500.
+            ("1.2.3.4:99999", CLIENT_IP),
+            ("1.2.3.4:", CLIENT_IP),
+            ("[2001:db8::1]x", CLIENT_IP),
+            ("[2001:db8::1", CLIENT_IP),
+        ]
+        body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
+        for header, expected in cases:
+            response = await client.post(
+                "/api/v1/auth/login", json=body, headers={"X-Forwarded-For": header}
+            )
+            assert response.status_code == 200, (header, response.text)
+            recorded = await session_address(container, response.json()["session_id"])
+            assert recorded == expected, header
+
     async def test_an_untrusted_peer_is_not_believed(
         self, app: FastAPI, alice: Account, container: Container
     ) -> None:

@@ -39,12 +39,15 @@ def cli_path() -> str:
     )
 
 
+PREFIXES = ("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_", "METRICS_", "KEY_")
+
+
 def clean_env(**env: str) -> dict[str, str]:
     """The current environment without any Conductor setting, plus `env`."""
     keep = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("JWT_", "ANDROID_API_", "CONDUCTOR_", "DATABASE_", "CORS_", "KEY_"))
+        if not k.startswith(PREFIXES)
         and k
         not in ("ALLOW_REGISTRATION", "MAX_REGISTRATIONS_PER_IP", "TRUSTED_PROXIES", "LOG_FORMAT")
     }

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_api.metrics.service import Metrics
@@ -22,15 +23,31 @@ def _metrics(scope: Scope) -> Metrics | None:
 def route_of(scope: Scope, status: int) -> str:
     """The matched route's template (`/api/v1/auth/sessions/{session_id}`), never the raw
     path, which would hold ids and make one series per request."""
+    # FastAPI keeps included routers whole; the route it ran is then known with its full
+    # path (the include prefix added) only from its routing context.
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(context, "path_format", None)
+    if isinstance(template, str):
+        return template
     route = scope.get("route")
-    if route is None and status != 404:
+    if route is not None:
+        path = getattr(route, "path", None)
+        return path if isinstance(path, str) else UNMATCHED
+    if status != 404:
         # Refused before routing (a 413 by the edge middleware): find the route it was for.
-        for candidate in scope["app"].router.routes:
-            if candidate.matches(scope)[0] == Match.FULL:
-                route = candidate
-                break
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+        for pattern, template in _templates(scope["app"]):
+            if pattern.match(scope["path"]):
+                return template
+    return UNMATCHED
+
+
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    """The documented paths as patterns, computed once per application."""
+    cached: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_templates", None)
+    if cached is None:
+        cached = [(compile_path(t)[0], t) for t in app.openapi().get("paths", {})]
+        app.state.route_templates = cached
+    return cached
 
 
 class MetricsMiddleware:
