@@ -1,0 +1,172 @@
+"""`serve --workers N`: a supervisor with one SO_REUSEPORT socket per worker. Connections
+spread over the workers; SIGTERM stops everything cleanly; a worker never outlives its
+supervisor; a busy port or a clash with METRICS_PORT is one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, clean_env, cli_path, free_port
+
+pytestmark = pytest.mark.e2e
+
+SECRETS = {
+    "JWT_SECRET_KEY": "access-" + "s" * 40,
+    "JWT_REFRESH_SECRET_KEY": "refresh-" + "t" * 40,
+}
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def workers_of(server: Server) -> list[int]:
+    """The worker processes under the supervisor."""
+    assert server.proc is not None
+    return [p for p in children(server.proc.pid) if "serving.worker" in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+class TestSpread:
+    def test_new_connections_reach_every_worker(self, tmp_path: Path) -> None:
+        with Server(tmp_path, SECRETS, workers=2) as server:
+            pids = workers_of(server)
+            assert len(pids) == 2
+            before = {p: cpu_seconds(p) for p in pids}
+            # Fresh connections from ever-changing source ports: the kernel picks a socket
+            # (and so a worker) per connection.
+            for _ in range(300):
+                assert httpx.get(server.url + "/health/live").status_code == 200
+            used = {p: cpu_seconds(p) - before[p] for p in pids}
+        total = sum(used.values())
+        assert total > 0
+        assert min(used.values()) > 0.15 * total, used
+
+
+class TestShutdown:
+    def test_sigterm_stops_every_process_and_exits_0(self, tmp_path: Path) -> None:
+        server = Server(tmp_path, SECRETS, workers=2).start()
+        assert server.proc is not None
+        pids = workers_of(server)
+        server.proc.send_signal(signal.SIGTERM)  # the supervisor only: it stops the workers
+        assert server.proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in pids)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/health/live")
+        assert "Traceback" not in server.log()
+
+    def test_workers_die_with_a_killed_supervisor(self, tmp_path: Path) -> None:
+        server = Server(tmp_path, SECRETS, workers=2).start()
+        assert server.proc is not None
+        pids = workers_of(server)
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in pids)
+
+    def test_a_dead_worker_is_replaced(self, tmp_path: Path) -> None:
+        with Server(tmp_path, SECRETS, workers=2) as server:
+            first = workers_of(server)
+            os.kill(first[0], signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                now = workers_of(server)
+                if len(now) == 2 and first[0] not in now:
+                    break
+                time.sleep(0.2)
+            assert len(workers_of(server)) == 2
+            for _ in range(20):
+                assert httpx.get(server.url + "/health/live").status_code == 200
+
+
+def serve_fails(tmp_path: Path, port: int, **env: str) -> str:
+    """Run `serve` that must fail at once; its one line of stderr."""
+    result = subprocess.run(
+        [cli_path(), "serve", "--port", str(port), "--workers", "2"],
+        env=clean_env(CONDUCTOR_DATA_DIR=str(tmp_path / "data"), **SECRETS, **env),
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+class TestOneLineErrors:
+    def test_busy_port(self, tmp_path: Path) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            line = serve_fails(tmp_path, port)
+        assert f"cannot listen on 127.0.0.1:{port}" in line
+
+    def test_busy_metrics_port(self, tmp_path: Path) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            mport = taken.getsockname()[1]
+            line = serve_fails(tmp_path, free_port(), METRICS_PORT=str(mport))
+        assert line.startswith("conductor-api: error: METRICS_PORT: cannot listen"), line
+
+    def test_metrics_port_equal_to_the_api_port_given_by_option(self, tmp_path: Path) -> None:
+        port = free_port()
+        line = serve_fails(tmp_path, port, METRICS_PORT=str(port))
+        assert "METRICS_PORT" in line
+
+
+def test_the_command_line_imports_no_metrics_library() -> None:
+    """prometheus-client chooses file-backed values when first imported: `serve` must set
+    its directory first, so nothing the command line loads may import it earlier."""
+    code = "import sys, conductor_api.cli; print('prometheus_client' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"
