@@ -108,18 +108,19 @@ class TestTwoWorkers:
             assert sum(logins.values()) == 9
             assert set(logins) == {"succeeded", "failed", "locked"}, logins
             for result in ("succeeded", "failed", "locked", "throttled", "disabled"):
-                assert s.value(
-                    "conductor_logins_total", method="password", result=result
-                ) == logins[result], result
+                assert (
+                    s.value("conductor_logins_total", method="password", result=result)
+                    == logins[result]
+                ), result
             for result in ("rotated", "grace", "reused", "invalid"):
-                assert s.value("conductor_refreshes_total", result=result) == refreshes[
+                assert s.value("conductor_refreshes_total", result=result) == refreshes[result], (
                     result
-                ], result
+                )
             for route, count in routes.items():
                 assert s.value("conductor_http_requests_total", route=route) == count, route
-                assert s.value(
-                    "conductor_http_request_duration_seconds_count", route=route
-                ) == count
+                assert (
+                    s.value("conductor_http_request_duration_seconds_count", route=route) == count
+                )
             # Every login checked is a hash (a verification; a locked name is refused before
             # any), plus each worker's dummy hash at start.
             checked = sum(logins.values()) - logins["locked"]

@@ -1,0 +1,116 @@
+"""A real nginx (deploy/'s config) in front of `serve --workers 2`. Behind TRUSTED_PROXIES
+the session list and the events show the address nginx forwarded, the per-address limit
+counts that address, and a client's own X-Forwarded-For cannot choose it; without
+TRUSTED_PROXIES the server sees the proxy.
+
+Clients connect from other loopback addresses (127.0.0.2, ...) so that a client's address
+differs from the proxy's (127.0.0.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.e2e.proxy import Nginx
+from tests.e2e.server import Server, create_user
+
+pytestmark = pytest.mark.e2e
+
+SECRETS = {
+    "JWT_SECRET_KEY": "access-" + "p" * 40,
+    "JWT_REFRESH_SECRET_KEY": "refresh-" + "q" * 40,
+}
+API = "/api/v1/auth"
+WRONG = "wrong password, but long enough"
+LIMIT = 3
+
+
+@contextmanager
+def behind_nginx(tmp_path: Path, **env: str) -> Iterator[Nginx]:
+    """alice's server (two workers) with nginx in front."""
+    settings = {**SECRETS, "MAX_FAILED_LOGINS_PER_IP": str(LIMIT), **env}
+    create_user(tmp_path / "api", SECRETS, "alice", PASSWORD)
+    with (
+        Server(tmp_path / "api", settings, workers=2) as server,
+        Nginx(tmp_path / "nginx", server.port) as nginx,
+    ):
+        yield nginx
+
+
+def client_from(nginx: Nginx, address: str) -> httpx.Client:
+    """A client whose connections come from `address`."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=nginx.url + API, transport=transport, timeout=30)
+
+
+def login(client: httpx.Client, password: str = PASSWORD, **headers: str) -> httpx.Response:
+    """POST /auth/login as alice."""
+    body = {"username": "alice", "password": password, "device_name": "Pixel 8"}
+    return client.post("/login", json=body, headers=headers)
+
+
+def sessions_and_events(client: httpx.Client, token: str) -> tuple[Any, Any]:
+    """The caller's session list and security events."""
+    auth = {"Authorization": f"Bearer {token}"}
+    sessions = client.get("/sessions", headers=auth)
+    events = client.get("/events", headers=auth)
+    assert sessions.status_code == events.status_code == 200, sessions.text + events.text
+    return sessions.json(), events.json()
+
+
+def event_list(events: Any) -> list[dict[str, Any]]:
+    """The events, whether the body is a list or a page object."""
+    if isinstance(events, dict):
+        for value in events.values():
+            if isinstance(value, list):
+                return value
+    assert isinstance(events, list)
+    return events
+
+
+class TestTrustedNginx:
+    def test_forwarded_address_is_seen_limited_and_cannot_be_chosen(self, tmp_path: Path) -> None:
+        with behind_nginx(tmp_path, TRUSTED_PROXIES="127.0.0.1") as nginx:
+            with client_from(nginx, "127.0.0.2") as phone:
+                pair = login(phone)
+                assert pair.status_code == 200, pair.text
+                sessions, events = sessions_and_events(phone, pair.json()["access_token"])
+            assert [s["ip_address"] for s in sessions] == ["127.0.0.2"]
+            logins = [e for e in event_list(events) if e["type"] == "login_succeeded"]
+            assert [e["ip_address"] for e in logins] == ["127.0.0.2"]
+
+            # A client's own X-Forwarded-For: nginx appends the real peer, which wins.
+            with client_from(nginx, "127.0.0.3") as liar:
+                pair = login(liar, **{"X-Forwarded-For": "198.51.100.7"})
+                assert pair.status_code == 200, pair.text
+                sessions, _ = sessions_and_events(liar, pair.json()["access_token"])
+            current = [s for s in sessions if s["current"]]
+            assert [s["ip_address"] for s in current] == ["127.0.0.3"]
+
+            # The per-address limit counts the forwarded address, whatever the header says.
+            with client_from(nginx, "127.0.0.4") as guesser:
+                for n in range(LIMIT):
+                    spoof = {"X-Forwarded-For": f"198.51.100.{n + 10}"}
+                    assert login(guesser, WRONG, **spoof).status_code == 401
+                blocked = login(guesser, PASSWORD, **{"X-Forwarded-For": "198.51.100.99"})
+                assert blocked.status_code == 429, blocked.text
+                assert blocked.json()["code"] == "too_many_attempts"
+            # ... and only that address: another client behind the same proxy signs in.
+            with client_from(nginx, "127.0.0.5") as other:
+                assert login(other).status_code == 200
+
+
+class TestUntrustedNginx:
+    def test_without_trusted_proxies_the_server_sees_the_proxy(self, tmp_path: Path) -> None:
+        with behind_nginx(tmp_path) as nginx, client_from(nginx, "127.0.0.2") as phone:
+            pair = login(phone, **{"X-Forwarded-For": "198.51.100.7"})
+            assert pair.status_code == 200, pair.text
+            sessions, events = sessions_and_events(phone, pair.json()["access_token"])
+        assert [s["ip_address"] for s in sessions] == ["127.0.0.1"]
+        assert {e["ip_address"] for e in event_list(events)} == {"127.0.0.1"}
