@@ -15,9 +15,21 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/conductor-api serve
 
-# wrk drives the benchmark smoke test; it comes from Debian's packages.
+# wrk drives the benchmark smoke test; nginx and prometheus (with promtool) the deployment
+# tests. They come from Debian's packages. The services those packages may start are
+# stopped and disabled at once: the tests run their own, on free loopback ports.
 tools:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; \
+		for service in $$missing; do \
+			systemctl disable --now $$service >/dev/null 2>&1 || true; \
+		done; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,7 +11,7 @@ from conductor_bench.common import (
     SCENARIOS,
     TARGET_LOGIN_OF_BOUND,
     TARGET_ME_RATIO,
-    TARGET_PG_SCALING,
+    TARGET_SCALING,
     TARGET_PROBE_P99_MS,
     TARGET_REFRESH_RATIO,
     TARGET_WORKER_RSS_MIB,
@@ -145,15 +145,17 @@ def report(
             if any(not k.startswith("2") for k in r.statuses):
                 notes.append(f"{cfg.db} w{cfg.workers} {key}: statuses {r.statuses}")
     by = {(c.db, c.workers): c for c in configs}
-    if ("postgres", 1) in by and ("postgres", 2) in by:
-        one = by[("postgres", 1)].results["b"].rps
-        two = by[("postgres", 2)].results["b"].rps
+    for db in ("sqlite", "postgres"):
+        if (db, 1) not in by or (db, 2) not in by:
+            continue
+        one = by[(db, 1)].results["b"].rps
+        two = by[(db, 2)].results["b"].rps
         scale = two / one if one else 0.0
         checks.append(
             (
-                f"postgres: /auth/me with 2 workers ≥ {TARGET_PG_SCALING} x 1 worker",
+                f"{db}: /auth/me with 2 workers ≥ {TARGET_SCALING} x 1 worker",
                 f"{scale:.2f}",
-                scale >= TARGET_PG_SCALING,
+                scale >= TARGET_SCALING,
             )
         )
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---:|---|"]

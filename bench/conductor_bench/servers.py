@@ -99,13 +99,13 @@ class Server:
             time.sleep(0.1)
 
     def worker_pids(self) -> list[int]:
-        """The processes that serve requests: the server itself with one worker, else
-        uvicorn's spawned workers (not multiprocessing's resource tracker)."""
+        """The processes that serve requests: the workers `serve` supervises (one process
+        per worker, each on its own SO_REUSEPORT socket), not the supervisor."""
         assert self.proc is not None
-        if self.workers == 1:
-            return [self.proc.pid]
         return sorted(
-            pid for pid in proc_children(self.proc.pid) if "spawn_main" in proc_cmdline(pid)
+            pid
+            for pid in proc_children(self.proc.pid)
+            if "conductor_api.serving.worker" in proc_cmdline(pid)
         )
 
     def stop(self) -> None:
