@@ -26,7 +26,7 @@ def unit_settings() -> dict[str, str]:
 class TestSystemdUnit:
     def test_hardening_and_state_directory(self) -> None:
         s = unit_settings()
-        assert s["DynamicUser"] == "yes"
+        assert s["User"] == s["Group"] == "conductor-api"
         assert s["StateDirectory"] == "conductor-api"
         assert s["StateDirectoryMode"] == "0700"
         assert s["Environment"] == "CONDUCTOR_DATA_DIR=/var/lib/conductor-api"
