@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -91,7 +92,5 @@ class Nginx:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            import os
-
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
