@@ -31,7 +31,9 @@ METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 # Operations that docs/api.md may name although the application's OpenAPI document does not
 # list them (for example a listener of its own on another port): (METHOD, path) -> why.
-OUTSIDE_OPENAPI: dict[tuple[str, str], str] = {}
+OUTSIDE_OPENAPI: dict[tuple[str, str], str] = {
+    ("GET", "/metrics"): "served by `serve` on METRICS_HOST:METRICS_PORT, not by the app",
+}
 
 # Modules not imported to find error classes: they run things on import.
 SKIP_MODULES = ("conductor_api.__main__", "conductor_api.migrations")
