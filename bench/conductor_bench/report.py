@@ -11,9 +11,9 @@ from conductor_bench.common import (
     SCENARIOS,
     TARGET_LOGIN_OF_BOUND,
     TARGET_ME_RATIO,
-    TARGET_SCALING,
     TARGET_PROBE_P99_MS,
     TARGET_REFRESH_RATIO,
+    TARGET_SCALING,
     TARGET_WORKER_RSS_MIB,
     log,
 )
