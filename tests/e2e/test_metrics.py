@@ -5,6 +5,7 @@ directory the workers wrote their figures to."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,8 +20,8 @@ from tests.metrics.scrape import LOGIN_RESULT, REFRESH_RESULT, Scrape
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "m" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "n" * 40,
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "JWT_REFRESH_SECRET_KEY": secrets.token_urlsafe(48),
 }
 API = "/api/v1/auth"
 WRONG = "wrong password, but long enough"

@@ -5,6 +5,7 @@ there, summed over the workers, and the shipped alert rules are loaded."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -23,8 +24,8 @@ from tests.e2e.tools import DEPLOY, tool
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "r" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "u" * 40,
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "JWT_REFRESH_SECRET_KEY": secrets.token_urlsafe(48),
 }
 WRONG = "wrong password, but long enough"
 

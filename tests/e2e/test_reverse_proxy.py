@@ -8,6 +8,7 @@ differs from the proxy's (127.0.0.1)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,8 @@ from tests.e2e.server import Server, create_user
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "p" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "q" * 40,
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "JWT_REFRESH_SECRET_KEY": secrets.token_urlsafe(48),
 }
 API = "/api/v1/auth"
 WRONG = "wrong password, but long enough"

@@ -5,6 +5,7 @@ supervisor; a busy port or a clash with METRICS_PORT is one line."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,8 +21,8 @@ from tests.e2e.server import Server, clean_env, cli_path, free_port
 pytestmark = pytest.mark.e2e
 
 SECRETS = {
-    "JWT_SECRET_KEY": "access-" + "s" * 40,
-    "JWT_REFRESH_SECRET_KEY": "refresh-" + "t" * 40,
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "JWT_REFRESH_SECRET_KEY": secrets.token_urlsafe(48),
 }
 
 
