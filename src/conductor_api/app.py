@@ -26,6 +26,7 @@ from conductor_api.events.router import router as events_router
 from conductor_api.keys.router import router as keys_router
 from conductor_api.logs import configure_logging
 from conductor_api.metrics.middleware import MetricsMiddleware
+from conductor_api.mfa.router import router as mfa_router
 from conductor_api.middleware import EdgeMiddleware
 from conductor_api.schemas import ErrorOut
 from conductor_api.sessions.router import router as sessions_router
@@ -75,7 +76,7 @@ def database_down(error: BaseException) -> bool:
 
 def _render(error: AppError) -> JSONResponse:
     return JSONResponse(
-        {"detail": error.detail, "code": error.code},
+        {**error.extra, "detail": error.detail, "code": error.code},
         status_code=error.status,
         headers=error.headers,
     )
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(sessions_router, prefix="/api/v1")
     app.include_router(events_router, prefix="/api/v1")
     app.include_router(keys_router)
+    app.include_router(mfa_router, prefix="/api/v1")
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
     async def live() -> dict[str, str]:

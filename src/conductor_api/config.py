@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     max_failed_logins_per_ip: int = Field(default=50, ge=1, le=1_000_000)
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     allow_registration: bool = False
+    # How long a device token (answered by every sign-in) stays valid.
+    device_token_days: int = Field(default=180, ge=1, le=3650)
     # Registrations (each an Argon2id hash) from one address within LOCKOUT_MINUTES.
     max_registrations_per_ip: int = Field(default=10, ge=1, le=1_000_000)
 

@@ -8,12 +8,14 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from conductor_api.auth.principal import PrincipalLoader, make_principal_loader
+from conductor_api.auth.second_step import SecondStep
 from conductor_api.auth.service import SignInService
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
 from conductor_api.keys.manager import KeyManager
 from conductor_api.metrics.service import Metrics
+from conductor_api.mfa.service import SecondFactor
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
@@ -33,6 +35,8 @@ class Container:
     tokens: TokenService
     principals: PrincipalLoader
     signin: SignInService
+    mfa: SecondFactor
+    second_step: SecondStep
     pruner: PeriodicPruner | None
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
     keys: KeyManager | None
@@ -74,6 +78,10 @@ class Container:
                 Pruner(settings, engine, clock.now), settings.prune_interval_seconds
             )
             pruner.start()
+        mfa = SecondFactor(settings.kek)
+        signin = SignInService(
+            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -83,7 +91,9 @@ class Container:
             hasher=hasher,
             tokens=tokens,
             principals=make_principal_loader(settings),
-            signin=SignInService(settings, clock, sessionmaker, statement_sessions, hasher, tokens),
+            signin=signin,
+            mfa=mfa,
+            second_step=SecondStep(signin),
             pruner=pruner,
             keys=keys,
             metrics=metrics,

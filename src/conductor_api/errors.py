@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 
 class AppError(Exception):
@@ -16,6 +17,8 @@ class AppError(Exception):
         super().__init__(detail or self.detail)
         self.detail = detail or self.detail
         self.headers = dict(headers or {})
+        # Fields rendered beside `detail` and `code` (the pending sign-in of mfa_required).
+        self.extra: dict[str, Any] = {}
 
 
 class InvalidCredentials(AppError):
@@ -42,6 +45,34 @@ class RefreshTokenReused(AppError):
 
 class AccountDisabled(AppError):
     status, code, detail = 403, "account_disabled", "This account is disabled"
+
+
+class MfaRequired(AppError):
+    status, code, detail = 403, "mfa_required", "A second factor is required"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.extra = extra
+
+
+class InvalidMfaCode(AppError):
+    status, code, detail = 401, "invalid_mfa_code", "Wrong, reused or expired code"
+
+
+class InvalidMfaToken(AppError):
+    status, code, detail = 401, "invalid_mfa_token", "Unknown, spent or expired mfa_token"
+
+
+class MfaAlreadyEnabled(AppError):
+    status, code, detail = 409, "mfa_already_enabled", "Two-step sign-in is already on"
+
+
+class MfaNotEnabled(AppError):
+    status, code, detail = 409, "mfa_not_enabled", "Two-step sign-in is not on"
+
+
+class MfaNotSetUp(AppError):
+    status, code, detail = 409, "mfa_not_set_up", "Call /auth/mfa/totp/setup first"
 
 
 class NotFound(AppError):

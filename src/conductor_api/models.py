@@ -2,9 +2,22 @@
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.db import Base
+from conductor_api.devices.models import DeviceToken
 from conductor_api.events.models import SecurityEvent
 from conductor_api.keys.models import SigningKey
+from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
-__all__ = ["Base", "DeviceSession", "LoginThrottle", "SecurityEvent", "SigningKey", "User"]
+__all__ = [
+    "Base",
+    "DeviceSession",
+    "DeviceToken",
+    "LoginThrottle",
+    "MfaToken",
+    "RecoveryCode",
+    "SecurityEvent",
+    "SigningKey",
+    "TotpFactor",
+    "User",
+]

@@ -25,3 +25,5 @@ class TokenPair:
     session_id: uuid.UUID
     # A refresh answered inside the reuse grace window (the same child again), not rotated.
     grace: bool = False
+    # Sign-ins only (never a refresh): the device token for the next sign-in.
+    device_token: str | None = None

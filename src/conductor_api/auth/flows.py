@@ -22,10 +22,12 @@ async def login(
     device_name: str,
     fingerprint: str | None,
     client: ClientInfo,
+    device_token: str | None = None,
 ) -> TokenPair:
-    """Check the password under the brute-force rules and start a device session."""
+    """Check the password under the brute-force rules and start a device session (or, with
+    a second factor on, a pending sign-in: `MfaRequired`)."""
     device = Device(device_name, fingerprint)
-    return await c.signin.login(username, password, device, client)
+    return await c.signin.login(username, password, device, client, device_token)
 
 
 async def refresh(c: Container, token: str, client: ClientInfo) -> TokenPair:
@@ -42,11 +44,16 @@ async def refresh(c: Container, token: str, client: ClientInfo) -> TokenPair:
 
 
 async def change_password(
-    c: Container, principal: Principal, current: str, new: str, client: ClientInfo
+    c: Container,
+    principal: Principal,
+    current: str,
+    new: str,
+    client: ClientInfo,
+    code: str | None = None,
 ) -> None:
-    """Check the current password (a failure counts as a failed login), set the new one and
-    revoke every other session."""
-    await c.signin.change_password(principal, current, new, client)
+    """Check the current password (a failure counts as a failed login) and, with TOTP on, a
+    code; set the new one, revoke every other session and the device tokens."""
+    await c.signin.change_password(principal, current, new, client, code)
 
 
 async def logout(db: AsyncSession, c: Container, principal: Principal, client: ClientInfo) -> None:

@@ -198,16 +198,25 @@ class UsernameLimit(_Window):
         """One more failure for the name; whether it locked the name."""
         return await throttle.fail_user(
             db, slot.key, now, max_failures=self.settings.max_failed_login_attempts,
-            lockout=self.lockout,
+            lockout=self.lockout, scope=self.scope,
         )  # fmt: skip
 
     async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
         """A right password forgives the failures settled before its slot."""
         await throttle.forgive_user(
             db, slot.key, slot.failures_before,
-            max_failures=self.settings.max_failed_login_attempts,
+            max_failures=self.settings.max_failed_login_attempts, scope=self.scope,
         )  # fmt: skip
 
     async def released(self, db: AsyncSession, slot: Slot) -> None:
         """Nothing counted: the slot goes back."""
         await throttle.release(db, self.scope, slot.key)
+
+
+class DeviceTokenLimit(UsernameLimit):
+    """The alternative to the username's limit for a login that presents a valid device
+    token of the user it names (trusted devices): the same rules on the token's own counter
+    (keyed by the token's id), so that someone who locks the name does not lock out the
+    owner's phone, and a stolen token without the password locks only itself."""
+
+    scope: ClassVar[str] = throttle.DEVICE

@@ -20,8 +20,9 @@ from conductor_api.auth.schemas import (
     UserOut,
 )
 from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
-from conductor_api.errors import AppError, NotFound
-from conductor_api.schemas import error_responses
+from conductor_api.errors import AppError, MfaRequired, NotFound
+from conductor_api.mfa.schemas import MfaRequiredOut
+from conductor_api.schemas import ErrorOut, error_responses
 from conductor_api.users import service as users
 from conductor_api.values import TokenPair
 
@@ -32,15 +33,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _token_response(pair: TokenPair) -> Response:
-    body = TokenPairOut(
-        access_token=pair.access_token,
-        expires_in=pair.expires_in,
-        refresh_token=pair.refresh_token,
-        refresh_expires_in=pair.refresh_expires_in,
-        session_id=pair.session_id,
-    )
     # Serialized by pydantic-core in one step: token responses are on the hot path.
-    return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
+    # A refresh has no device token, and its body no such field.
+    body = TokenPairOut.of(pair).model_dump_json(exclude_none=True)
+    return Response(body, media_type="application/json", headers=NO_STORE)
 
 
 _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
@@ -51,7 +47,14 @@ _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/login",
     response_model=TokenPairOut,
-    responses={**_TOKEN_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
+    responses={
+        **_TOKEN_DOC,
+        **error_responses(400, 401, 403, 413, 422, 429, 503),
+        403: {
+            "model": MfaRequiredOut | ErrorOut,
+            "description": "mfa_required (continue at /auth/mfa/verify) or account_disabled",
+        },
+    },
     summary="Sign a device in",
 )
 async def login(body: LoginRequest, c: ContainerDep, client: Client) -> Response:
@@ -59,7 +62,7 @@ async def login(body: LoginRequest, c: ContainerDep, client: Client) -> Response
     with c.metrics.counting_login("password"):
         pair = await flows.login(
             c, username=body.username, password=body.password, device_name=body.device_name,
-            fingerprint=body.device_fingerprint, client=client,
+            fingerprint=body.device_fingerprint, client=client, device_token=body.device_token,
         )  # fmt: skip
     return _token_response(pair)
 
@@ -73,9 +76,11 @@ _GRANT_ERRORS = {
 }
 
 
-def _oauth_error(error: str, description: str, code: str) -> JSONResponse:
+def _oauth_error(
+    error: str, description: str, code: str, status_code: int = 400, **extra: Any
+) -> JSONResponse:
     body = OAuthErrorOut(error=error, error_description=description, detail=description, code=code)
-    return JSONResponse(body.model_dump(), status_code=400, headers=NO_STORE)
+    return JSONResponse({**body.model_dump(), **extra}, status_code=status_code, headers=NO_STORE)
 
 
 @router.post(
@@ -84,6 +89,7 @@ def _oauth_error(error: str, description: str, code: str) -> JSONResponse:
     responses={
         **_TOKEN_DOC,
         400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
+        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
         **error_responses(413, 422, 429, 503),
     },
     summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
@@ -97,6 +103,7 @@ async def token(
     device_name: Annotated[str, Form(max_length=100, pattern=NO_NUL)] = "",
     refresh_token: Annotated[str, Form()] = "",
     scope: Annotated[str, Form()] = "",
+    device_token: Annotated[str, Form()] = "",
 ) -> Response:
     """The same grants as login and refresh, in the OAuth 2.0 form encoding."""
     if not grant_type:
@@ -112,6 +119,7 @@ async def token(
                 pair = await flows.login(
                     c, username=username, password=password,
                     device_name=device_name or "OAuth client", fingerprint=None, client=client,
+                    device_token=device_token or None,
                 )  # fmt: skip
         elif grant_type == "refresh_token":
             if not refresh_token:
@@ -125,6 +133,9 @@ async def token(
                 "unsupported_grant_type", "grant_type must be password or refresh_token",
                 "unsupported_grant_type",
             )  # fmt: skip
+    except MfaRequired as e:
+        # Not an RFC 6749 error: the client continues at /auth/mfa/verify.
+        return _oauth_error("mfa_required", e.detail, e.code, 403, **e.extra)
     except AppError as e:
         if e.code in _GRANT_ERRORS:
             return _oauth_error("invalid_grant", e.detail, e.code)
@@ -177,14 +188,16 @@ async def me(principal: CurrentPrincipal) -> Response:
 @router.post(
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(400, 401, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 413, 422, 429, 503),
     summary="Change the password",
 )
 async def change_password(
     body: PasswordChange, principal: CurrentPrincipal, c: ContainerDep, client: Client
 ) -> Response:
     """Set a new password; every other session is revoked."""
-    await flows.change_password(c, principal, body.current_password, body.new_password, client)
+    await flows.change_password(
+        c, principal, body.current_password, body.new_password, client, code=body.code
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

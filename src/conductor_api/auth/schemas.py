@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conductor_api.security.passwords import MAX_PASSWORD_LENGTH
 from conductor_api.users.service import USERNAME_MAX
+from conductor_api.values import TokenPair
 
 # PostgreSQL text cannot hold NUL, and these fields reach the database (throttle keys,
 # session rows): refused here as a 422 rather than failing there as a 500.
@@ -27,6 +28,8 @@ class LoginRequest(BaseModel):
     device_fingerprint: str | None = Field(
         default=None, min_length=1, max_length=256, pattern=NO_NUL
     )
+    # Not validated beyond being a string: a malformed or forged one counts as none.
+    device_token: str | None = None
 
 
 class RefreshRequest(BaseModel):
@@ -44,6 +47,8 @@ class PasswordChange(BaseModel):
 
     current_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
     new_password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
+    # Required when TOTP is on: a TOTP code or a recovery code.
+    code: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class RegisterRequest(BaseModel):
@@ -64,6 +69,21 @@ class TokenPairOut(BaseModel):
     refresh_token: str
     refresh_expires_in: int
     session_id: uuid.UUID
+    device_token: str | None = Field(
+        default=None, description="Sign-ins only: send it with this device's next sign-in"
+    )
+
+    @classmethod
+    def of(cls, pair: TokenPair) -> TokenPairOut:
+        """The body for a token pair."""
+        return cls(
+            access_token=pair.access_token,
+            expires_in=pair.expires_in,
+            refresh_token=pair.refresh_token,
+            refresh_expires_in=pair.refresh_expires_in,
+            session_id=pair.session_id,
+            device_token=pair.device_token,
+        )
 
 
 class UserOut(BaseModel):

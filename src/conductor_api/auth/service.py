@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.auth import throttle
-from conductor_api.auth.limits import AddressLimit, UsernameLimit
+from conductor_api.auth.limits import AddressLimit, DeviceTokenLimit, Limit, UsernameLimit
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.signin import SignIn, Steps
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
+from conductor_api.devices import service as devices
+from conductor_api.devices.service import TrustedDevice
+from conductor_api.errors import MfaRequired
 from conductor_api.events.models import EventType
+from conductor_api.mfa.service import METHODS, PENDING_SECONDS, Owner, SecondFactor
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 from conductor_api.sessions import service as sessions
 from conductor_api.users import service as users
+from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 
 # How long an attempt beyond a limit waits for a slot before it is refused.
@@ -44,43 +51,129 @@ class SignInService:
         autocommit: async_sessionmaker[AsyncSession],
         hasher: PasswordHasher,
         tokens: TokenService,
+        mfa: SecondFactor,
     ) -> None:
         self.settings = settings
         self.steps = Steps(clock, sessionmaker, autocommit, hasher, Turns(WAIT_SECONDS))
         self.address = AddressLimit(settings, clock)
         self.username = UsernameLimit(settings, clock)
+        self.device = DeviceTokenLimit(settings, clock)
         self.tokens = tokens
+        self.mfa = mfa
+
+    def limits(
+        self, attempt: SignIn, device_id: uuid.UUID | None = None
+    ) -> tuple[tuple[Limit, str], tuple[Limit, str]]:
+        """Steps 1 and 2: the client address's limit, then the name's, or instead the device
+        token's when the attempt presented a valid one for its name."""
+        second: tuple[Limit, str] = (
+            (self.device, str(device_id)) if device_id is not None else (self.username, attempt.key)
+        )
+        return (self.address, attempt.client.ip_address), second
+
+    async def start(
+        self,
+        db: AsyncSession,
+        attempt: SignIn,
+        user: User,
+        device: Device,
+        presented: TrustedDevice | None = None,
+    ) -> TokenPair:
+        """The end of every sign-in: the session, its token pair and a device token."""
+        now = self.steps.clock.now()
+        pair = await sessions.start_session(
+            db, self.tokens, self.settings, user, device_name=device.name,
+            fingerprint=device.fingerprint, client=attempt.client, now=now,
+        )  # fmt: skip
+        token = await devices.issue(
+            db, user.id, now, days=self.settings.device_token_days, presented=presented
+        )
+        attempt.record(db, EventType.LOGIN_SUCCEEDED, user, pair.session_id)
+        return dataclasses.replace(pair, device_token=token)
 
     async def login(
-        self, username: str, password: str, device: Device, client: ClientInfo
+        self,
+        username: str,
+        password: str,
+        device: Device,
+        client: ClientInfo,
+        device_token: str | None = None,
     ) -> TokenPair:
-        """Sign a device in with a password: a session and its token pair."""
+        """Sign a device in with a password: a session and its token pair, or, when the
+        account has a second factor, a pending sign-in (`MfaRequired`)."""
         async with SignIn(self.steps, username, client) as attempt:
-            await attempt.limits(
-                (self.address, client.ip_address),  # 1. the client address's limit
-                (self.username, attempt.key),  # 2. the name's (later: or a device token's)
-            )
+            trusted = await self._trusted(attempt, device_token)
+            # 1. the client address's limit; 2. the name's, or the device token's instead
+            await attempt.limits(*self.limits(attempt, trusted.id if trusted else None))
             verified = await attempt.password(password)  # 3. the credential
-            # 4. The second factor goes here, when the account has one (see `auth.signin`).
-            async with attempt.finish(verified) as db:  # 5. the session and its token pair
-                pair = await sessions.start_session(
-                    db, self.tokens, self.settings, verified.user, device_name=device.name,
-                    fingerprint=device.fingerprint, client=client, now=self.steps.clock.now(),
-                )  # fmt: skip
-                attempt.record(db, EventType.LOGIN_SUCCEEDED, verified.user, pair.session_id)
-        return pair
+            async with attempt.finish(verified) as db:
+                user = verified.user
+                if await self.mfa.is_on(db, user.id):
+                    # 4. the second factor: a pending sign-in, finished by `SecondStep.verify`
+                    # (the password's slots are settled as a success here).
+                    outcome: TokenPair | MfaRequired = MfaRequired(
+                        mfa_token=await self.mfa.start_pending(
+                            db, user.id, self.steps.clock.now(), device_name=device.name,
+                            fingerprint=device.fingerprint,
+                            device_token_id=trusted.id if trusted else None,
+                        ),
+                        methods=list(METHODS),
+                        expires_in=PENDING_SECONDS,
+                    )  # fmt: skip
+                else:
+                    outcome = await self.start(db, attempt, user, device, trusted)  # 5.
+        # Raised after the commit: the pending sign-in must be stored to be finished.
+        if isinstance(outcome, MfaRequired):
+            raise outcome
+        return outcome
+
+    async def _trusted(self, attempt: SignIn, token: str | None) -> TrustedDevice | None:
+        """The device token if it is valid for the user the attempt names."""
+        if not token:
+            return None
+        async with self.steps.sessionmaker() as db:
+            user = await users.find(db, attempt.key)
+            return await devices.find(db, token, user.id if user else None, self.steps.clock.now())
+
+    async def check_password(self, principal: Principal, password: str, client: ClientInfo) -> None:
+        """A signed-in user's password, under the same limits as a sign-in (a wrong one is a
+        failed login); what it guards happens afterwards."""
+        async with SignIn(self.steps, principal.username, client) as attempt:
+            await attempt.limits(*self.limits(attempt))
+            verified = await attempt.password(password)
+            async with attempt.finish(verified):
+                pass
 
     async def change_password(
-        self, principal: Principal, current: str, new: str, client: ClientInfo
+        self,
+        principal: Principal,
+        current: str,
+        new: str,
+        client: ClientInfo,
+        code: str | None = None,
     ) -> None:
         """Check the current password under the same limits as a sign-in (a wrong one is a
-        failed login), then set the new one and revoke every other session."""
+        failed login) and, with TOTP on, a code; then set the new password and revoke every
+        other session and the device tokens."""
+        async with self.steps.sessionmaker() as db:
+            totp_on = await self.mfa.is_on(db, principal.user_id)
+        if totp_on and code is None:
+            raise MfaRequired("With two-step sign-in on, a password change needs a code")
         # A rejected new password costs no hash and counts nothing: refused first. A locked
         # name is refused next, before any hash (of the current password or the new one).
         users.check_new_password(new, self.settings.min_password_length, principal.username)
         async with SignIn(self.steps, principal.username, client) as attempt:
-            await attempt.limits((self.address, client.ip_address), (self.username, attempt.key))
+            await attempt.limits(*self.limits(attempt))
             verified = await attempt.password(current)
+            if totp_on:
+                assert code is not None
+                owner = owner_of(principal, client)
+
+                async def right(db: AsyncSession) -> bool:
+                    now = self.steps.clock.now()
+                    return await self.mfa.check(db, owner, now, either=code) is not None
+
+                await attempt.code(verified.user, right)
             # Hashed outside any transaction (on SQLite a transaction holds the write lock).
             new_hash = await self.steps.hasher.hash(new)
             async with attempt.finish(verified) as db:
@@ -108,3 +201,14 @@ async def locked_names(db: AsyncSession, now: datetime) -> dict[str, datetime]:
 async def unlock(db: AsyncSession, username: str) -> bool:
     """Clear a name's lockout and count; whether there was a counter."""
     return await throttle.unlock_user(db, users.normalize_username(username))
+
+
+def owner_of(principal: Principal, client: ClientInfo) -> Owner:
+    """The caller as the second factor's services see them."""
+    return Owner(
+        user_id=principal.user_id,
+        username=principal.username,
+        username_key=users.normalize_username(principal.username),
+        client=client,
+        session_id=principal.session_id,
+    )

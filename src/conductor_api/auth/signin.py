@@ -17,7 +17,7 @@ by `finish`, or released uncounted when the attempt ends any other way.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from conductor_api.auth.limits import Limit, Slot
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
-from conductor_api.errors import AccountDisabled, AppError, InvalidCredentials
+from conductor_api.errors import AccountDisabled, AppError, InvalidCredentials, InvalidMfaCode
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.passwords import PasswordHasher
@@ -47,6 +47,12 @@ class Verified:
     password_changed_at: datetime
     # A fresh Argon2id hash when the stored one is outdated (bcrypt, weaker parameters).
     new_hash: str | None
+
+    @classmethod
+    def of(cls, user: User) -> Verified:
+        """A user whose credential was checked earlier (a pending sign-in's password, or a
+        bearer token): `finish` still refuses it if the password changed since."""
+        return cls(user, user.password_hash, user.password_changed_at, None)
 
     def still_holds(self, current: User) -> bool:
         """Whether `current` (the row read again at session start) still has the password
@@ -150,13 +156,36 @@ class SignIn:
             await self.reject(user)
         return Verified(user, user.password_hash, user.password_changed_at, new_hash)
 
-    async def reject(self, user: User | None) -> NoReturn:
-        """A credential (or factor) that did not verify: every slot becomes a failure, the
-        event is recorded, in one transaction; then `InvalidCredentials`."""
+    async def code(
+        self,
+        user: User,
+        check: Callable[[AsyncSession], Awaitable[bool]],
+        on_wrong: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> None:
+        """Step 4: a second-factor code, checked (and spent, when right) by `check` in its
+        own transaction. A wrong one is settled like a wrong password (every slot a
+        failure) but answers `InvalidMfaCode` and records `mfa_failed`; `on_wrong` runs in
+        that same transaction (a pending sign-in counts its wrong codes)."""
         async with self._s.sessionmaker.begin() as db:
-            await self._fail(db, user)
+            right = await check(db)
+        if not right:
+            await self.reject(user, InvalidMfaCode(), EventType.MFA_FAILED, on_wrong)
+
+    async def reject(
+        self,
+        user: User | None,
+        error: AppError | None = None,
+        event: EventType = EventType.LOGIN_FAILED,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> NoReturn:
+        """A credential (or factor) that did not verify: every slot becomes a failure, the
+        event is recorded, in one transaction; then `error` (`InvalidCredentials`)."""
+        async with self._s.sessionmaker.begin() as db:
+            await self._fail(db, user, event)
+            if also is not None:
+                await also(db)
         self._committed()
-        raise InvalidCredentials()
+        raise error or InvalidCredentials()
 
     @asynccontextmanager
     async def finish(self, verified: Verified) -> AsyncIterator[AsyncSession]:
@@ -202,12 +231,14 @@ class SignIn:
             user_agent=self.client.user_agent, session_id=session_id,
         )  # fmt: skip
 
-    async def _fail(self, db: AsyncSession, user: User | None) -> None:
+    async def _fail(
+        self, db: AsyncSession, user: User | None, event: EventType = EventType.LOGIN_FAILED
+    ) -> None:
         now = self._s.clock.now()
         locked = False
         for slot in self._held:
             locked = await slot.limit.failed(db, slot, now) or locked
-        self.record(db, EventType.LOGIN_FAILED, user)
+        self.record(db, event, user)
         if locked:
             self.record(db, EventType.ACCOUNT_LOCKED, user)
 

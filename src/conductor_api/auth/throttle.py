@@ -21,6 +21,8 @@ from conductor_api.db import UTCDateTime
 
 USER = "user"
 IP = "ip"
+# A device token's own counter, keyed by the token's id (trusted devices).
+DEVICE = "device"
 T = LoginThrottle
 
 
@@ -146,14 +148,20 @@ async def release(db: AsyncSession, scope: str, key: str) -> None:
 
 
 async def fail_user(
-    db: AsyncSession, key: str, now: datetime, *, max_failures: int, lockout: timedelta
+    db: AsyncSession,
+    key: str,
+    now: datetime,
+    *,
+    max_failures: int,
+    lockout: timedelta,
+    scope: str = USER,
 ) -> bool:
     """Turn a name's slot into a failure; whether this failure locked the name."""
     reached = T.locked_until.is_(None) & (T.failures + 1 >= max_failures)
     row = (
         await db.execute(
             update(T)
-            .where(_row(USER, key))
+            .where(_row(scope, key))
             .values(
                 pending=_RELEASE,
                 failures=T.failures + 1,
@@ -165,14 +173,16 @@ async def fail_user(
     return row is not None and row[2] == now + lockout
 
 
-async def forgive_user(db: AsyncSession, key: str, forgiven: int, *, max_failures: int) -> None:
+async def forgive_user(
+    db: AsyncSession, key: str, forgiven: int, *, max_failures: int, scope: str = USER
+) -> None:
     """A right password gives its slot back and forgives the `forgiven` failures settled
     before it took the slot, not those settled since (a reset to zero would let each
     success hand out that many extra guesses)."""
     left = T.failures - forgiven
     await db.execute(
         update(T)
-        .where(_row(USER, key))
+        .where(_row(scope, key))
         .values(
             pending=_RELEASE,
             failures=case((left > 0, left), else_=0),

@@ -14,7 +14,7 @@ from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
 from conductor_api.cli import keys, prune, sessions, users
-from conductor_api.cli.common import CliError, settings
+from conductor_api.cli.common import CliError, check_stored_secrets, settings
 from conductor_api.config import ConfigError, Settings
 from conductor_api.errors import AppError
 
@@ -48,6 +48,7 @@ def serve(
         keys.prepare()  # migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line
     else:
         migrations.upgrade(s)
+    check_stored_secrets()  # a wrong KEY_ENCRYPTION_KEY stops here, in one line
     from conductor_api.logs import configure_logging
     from conductor_api.serving.supervisor import ServeError, Supervisor
 

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api import migrate
 from conductor_api.clock import Clock
-from conductor_api.config import Settings, load_settings
+from conductor_api.config import ConfigError, Settings, load_settings
 from conductor_api.db import make_engine, make_session_factory
+from conductor_api.mfa.service import SecondFactor
 from conductor_api.security.passwords import PasswordHasher
 
 T = TypeVar("T")
@@ -54,3 +55,17 @@ def iso(value: datetime | None) -> str:
     if value is None:
         return "-"
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_stored_secrets() -> None:
+    """`ConfigError` naming KEY_ENCRYPTION_KEY when it does not open the stored TOTP secrets."""
+    mfa = SecondFactor(settings().kek)
+
+    async def go(db: AsyncSession, _: PasswordHasher, __: datetime) -> bool:
+        return await mfa.opens_stored(db)
+
+    if not run_db(go):
+        raise ConfigError(
+            "KEY_ENCRYPTION_KEY: does not decrypt the TOTP secrets stored in the database; "
+            "set the KEY_ENCRYPTION_KEY of the instances that stored them"
+        )

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth import service as auth
 from conductor_api.cli.common import CliError, iso, run_db, settings
+from conductor_api.mfa.service import SecondFactor
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.sessions import service as sessions_service
 from conductor_api.users import service as users
@@ -55,10 +56,13 @@ def create(username: str, password_stdin: PasswordStdin = False) -> None:
 
 @app.command("list")
 def list_users() -> None:
-    """One line a user: name, status, lockout, active sessions."""
+    """One line a user: name, status, lockout, active sessions, second factor."""
+
+    mfa = SecondFactor(settings().kek)
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> list[str]:
         lines = []
+        with_totp = await mfa.users_with_totp(db)
         locks = await auth.locked_names(db, now)
         active = await sessions_service.active_counts(db, now)
         for user in await users.list_users(db):
@@ -66,7 +70,8 @@ def list_users() -> None:
             locked = f"locked until {iso(until)}" if until is not None else "not locked"
             sessions = active.get(user.id, 0)
             status = "active" if user.is_active else "disabled"
-            lines.append(f"{user.username}\t{status}\t{locked}\t{sessions} sessions")
+            factor = "totp" if user.id in with_totp else "no second factor"
+            lines.append(f"{user.username}\t{status}\t{locked}\t{sessions} sessions\t{factor}")
         return lines
 
     lines = run_db(go)
@@ -117,5 +122,19 @@ def set_password(username: str, password_stdin: PasswordStdin = False) -> None:
         password_hash = await users.hash_new_password(hasher, password, min_length, user.username)
         revoked = await users.set_password(db, user, password_hash, now=now)
         return f"password of {user.username} set; {len(revoked)} sessions revoked"
+
+    typer.echo(run_db(go))
+
+
+@app.command("reset-mfa")
+def reset_mfa(username: str) -> None:
+    """Turn a user's second factor off, void the recovery codes, revoke every session."""
+    mfa = SecondFactor(settings().kek)
+
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
+        user = await users.require_user(db, username)
+        was_on, revoked = await users.reset_mfa(db, user, mfa, now)
+        state = "second factor reset" if was_on else "had no second factor"
+        return f"{user.username} {state}; {len(revoked)} sessions revoked"
 
     typer.echo(run_db(go))

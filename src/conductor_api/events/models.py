@@ -21,6 +21,11 @@ class EventType(StrEnum):
     REFRESH_TOKEN_REUSED = "refresh_token_reused"
     SESSION_REVOKED = "session_revoked"
     PASSWORD_CHANGED = "password_changed"
+    MFA_ENABLED = "mfa_enabled"
+    MFA_DISABLED = "mfa_disabled"
+    MFA_FAILED = "mfa_failed"
+    RECOVERY_CODE_USED = "recovery_code_used"
+    RECOVERY_CODES_REGENERATED = "recovery_codes_regenerated"
 
 
 class SecurityEvent(Base):

@@ -14,7 +14,13 @@ from conductor_api.events.models import EventType, SecurityEvent
 from conductor_api.logs import security_event
 
 # Events an operator may want to be alerted on.
-_WARNINGS = {EventType.LOGIN_FAILED, EventType.ACCOUNT_LOCKED, EventType.REFRESH_TOKEN_REUSED}
+_WARNINGS = {
+    EventType.LOGIN_FAILED,
+    EventType.ACCOUNT_LOCKED,
+    EventType.REFRESH_TOKEN_REUSED,
+    EventType.MFA_FAILED,
+    EventType.MFA_DISABLED,
+}
 
 
 def record(

@@ -7,16 +7,14 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
+
+from conductor_api.security.encryption import DecryptionError, SecretBox
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-_NONCE_BYTES = 12
 
 
 class KeyDecryptionError(Exception):
@@ -59,11 +57,8 @@ class KeyCipher:
     data, so a sealed key copied onto another row does not open."""
 
     def __init__(self, kek: bytes) -> None:
-        derived = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None,
-            info=b"conductor-api signing-key encryption v1",
-        ).derive(kek)  # fmt: skip
-        self._aead = AESGCM(derived)
+        # The one AES-GCM wrapper of the project (`security.encryption`): nonce || sealed.
+        self._box = SecretBox(kek, b"conductor-api signing-key encryption v1")
 
     def seal(self, kid: str, key: PrivateKey) -> bytes:
         """The private key, PKCS#8 DER, encrypted."""
@@ -72,14 +67,13 @@ class KeyCipher:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        nonce = secrets.token_bytes(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, der, kid.encode())
+        return self._box.seal(der, kid.encode())
 
     def open(self, kid: str, sealed: bytes) -> PrivateKey:
         """Decrypt a sealed key; `KeyDecryptionError` if this key-encryption key is not its."""
         try:
-            der = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], kid.encode())
-        except (InvalidTag, ValueError) as e:
+            der = self._box.open(sealed, kid.encode())
+        except DecryptionError as e:
             raise KeyDecryptionError(kid) from e
         key = serialization.load_der_private_key(der, password=None)
         if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):

@@ -14,9 +14,11 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from conductor_api.devices import service as devices
 from conductor_api.errors import AppError, NotFound, TooManyAttempts, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
+from conductor_api.mfa.service import Owner, SecondFactor
 from conductor_api.security.passwords import PasswordHasher, check_password_rules
 from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
@@ -192,6 +194,8 @@ async def set_password(
         ip_address=client.ip_address if client else None,
         user_agent=client.user_agent if client else None, session_id=keep_session,
     )  # fmt: skip
+    # A device token vouches for a device that knew the old password: it goes with it.
+    await devices.revoke_all(db, user.id, now)
     return await revoke_many(
         db, user, now, client, reason="password_changed", except_id=keep_session
     )
@@ -205,4 +209,15 @@ async def set_active(db: AsyncSession, user: User, active: bool, now: datetime) 
     await db.flush()
     if active:
         return []
+    await devices.revoke_all(db, user.id, now)
     return await revoke_many(db, user, now, None, reason="account_disabled")
+
+
+async def reset_mfa(
+    db: AsyncSession, user: User, mfa: SecondFactor, now: datetime
+) -> tuple[bool, list[uuid.UUID]]:
+    """The operator's reset: the second factor off, its recovery codes void, every session
+    revoked. Returns whether a factor was on, and the revoked sessions' ids."""
+    owner = Owner(user.id, user.username, user.username_key)
+    was_on = await mfa.turn_off(db, owner, now)
+    return was_on, await revoke_many(db, user, now, None, reason="mfa_reset")

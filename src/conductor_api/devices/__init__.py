@@ -1,0 +1,1 @@
+"""Device tokens: a lockout that cannot be turned against the owner."""

@@ -1,0 +1,87 @@
+"""Device tokens: issued at every sign-in, presented at the next one, revoked with the
+password. A valid one moves a login's failures from the username to the token
+(`auth.limits.DeviceTokenLimit`)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from conductor_api.devices import repository
+from conductor_api.devices.models import DeviceToken
+from conductor_api.security.tokens import token_digest
+
+# A token longer than this was not made here: refused before it is hashed or looked up.
+MAX_DEVICE_TOKEN_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedDevice:
+    """A device token that is valid for the user a login names."""
+
+    id: uuid.UUID
+    token: str
+
+
+async def find(
+    db: AsyncSession, token: str | None, user_id: uuid.UUID | None, now: datetime
+) -> TrustedDevice | None:
+    """The device token if it is live and belongs to `user_id`; otherwise None, because an
+    unknown, forged, expired, revoked or other user's token counts as no token at all."""
+    if not token or user_id is None or len(token) > MAX_DEVICE_TOKEN_LENGTH:
+        return None
+    row = await repository.find_live(db, token_digest(token), now)
+    if row is None or row.user_id != user_id:
+        return None
+    return TrustedDevice(row.id, token)
+
+
+async def live_id(
+    db: AsyncSession, token_id: uuid.UUID | None, user_id: uuid.UUID, now: datetime
+) -> uuid.UUID | None:
+    """`token_id` if that device token is still live for `user_id` (a pending sign-in's
+    token may have been revoked since), else None."""
+    if token_id is None:
+        return None
+    row = await repository.get_live(db, token_id, now)
+    return row.id if row is not None and row.user_id == user_id else None
+
+
+async def issue(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    now: datetime,
+    *,
+    days: int,
+    presented: TrustedDevice | None = None,
+) -> str:
+    """The device token of a successful sign-in: the one presented, if it is still live for
+    this user, or a new one (only its digest is stored)."""
+    if presented is not None:
+        row = await repository.get_live(db, presented.id, now)
+        if row is not None and row.user_id == user_id:
+            await repository.touch(db, row.id, now)
+            return presented.token
+    token = secrets.token_urlsafe(32)
+    await repository.add(
+        db,
+        DeviceToken(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            token_hash=token_digest(token),
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + timedelta(days=days),
+            revoked_at=None,
+        ),
+    )
+    return token
+
+
+async def revoke_all(db: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:
+    """Revoke a user's device tokens (password change, `set-password`, `disable`)."""
+    return await repository.revoke_for_user(db, user_id, now)

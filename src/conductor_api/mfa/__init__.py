@@ -1,0 +1,1 @@
+"""The second factor: TOTP, recovery codes and pending sign-ins."""
