@@ -37,7 +37,16 @@ PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
 PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 PASSWORD = "correct horse battery staple"
-TABLES = ("security_events", "sessions", "login_throttles", "users")
+TABLES = (
+    "security_events",
+    "mfa_tokens",
+    "recovery_codes",
+    "totp_factors",
+    "device_tokens",
+    "sessions",
+    "login_throttles",
+    "users",
+)
 CLIENT_IP = "203.0.113.7"
 # Random per run: the settings refuse keys with few distinct characters.
 ACCESS_SECRET = secrets.token_urlsafe(48)

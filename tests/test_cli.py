@@ -77,7 +77,9 @@ class TestUsers:
         assert "created user alice" in created.stdout
         listed = cli("users", "list")
         assert listed.returncode == 0
-        assert listed.stdout.splitlines() == ["alice\tactive\tnot locked\t0 sessions"]
+        assert listed.stdout.splitlines() == [
+            "alice\tactive\tnot locked\t0 sessions\tno second factor"
+        ]
 
     def test_password_is_taken_exactly_as_typed(self, cli: Cli) -> None:
         spaced = "  " + PASSWORD + "  "
@@ -107,7 +109,7 @@ class TestUsers:
         assert disabled.returncode == 0
         assert "1 sessions revoked" in disabled.stdout
         assert cli("users", "list").stdout.splitlines() == [
-            "alice\tdisabled\tnot locked\t0 sessions"
+            "alice\tdisabled\tnot locked\t0 sessions\tno second factor"
         ]
         assert _login_in_process(cli.data_dir)[0] == 403
         assert cli("users", "enable", "Alice").returncode == 0

@@ -17,7 +17,9 @@ from tests.conftest import PASSWORD, make_settings
 from tests.e2e.server import clean_env, cli_path
 
 WRONG = "wrong password, but long enough"
-LOCKED = re.compile(r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions$")
+LOCKED = re.compile(
+    r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions\tno second factor$"
+)
 
 
 def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -80,7 +82,9 @@ class TestUnlock:
 
         listed = cli(data, "users", "list")
         assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines() == ["alice\tactive\tnot locked\t0 sessions"]
+        assert listed.stdout.splitlines() == [
+            "alice\tactive\tnot locked\t0 sessions\tno second factor"
+        ]
 
         async with server_on(data) as client:
             assert (await login(client, "alice", PASSWORD)).status_code == 200

@@ -139,6 +139,7 @@ class TestGeneratedSecrets:
             first.refresh_secret,
         )
         assert json.loads(path.read_text())["jwt_secret_key"] == first.access_secret
+        assert second.kek == first.kek and len(first.kek) == 32
 
     def test_explicit_secrets_write_no_file(self, env: Path) -> None:
         s = load_settings(
@@ -247,3 +248,23 @@ class TestBadValues:
         assert variable in lines[0]
         assert "Traceback" not in result.stderr + result.stdout
         assert not (tmp_path / "data" / "conductor.db").exists()
+
+
+class TestKeyEncryptionKey:
+    def test_a_secrets_file_from_before_gets_one_added(self, env: Path) -> None:
+        (env / "data").mkdir()
+        path = env / "data" / "secrets.json"
+        old = {"jwt_secret_key": GOOD_A, "jwt_refresh_secret_key": GOOD_B}
+        path.write_text(json.dumps(old))
+        first = load_settings()
+        assert (first.access_secret, first.refresh_secret) == (GOOD_A, GOOD_B)
+        assert len(first.kek) >= 32
+        assert load_settings().kek == first.kek
+        assert json.loads(path.read_text())["jwt_secret_key"] == GOOD_A
+
+    @pytest.mark.parametrize("value", ["c2hvcnQ", "not base64 at all!!"])
+    def test_a_bad_one_is_one_line_naming_it_without_its_value(self, env: Path, value: str) -> None:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(key_encryption_key=value)
+        assert "KEY_ENCRYPTION_KEY" in str(caught.value)
+        assert value not in str(caught.value)

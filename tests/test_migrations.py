@@ -23,7 +23,16 @@ from conductor_api.models import Base
 from conductor_api.users.confusables import skeleton_digest
 from tests.conftest import create_pg_database, drop_pg_database, make_settings, pg_url
 
-TABLES = {"users", "sessions", "login_throttles", "security_events"}
+TABLES = {
+    "users",
+    "sessions",
+    "login_throttles",
+    "security_events",
+    "device_tokens",
+    "totp_factors",
+    "recovery_codes",
+    "mfa_tokens",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

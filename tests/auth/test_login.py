@@ -38,6 +38,7 @@ PAIR_FIELDS = {
     "refresh_token",
     "refresh_expires_in",
     "session_id",
+    "device_token",  # a sign-in's answer (trusted devices); a refresh has none
 }
 
 

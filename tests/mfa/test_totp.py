@@ -1,0 +1,408 @@
+"""The life of a TOTP factor: setup, confirm, the second step of a sign-in, recovery
+codes, replay, disable; every bad input answers its contract code and stores nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from conductor_api.auth.models import LoginThrottle
+from conductor_api.clock import FrozenClock
+from conductor_api.container import Container
+from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
+from conductor_api.sessions.models import DeviceSession
+from tests.conftest import PASSWORD, Account, add_user, bearer, login, tokens
+from tests.mfa.helpers import (
+    MFA,
+    WRONG,
+    code_at,
+    enable_totp,
+    event_types,
+    mfa_status,
+    verify,
+)
+
+
+async def factor(container: Container, account: Account) -> TotpFactor | None:
+    """The stored factor."""
+    async with container.sessionmaker() as db:
+        return await db.get(TotpFactor, account.id)
+
+
+async def failures(container: Container, key: str = "alice") -> int:
+    """The username's failure count."""
+    async with container.sessionmaker() as db:
+        row = await db.get(LoginThrottle, ("user", key))
+        return 0 if row is None else row.failures
+
+
+async def pending_login(client: httpx.AsyncClient, **kwargs: Any) -> str:
+    """A login of a user with TOTP on: asserts the 403 and returns the mfa_token."""
+    response = await login(client, **kwargs)
+    assert response.status_code == 403, response.text
+    body = response.json()
+    assert body["code"] == "mfa_required"
+    token: str = body["mfa_token"]
+    return token
+
+
+class TestSetup:
+    async def test_setup_gives_a_secret_that_is_not_on_yet_and_stored_encrypted(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client)
+        response = await client.post(
+            f"{MFA}/totp/setup",
+            json={"current_password": PASSWORD},
+            headers=bearer(pair["access_token"]),
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+        body = response.json()
+        assert set(body) == {"secret", "otpauth_uri"}
+        assert body["otpauth_uri"].startswith("otpauth://totp/Conductor:alice?")
+        assert f"secret={body['secret']}" in body["otpauth_uri"]
+        assert await mfa_status(client, pair["access_token"]) == {
+            "totp": False, "recovery_codes_left": 0, "passkeys": 0,
+        }  # fmt: skip
+        row = await factor(container, alice)
+        assert row is not None and not row.confirmed
+        assert body["secret"].encode() not in row.secret_encrypted
+        assert container.mfa._secret(row) == body["secret"]
+        # Not on: a login still gets its tokens at once.
+        assert (await login(client)).status_code == 200
+
+    async def test_wrong_password_is_a_failed_login_and_stores_nothing(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client)
+        response = await client.post(
+            f"{MFA}/totp/setup",
+            json={"current_password": WRONG},
+            headers=bearer(pair["access_token"]),
+        )
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_credentials"
+        assert await failures(container) == 1
+        assert await factor(container, alice) is None
+
+    async def test_setup_again_replaces_an_unconfirmed_secret_but_not_a_confirmed_one(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        body = {"current_password": PASSWORD}
+        first = (await client.post(f"{MFA}/totp/setup", json=body, headers=bearer(at))).json()
+        second = (await client.post(f"{MFA}/totp/setup", json=body, headers=bearer(at))).json()
+        assert first["secret"] != second["secret"]
+        stale = await client.post(
+            f"{MFA}/totp/confirm",
+            json={"code": code_at(first["secret"], clock.now())},
+            headers=bearer(at),
+        )
+        assert stale.status_code == 401
+        assert stale.json()["code"] == "invalid_mfa_code"
+        confirmed = await client.post(
+            f"{MFA}/totp/confirm",
+            json={"code": code_at(second["secret"], clock.now())},
+            headers=bearer(at),
+        )
+        assert confirmed.status_code == 200
+        again = await client.post(f"{MFA}/totp/setup", json=body, headers=bearer(at))
+        assert again.status_code == 409
+        assert again.json()["code"] == "mfa_already_enabled"
+        row = await factor(container, alice)
+        assert row is not None and row.confirmed and container.mfa._secret(row) == second["secret"]
+
+    async def test_confirm_without_setup(self, client: httpx.AsyncClient, alice: Account) -> None:
+        at = (await tokens(client))["access_token"]
+        response = await client.post(
+            f"{MFA}/totp/confirm", json={"code": "123456"}, headers=bearer(at)
+        )
+        assert response.status_code == 409
+        assert response.json()["code"] == "mfa_not_set_up"
+
+    async def test_confirm_turns_it_on_with_ten_hashed_recovery_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        setup = await client.post(
+            f"{MFA}/totp/setup", json={"current_password": PASSWORD}, headers=bearer(at)
+        )
+        secret = setup.json()["secret"]
+        wrong = await client.post(
+            f"{MFA}/totp/confirm", json={"code": "000000"}, headers=bearer(at)
+        )
+        assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        assert (await mfa_status(client, at))["totp"] is False
+        confirm = await client.post(
+            f"{MFA}/totp/confirm", json={"code": code_at(secret, clock.now())}, headers=bearer(at)
+        )
+        assert confirm.status_code == 200
+        assert confirm.headers["cache-control"] == "no-store"
+        codes = confirm.json()["recovery_codes"]
+        assert len(set(codes)) == 10
+        assert await mfa_status(client, at) == {
+            "totp": True,
+            "recovery_codes_left": 10,
+            "passkeys": 0,
+        }
+        async with container.sessionmaker() as db:
+            hashes = (await db.scalars(select(RecoveryCode.code_hash))).all()
+        assert len(hashes) == 10
+        assert not {c.replace("-", "") for c in codes} & set(hashes)
+        assert "mfa_enabled" in await event_types(container)
+        assert "mfa_failed" in await event_types(container)
+
+
+class TestSignIn:
+    async def test_right_password_gives_a_pending_sign_in_then_a_code_gives_the_pair(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        clock.advance(seconds=30)
+        response = await login(client, device="Pixel 9", fingerprint="phone-2")
+        assert response.status_code == 403, response.text
+        body = response.json()
+        assert set(body) == {"detail", "code", "mfa_token", "methods", "expires_in"}
+        assert body["methods"] == ["totp", "recovery_code"]
+        assert body["expires_in"] == 300
+        async with container.sessionmaker() as db:
+            sessions_before = len((await db.scalars(select(DeviceSession))).all())
+            row = await db.scalar(select(MfaToken))
+        assert row is not None and body["mfa_token"] not in row.token_hash
+        assert (row.device_name, row.device_fingerprint) == ("Pixel 9", "phone-2")
+
+        ok = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["cache-control"] == "no-store"
+        pair = ok.json()
+        assert pair["device_token"] and pair["token_type"] == "bearer"
+        assert (
+            await client.get("/api/v1/auth/me", headers=bearer(pair["access_token"]))
+        ).status_code == 200
+        async with container.sessionmaker() as db:
+            sessions = (await db.scalars(select(DeviceSession))).all()
+        assert len(sessions) == sessions_before + 1
+        new = next(s for s in sessions if str(s.id) == pair["session_id"])
+        assert (new.device_name, new.device_fingerprint) == ("Pixel 9", "phone-2")
+        # Single use.
+        clock.advance(seconds=30)
+        again = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
+        assert again.status_code == 401 and again.json()["code"] == "invalid_mfa_token"
+
+    async def test_wrong_password_answers_exactly_as_without_a_second_factor(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        await add_user(container, "bob")
+        await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        with_totp = await login(client, password=WRONG)
+        without = await login(client, "bob", WRONG)
+        assert (with_totp.status_code, with_totp.json()) == (without.status_code, without.json())
+
+    async def test_oauth_token_endpoint(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        clock.advance(seconds=30)
+        response = await client.post(
+            "/api/v1/auth/token",
+            data={"grant_type": "password", "username": "alice", "password": PASSWORD},
+        )
+        assert response.status_code == 403, response.text
+        body = response.json()
+        assert body["error"] == "mfa_required" and body["code"] == "mfa_required"
+        assert body["expires_in"] == 300 and body["methods"] == ["totp", "recovery_code"]
+        ok = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
+        assert ok.status_code == 200, ok.text
+
+    async def test_a_code_is_accepted_once_and_one_step_of_drift_at_a_boundary(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        assert clock.now().timestamp() % 30 == 0  # the fixture's clock sits on a boundary
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        # The code that confirmed cannot sign in, in the same step.
+        token = await pending_login(client)
+        replay = await verify(client, token, code=code_at(secret, clock.now()))
+        assert replay.status_code == 401 and replay.json()["code"] == "invalid_mfa_code"
+        # The next step's code is accepted now (one step of drift ahead)...
+        ahead = code_at(secret, clock.now() + timedelta(seconds=30))
+        assert (await verify(client, token, code=ahead)).status_code == 200
+        # ...and not again a step later, when it is the current code.
+        clock.advance(seconds=30)
+        token = await pending_login(client)
+        again = await verify(client, token, code=ahead)
+        assert again.status_code == 401 and again.json()["code"] == "invalid_mfa_code"
+        # Two steps later, the code of one step behind is still accepted (drift behind).
+        clock.advance(seconds=60)
+        behind = code_at(secret, clock.now() - timedelta(seconds=30))
+        assert (await verify(client, token, code=behind)).status_code == 200
+        # Two steps away is too far.
+        clock.advance(seconds=90)
+        token = await pending_login(client)
+        far = code_at(secret, clock.now() - timedelta(seconds=60))
+        assert (await verify(client, token, code=far)).status_code == 401
+
+    async def test_recovery_codes_are_single_use_in_any_typed_form(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        _, codes = await enable_totp(client, at, clock.now())
+        for typed in (codes[0].upper(), codes[1].replace("-", ""), f" {codes[2]} "):
+            token = await pending_login(client)
+            ok = await verify(client, token, recovery_code=typed)
+            assert ok.status_code == 200, (typed, ok.text)
+        token = await pending_login(client)
+        used = await verify(client, token, recovery_code=codes[0])
+        assert used.status_code == 401 and used.json()["code"] == "invalid_mfa_code"
+        assert (await mfa_status(client, at))["recovery_codes_left"] == 7
+        assert (await event_types(container)).count("recovery_code_used") == 3
+
+    async def test_wrong_codes_lock_the_name_and_kill_the_mfa_token(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        clock.advance(seconds=30)
+        token = await pending_login(client)
+        for i in range(5):
+            wrong = await verify(client, token, code="000000" if i % 2 else "999999")
+            assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        assert await failures(container) == 5
+        # The name is locked: a right password is refused too.
+        locked = await login(client)
+        assert locked.status_code == 429 and locked.json()["code"] == "account_locked"
+        # And the mfa_token is used up, even after the lock ends.
+        clock.advance(minutes=15)
+        dead = await verify(client, token, code=code_at(secret, clock.now()))
+        assert dead.status_code == 401 and dead.json()["code"] == "invalid_mfa_token"
+        types = await event_types(container)
+        assert types.count("mfa_failed") == 5 and "account_locked" in types
+
+    async def test_mfa_token_expires_after_five_minutes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        token = await pending_login(client)
+        clock.advance(seconds=300)
+        late = await verify(client, token, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+
+    async def test_bad_input(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        await add_user(container, "bob")
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        bob_secret, _ = await enable_totp(
+            client, (await tokens(client, username="bob"))["access_token"], clock.now()
+        )
+        clock.advance(seconds=30)
+        token = await pending_login(client)
+        for body in ({}, {"code": "123456", "recovery_code": "abcde-fghjk"}, {"code": "1" * 65}):
+            response = await client.post(f"{MFA}/verify", json={"mfa_token": token, **body})
+            assert response.status_code == 422, body
+            assert response.json()["code"] == "validation_error"
+        for forged in ("forged", "x" * 600):
+            response = await verify(client, forged, code=code_at(secret, clock.now()))
+            assert response.status_code in (401, 422)
+        forged_once = await verify(client, "forged", code="123456")
+        assert forged_once.json()["code"] == "invalid_mfa_token"
+        # Malformed codes are wrong codes: 401, counted.
+        for typed in ("12345", "1234567", "12a456"):
+            response = await verify(client, token, code=typed)
+            assert response.status_code == 401 and response.json()["code"] == "invalid_mfa_code"
+        # Bob's code does not finish Alice's sign-in.
+        other = await verify(client, token, code=code_at(bob_secret, clock.now()))
+        assert other.status_code == 401 and other.json()["code"] == "invalid_mfa_code"
+        # A code with spaces, as the app shows it, does.
+        spaced = code_at(secret, clock.now())
+        ok = await verify(client, token, code=f"{spaced[:3]} {spaced[3:]}")
+        assert ok.status_code == 200, ok.text
+
+
+class TestDisableAndRegenerate:
+    async def test_disable_needs_the_password_and_a_code(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, _ = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        url = f"{MFA}/totp/disable"
+        code = code_at(secret, clock.now())
+        wrong_password = await client.post(
+            url, json={"current_password": WRONG, "code": code}, headers=bearer(at)
+        )
+        assert wrong_password.status_code == 401
+        assert wrong_password.json()["code"] == "invalid_credentials"
+        wrong_code = await client.post(
+            url, json={"current_password": PASSWORD, "code": "000000"}, headers=bearer(at)
+        )
+        assert wrong_code.status_code == 401 and wrong_code.json()["code"] == "invalid_mfa_code"
+        assert (await mfa_status(client, at))["totp"] is True
+        ok = await client.post(
+            url, json={"current_password": PASSWORD, "code": code}, headers=bearer(at)
+        )
+        assert ok.status_code == 204, ok.text
+        assert await mfa_status(client, at) == {
+            "totp": False,
+            "recovery_codes_left": 0,
+            "passkeys": 0,
+        }
+        async with container.sessionmaker() as db:
+            assert (await db.scalars(select(RecoveryCode))).all() == []
+        assert (await login(client)).status_code == 200
+        assert "mfa_disabled" in await event_types(container)
+        again = await client.post(
+            url, json={"current_password": PASSWORD, "code": code}, headers=bearer(at)
+        )
+        assert again.status_code == 409 and again.json()["code"] == "mfa_not_enabled"
+
+    async def test_regenerate_voids_the_old_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        off = await client.post(
+            f"{MFA}/recovery-codes", json={"code": "123456"}, headers=bearer(at)
+        )
+        assert off.status_code == 409 and off.json()["code"] == "mfa_not_enabled"
+        secret, old = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        response = await client.post(
+            f"{MFA}/recovery-codes", json={"code": code_at(secret, clock.now())}, headers=bearer(at)
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+        new = response.json()["recovery_codes"]
+        assert len(new) == 10 and not set(new) & set(old)
+        token = await pending_login(client)
+        assert (await verify(client, token, recovery_code=old[0])).status_code == 401
+        assert (await verify(client, token, recovery_code=new[0])).status_code == 200
+        # A recovery code also works where a code is asked for while signed in.
+        again = await client.post(
+            f"{MFA}/recovery-codes", json={"code": new[1]}, headers=bearer(at)
+        )
+        assert again.status_code == 200
+        assert "recovery_codes_regenerated" in await event_types(container)
+
+
+class TestPasswordChange:
+    async def test_needs_a_code_with_totp_on(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, _ = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        new = "a brand new passphrase here"
+        url = "/api/v1/auth/password"
+        body = {"current_password": PASSWORD, "new_password": new}
+        missing = await client.post(url, json=body, headers=bearer(at))
+        assert missing.status_code == 403 and missing.json()["code"] == "mfa_required"
+        wrong = await client.post(url, json={**body, "code": "000000"}, headers=bearer(at))
+        assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        assert (await login(client, password=new)).status_code == 401
+        ok = await client.post(
+            url, json={**body, "code": code_at(secret, clock.now())}, headers=bearer(at)
+        )
+        assert ok.status_code == 204, ok.text
+        assert (await login(client, password=new)).status_code == 403  # still two steps
