@@ -85,6 +85,11 @@ class TestMigrations:
         assert "ix_security_events_created_at" in indexes["security_events"]
         assert {"ix_sessions_revoked_at", "ix_sessions_expires_at"} <= indexes["sessions"]
         assert "ix_login_throttles_window_started_at" in indexes["login_throttles"]
+        # And of device tokens and pending sign-ins (0009_expiry_indexes).
+        assert {"ix_device_tokens_revoked_at", "ix_device_tokens_expires_at"} <= indexes[
+            "device_tokens"
+        ]
+        assert "ix_mfa_tokens_expires_at" in indexes["mfa_tokens"]
         assert migrate.current_revision(empty_settings) == migrate.head_revision(empty_settings)
 
     def test_schema_matches_the_models(self, empty_settings: Settings) -> None:

@@ -10,7 +10,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conductor_api.auth.models import LoginThrottle
+from conductor_api.devices.models import DeviceToken
 from conductor_api.events.models import SecurityEvent
+from conductor_api.mfa.models import MfaToken
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -80,6 +82,41 @@ async def insert_counter(
     return scope, key
 
 
+async def insert_device_token(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    now: datetime,
+    *,
+    expires: timedelta,
+    revoked: timedelta | None = None,
+) -> uuid.UUID:
+    """A device token that expires at `now + expires`, revoked at `now + revoked`."""
+    token_id = uuid.uuid4()
+    await conn.execute(
+        insert(DeviceToken).values(
+            id=token_id, user_id=user_id, token_hash=uuid.uuid4().hex * 2,
+            created_at=now - timedelta(days=200), last_used_at=now - timedelta(days=100),
+            expires_at=now + expires, revoked_at=None if revoked is None else now + revoked,
+        )
+    )  # fmt: skip
+    return token_id
+
+
+async def insert_mfa_token(
+    conn: AsyncConnection, user_id: uuid.UUID, now: datetime, *, expires: timedelta, spent: bool
+) -> uuid.UUID:
+    """A pending second-factor sign-in that expires at `now + expires`."""
+    token_id = uuid.uuid4()
+    await conn.execute(
+        insert(MfaToken).values(
+            id=token_id, token_hash=uuid.uuid4().hex * 2, user_id=user_id, device_name="d",
+            created_at=now + expires - timedelta(minutes=5), expires_at=now + expires,
+            failures=0, spent_at=now + expires - timedelta(minutes=4) if spent else None,
+        )
+    )  # fmt: skip
+    return token_id
+
+
 async def seed_around_cutoffs(
     conn: AsyncConnection, user_id: uuid.UUID, now: datetime, *, exact: bool = True
 ) -> Expected:
@@ -120,6 +157,27 @@ async def seed_around_cutoffs(
     )
     for args, delete in counters:
         e.add("login_throttles", await insert_counter(conn, *args), delete=delete)
+    # Device tokens end like sessions: at revocation or expiry, kept 30 days after.
+    device_tokens = (
+        (dict(expires=100 * day), False),  # live
+        (dict(expires=-29 * day), False),  # expired recently
+        (dict(expires=-31 * day), True),  # expired long ago
+        (dict(expires=50 * day, revoked=-31 * day), True),  # revoked long ago
+        (dict(expires=50 * day, revoked=-29 * day), False),  # revoked recently
+    )
+    for kwargs, delete in device_tokens:
+        tid = await insert_device_token(conn, user_id, now, **kwargs)
+        e.add("device_tokens", tid, delete=delete)
+    # A pending sign-in is useless once expired, spent or not.
+    mfa_tokens = (
+        (2 * minute, False, False),  # still pending
+        (2 * minute, True, False),  # spent, not yet expired
+        (-1 * minute, False, True),  # expired unused
+        (-1 * minute, True, True),  # expired after it was spent
+    )
+    for expires, spent, delete in mfa_tokens:
+        mid = await insert_mfa_token(conn, user_id, now, expires=expires, spent=spent)
+        e.add("mfa_tokens", mid, delete=delete)
     return e
 
 
@@ -131,4 +189,6 @@ async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
         "login_throttles": {
             (r[0], r[1]) for r in await conn.execute(select(LoginThrottle.scope, LoginThrottle.key))
         },
+        "device_tokens": set((await conn.scalars(select(DeviceToken.id))).all()),
+        "mfa_tokens": set((await conn.scalars(select(MfaToken.id))).all()),
     }

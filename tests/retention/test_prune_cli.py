@@ -37,6 +37,8 @@ class TestPruneCommand:
             "security_events: 2 deleted",
             "sessions: 3 deleted",
             "login_throttles: 4 deleted",
+            "device_tokens: 2 deleted",
+            "mfa_tokens: 2 deleted",
         ]
         async with container.engine.connect() as conn:
             after = await keys(conn)
@@ -48,4 +50,6 @@ class TestPruneCommand:
             "security_events: 0 deleted",
             "sessions: 0 deleted",
             "login_throttles: 0 deleted",
+            "device_tokens: 0 deleted",
+            "mfa_tokens: 0 deleted",
         ]

@@ -66,6 +66,22 @@ SELECT CASE WHEN g % 2 = 0 THEN 'user' ELSE 'ip' END, 'k' || g, 1,
        NULL
 FROM generate_series(1, 20000) AS g;
 
+INSERT INTO device_tokens (id, user_id, token_hash, created_at, last_used_at, expires_at,
+                           revoked_at)
+SELECT gen_random_uuid(), u.id, md5(u.id::text || g) || md5(g || u.id::text),
+       now() - interval '100 days', now(),
+       now() + CASE WHEN g % 100 = 0 THEN interval '-40 days' ELSE interval '80 days' END,
+       CASE WHEN g % 100 = 1 THEN now() - interval '35 days' END
+FROM users AS u, generate_series(1, 10) AS g;
+
+INSERT INTO mfa_tokens (id, token_hash, user_id, device_name, created_at, expires_at,
+                        failures)
+SELECT gen_random_uuid(), md5(u.id::text || g) || md5(g || u.id::text), u.id, 'd',
+       now() - interval '1 minute',
+       now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '4 minutes' END,
+       0
+FROM users AS u, generate_series(1, 10) AS g;
+
 ANALYZE;
 """
 

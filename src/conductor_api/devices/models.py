@@ -15,7 +15,12 @@ class DeviceToken(Base):
     """A device token's digest, its owner and its lifetime."""
 
     __tablename__ = "device_tokens"
-    __table_args__ = (Index("ix_device_tokens_user_id", "user_id"),)
+    __table_args__ = (
+        Index("ix_device_tokens_user_id", "user_id"),
+        # For pruning (`retention.rules`): revoked or expired long enough ago.
+        Index("ix_device_tokens_revoked_at", "revoked_at"),
+        Index("ix_device_tokens_expires_at", "expires_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

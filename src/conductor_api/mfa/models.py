@@ -46,7 +46,10 @@ class MfaToken(Base):
     """A sign-in waiting for its second factor: what the login named, for the session."""
 
     __tablename__ = "mfa_tokens"
-    __table_args__ = (Index("ix_mfa_tokens_user_id", "user_id"),)
+    __table_args__ = (
+        Index("ix_mfa_tokens_user_id", "user_id"),
+        Index("ix_mfa_tokens_expires_at", "expires_at"),  # for pruning
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)

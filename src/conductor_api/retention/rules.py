@@ -10,7 +10,9 @@ from sqlalchemy import ColumnElement, Table, and_, or_
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.config import Settings
+from conductor_api.devices.models import DeviceToken
 from conductor_api.events.models import SecurityEvent
+from conductor_api.mfa.models import MfaToken
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -76,6 +78,22 @@ def _idle_counter(r: Retention) -> ColumnElement[bool]:
     )
 
 
+def _revoked_device_token(r: Retention) -> ColumnElement[bool]:
+    # Kept as long as an ended session: the operator can still see what a device was.
+    return DeviceToken.revoked_at < r.sessions_ended_before
+
+
+def _expired_device_token(r: Retention) -> ColumnElement[bool]:
+    # Its counter (a `login_throttles` row keyed by its id) goes by `_idle_counter`.
+    return DeviceToken.expires_at < r.sessions_ended_before
+
+
+def _expired_mfa_token(r: Retention) -> ColumnElement[bool]:
+    # A pending sign-in is good for five minutes and once: past its expiry, spent or not,
+    # it can never be used, and it says nothing the events do not.
+    return MfaToken.expires_at < r.now
+
+
 # One line per expiring thing; later features add theirs here.
 RULES: tuple[Expiring, ...] = (
     Expiring(SecurityEvent.__table__, _old_event),  # type: ignore[arg-type]
@@ -85,4 +103,7 @@ RULES: tuple[Expiring, ...] = (
     Expiring(DeviceSession.__table__, _revoked_session),  # type: ignore[arg-type]
     Expiring(DeviceSession.__table__, _expired_session),  # type: ignore[arg-type]
     Expiring(LoginThrottle.__table__, _idle_counter),  # type: ignore[arg-type]
+    Expiring(DeviceToken.__table__, _revoked_device_token),  # type: ignore[arg-type]
+    Expiring(DeviceToken.__table__, _expired_device_token),  # type: ignore[arg-type]
+    Expiring(MfaToken.__table__, _expired_mfa_token),  # type: ignore[arg-type]
 )
