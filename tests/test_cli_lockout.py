@@ -102,3 +102,43 @@ class TestUnlock:
         assert nobody.stdout.strip() == "nobody was not locked"
         async with server_on(data) as client:
             assert (await login(client, "ghost", PASSWORD)).status_code == 401
+
+
+class TestUnlockDeviceTokens:
+    async def test_unlock_clears_a_locked_device_token_of_the_user(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        created = cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert created.returncode == 0, created.stderr
+
+        def with_token(password: str, token: str) -> dict[str, str]:
+            return {
+                "username": "alice",
+                "password": password,
+                "device_name": "Pixel",
+                "device_token": token,
+            }
+
+        async with server_on(data) as client:
+            first = await login(client, "alice", PASSWORD)
+            assert first.status_code == 200, first.text
+            token = first.json()["device_token"]
+            # The phone's own wrong guesses lock its device token, not the name.
+            for _ in range(5):
+                wrong = await client.post("/api/v1/auth/login", json=with_token(WRONG, token))
+                assert wrong.status_code == 401, wrong.text
+            locked = await client.post("/api/v1/auth/login", json=with_token(PASSWORD, token))
+            assert locked.status_code == 429, locked.text
+            assert locked.json()["code"] == "account_locked"
+
+        unlocked = cli(data, "users", "unlock", "alice")
+        assert unlocked.returncode == 0, unlocked.stderr
+        assert unlocked.stdout.strip() == "alice unlocked"
+
+        async with server_on(data) as client:
+            again = await client.post("/api/v1/auth/login", json=with_token(PASSWORD, token))
+            assert again.status_code == 200, again.text
+            assert again.json()["device_token"] == token
+        # Nothing was left locked to clear a second time.
+        twice = cli(data, "users", "unlock", "alice")
+        assert twice.returncode == 0, twice.stderr
+        assert twice.stdout.strip() == "alice was not locked"

@@ -199,8 +199,12 @@ async def locked_names(db: AsyncSession, now: datetime) -> dict[str, datetime]:
 
 
 async def unlock(db: AsyncSession, username: str) -> bool:
-    """Clear a name's lockout and count; whether there was a counter."""
-    return await throttle.unlock_user(db, users.normalize_username(username))
+    """Clear a name's lockout and count, and the lockouts of the user's device tokens (a
+    phone that guessed wrong five times); whether there was anything to clear."""
+    key = users.normalize_username(username)
+    user = await users.find(db, key)
+    tokens = await devices.ids_of(db, user.id) if user is not None else []
+    return await throttle.unlock_user(db, key, [str(token) for token in tokens])
 
 
 def owner_of(principal: Principal, client: ClientInfo) -> Owner:

@@ -8,6 +8,7 @@ request read the same count and all get through.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -232,10 +233,17 @@ async def add_ip_failure(
     return _counter((await db.execute(statement)).one())
 
 
-async def unlock_user(db: AsyncSession, key: str) -> bool:
-    """Clear a name's lockout and count (the operator's `users unlock`)."""
+async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = ()) -> bool:
+    """Clear a name's lockout and count, and those of the given device tokens (the
+    operator's `users unlock`); whether any of them held a lock or a failure."""
+    targets = _row(USER, key)
+    if device_keys:
+        targets = targets | ((T.scope == DEVICE) & T.key.in_(device_keys))
     result = await db.execute(
-        update(T).where(_row(USER, key)).values(failures=0, locked_until=None).returning(T.key)
+        update(T)
+        .where(targets, (T.failures > 0) | T.locked_until.is_not(None))
+        .values(failures=0, locked_until=None)
+        .returning(T.key)
     )
     return result.first() is not None
 

@@ -40,6 +40,13 @@ async def get_live(db: AsyncSession, token_id: uuid.UUID, now: datetime) -> Devi
     )
 
 
+async def ids_for_user(db: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """Every device token id of a user, live or not."""
+    return list(
+        (await db.scalars(select(DeviceToken.id).where(DeviceToken.user_id == user_id))).all()
+    )
+
+
 async def touch(db: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:
     """Record a sign-in with this device token."""
     await db.execute(update(DeviceToken).where(DeviceToken.id == token_id).values(last_used_at=now))

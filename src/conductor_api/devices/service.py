@@ -82,6 +82,11 @@ async def issue(
     return token
 
 
+async def ids_of(db: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids of every device token of a user (their counters are keyed by them)."""
+    return await repository.ids_for_user(db, user_id)
+
+
 async def revoke_all(db: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:
     """Revoke a user's device tokens (password change, `set-password`, `disable`)."""
     return await repository.revoke_for_user(db, user_id, now)
