@@ -161,9 +161,27 @@ class AddressLimit(_Window):
     async def count_failure(self, db: AsyncSession, key: str, now: datetime) -> AppError | None:
         """A credential that did not verify outside a sign-in (a forged refresh token):
         counted, and refused once the address is over its limit."""
-        counter = await throttle.add_ip_failure(db, key, now, window=self.lockout)
+        counter = await throttle.add_failure(db, self.scope, key, now, window=self.lockout)
         if counter.failures > self.settings.max_failed_logins_per_ip:
             return TooManyAttempts(self.retry_after(counter.window_started_at + self.lockout))
+        return None
+
+
+class RegistrationLimit(_Window):
+    """At most MAX_REGISTRATIONS_PER_IP registrations per client address in a window of
+    LOCKOUT_MINUTES (an address's login failures' window, so the pruner drops its idle
+    counters alike): each one costs an Argon2id hash. Refused ones count too."""
+
+    scope: ClassVar[str] = throttle.REGISTER
+
+    async def count(self, db: AsyncSession, address: str, now: datetime) -> AppError | None:
+        """Count a registration; the refusal once the address is over its limit."""
+        counter = await throttle.add_failure(db, self.scope, address, now, window=self.lockout)
+        if counter.failures > self.settings.max_registrations_per_ip:
+            return TooManyAttempts(
+                self.retry_after(counter.window_started_at + self.lockout),
+                "Too many registrations from this address; try again later",
+            )
         return None
 
 

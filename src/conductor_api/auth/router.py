@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, status
@@ -20,7 +19,7 @@ from conductor_api.auth.schemas import (
     UserOut,
 )
 from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
-from conductor_api.errors import AppError, MfaRequired, NotFound
+from conductor_api.errors import AppError, MfaRequired
 from conductor_api.mfa.schemas import MfaRequiredOut
 from conductor_api.schemas import ErrorOut, error_responses
 from conductor_api.users import service as users
@@ -212,14 +211,5 @@ async def register(
     body: RegisterRequest, db: DbSession, c: ContainerDep, client: Client
 ) -> UserOut:
     """Create an account; 404 unless registration is enabled."""
-    if not c.settings.allow_registration:
-        raise NotFound()
-    await users.check_registration_rate(
-        c.sessionmaker, client.ip_address, c.clock.now(), c.settings.max_registrations_per_ip,
-        timedelta(minutes=c.settings.lockout_minutes),
-    )  # fmt: skip
-    user = await users.create_user(
-        db, c.hasher, username=body.username, password=body.password,
-        min_password_length=c.settings.min_password_length, now=c.clock.now(),
-    )  # fmt: skip
+    user = await c.signin.register(db, body.username, body.password, client)
     return UserOut(id=user.id, username=user.username, created_at=user.created_at, is_active=True)

@@ -10,7 +10,13 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.auth import throttle
-from conductor_api.auth.limits import AddressLimit, DeviceTokenLimit, Limit, UsernameLimit
+from conductor_api.auth.limits import (
+    AddressLimit,
+    DeviceTokenLimit,
+    Limit,
+    RegistrationLimit,
+    UsernameLimit,
+)
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.signin import SignIn, Steps
 from conductor_api.auth.turns import Turns
@@ -18,7 +24,7 @@ from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.devices import service as devices
 from conductor_api.devices.service import TrustedDevice
-from conductor_api.errors import MfaRequired
+from conductor_api.errors import MfaRequired, NotFound
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import METHODS, PENDING_SECONDS, Owner, SecondFactor
 from conductor_api.security.passwords import PasswordHasher
@@ -58,6 +64,7 @@ class SignInService:
         self.address = AddressLimit(settings, clock)
         self.username = UsernameLimit(settings, clock)
         self.device = DeviceTokenLimit(settings, clock)
+        self.registrations = RegistrationLimit(settings, clock)
         self.tokens = tokens
         self.mfa = mfa
 
@@ -181,6 +188,25 @@ class SignInService:
                     db, verified.user, new_hash, now=self.steps.clock.now(),
                     keep_session=principal.session_id, client=client,
                 )  # fmt: skip
+
+    async def register(
+        self, db: AsyncSession, username: str, password: str, client: ClientInfo
+    ) -> User:
+        """Create an account, when registration is on (else `NotFound`), and at most
+        MAX_REGISTRATIONS_PER_IP per address in a window."""
+        if not self.settings.allow_registration:
+            raise NotFound()
+        # Counted in its own transaction, first: refused ones count too, and cost no hash.
+        async with self.steps.sessionmaker.begin() as counting:
+            refusal = await self.registrations.count(
+                counting, client.ip_address, self.steps.clock.now()
+            )
+        if refusal is not None:
+            raise refusal
+        return await users.create_user(
+            db, self.steps.hasher, username=username, password=password,
+            min_password_length=self.settings.min_password_length, now=self.steps.clock.now(),
+        )  # fmt: skip
 
     async def count_refresh_failure(self, client: ClientInfo) -> None:
         """A refresh token that did not verify: counted against the address, and refused

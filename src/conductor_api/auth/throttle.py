@@ -24,6 +24,8 @@ USER = "user"
 IP = "ip"
 # A device token's own counter, keyed by the token's id (trusted devices).
 DEVICE = "device"
+# Registrations per client address (each one costs an Argon2id hash).
+REGISTER = "register"
 T = LoginThrottle
 
 
@@ -213,14 +215,15 @@ async def release_ip(db: AsyncSession, address: str) -> None:
     await db.execute(delete(T).where(_row(IP, address), T.failures == 0, T.pending == 0))
 
 
-async def add_ip_failure(
-    db: AsyncSession, address: str, now: datetime, *, window: timedelta
+async def add_failure(
+    db: AsyncSession, scope: str, key: str, now: datetime, *, window: timedelta
 ) -> Counter:
-    """Count one failure from an address outside a login (a forged refresh token)."""
+    """Count one event in a fixed window of `window` length, in one atomic upsert, outside
+    a sign-in's slots (a forged refresh token from an address, a registration)."""
     stale = T.window_started_at <= _ts(now - window)
     statement = (
         _insert(db)
-        .values(scope=IP, key=address, failures=1, pending=0, window_started_at=now)
+        .values(scope=scope, key=key, failures=1, pending=0, window_started_at=now)
         .on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={

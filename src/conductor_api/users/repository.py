@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import case, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.auth.models import LoginThrottle
-from conductor_api.db import UTCDateTime
 from conductor_api.users.models import User
 
 
@@ -25,37 +21,6 @@ async def skeleton_taken(db: AsyncSession, skeleton: str) -> bool:
     """Whether a user's name has this confusable skeleton digest."""
     found = await db.scalar(select(User.id).where(User.username_skeleton == skeleton))
     return found is not None
-
-
-# The login_throttles scope that counts registrations per client address.
-REGISTER_SCOPE = "register"
-
-
-async def count_registration(
-    db: AsyncSession, address: str, now: datetime, window: timedelta
-) -> tuple[int, datetime]:
-    """Count one registration attempt from `address` in a fixed window, in one atomic
-    upsert; the count and when its window started."""
-    t = LoginThrottle
-    start = literal(now, UTCDateTime())
-    stale = t.window_started_at <= literal(now - window, UTCDateTime())
-    dialect = db.get_bind().dialect.name
-    insert: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(t)
-    statement = (
-        insert.values(
-            scope=REGISTER_SCOPE, key=address, failures=1, window_started_at=now, locked_until=None
-        )
-        .on_conflict_do_update(
-            index_elements=["scope", "key"],
-            set_={
-                "failures": case((stale, 1), else_=t.failures + 1),
-                "window_started_at": case((stale, start), else_=t.window_started_at),
-            },
-        )
-        .returning(t.failures, t.window_started_at)
-    )
-    row = (await db.execute(statement)).one()
-    return int(row[0]), row[1]
 
 
 async def get(db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:

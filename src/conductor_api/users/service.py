@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
 import unicodedata
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.devices import service as devices
-from conductor_api.errors import AppError, NotFound, TooManyAttempts, UsernameTaken
+from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import Owner, SecondFactor
@@ -99,25 +98,6 @@ async def create_user(
     except IntegrityError:
         raise UsernameTaken() from None
     return user
-
-
-async def check_registration_rate(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    address: str,
-    now: datetime,
-    limit: int,
-    window: timedelta,
-) -> None:
-    """Count a registration from `address` in its own transaction (so that refused ones
-    count too) and refuse it past `limit` in the window: each one costs an Argon2id hash.
-    The window is LOCKOUT_MINUTES, like an address's login failures, whose idle counters
-    the pruner removes after that long."""
-    async with sessionmaker.begin() as db:
-        count, started = await repository.count_registration(db, address, now, window)
-    if count > limit:
-        ends = started + window
-        retry = max(1, math.ceil((ends - now).total_seconds()))
-        raise TooManyAttempts(retry, "Too many registrations from this address; try again later")
 
 
 async def require_user(db: AsyncSession, username: str) -> User:
