@@ -227,10 +227,6 @@ class TestRightPasswordsTogether:
     async def test_all_succeed(
         self, app: FastAPI, alice: Account, container: Container, count: int
     ) -> None:
-        if count == 80 and not container.settings.is_sqlite:
-            # On PostgreSQL the starts of session queue on the user's row lock; on a
-            # machine as loaded as the shared one, 80 at once overrun the pool's 5 s.
-            pytest.skip("80 at once on PostgreSQL: see the report (row-lock hold time)")
         # The wait is bounded by time (15 s); on a shared test machine 80 Argon2id hashes
         # may take longer than that, and this test is about refusals for being many.
         container.signin.steps.turns.wait_seconds = 120

@@ -16,6 +16,7 @@ by `finish`, or released uncounted when the attempt ends any other way.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import NoReturn
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.auth.limits import Limit, Slot
@@ -36,6 +38,8 @@ from conductor_api.security.passwords import PasswordHasher
 from conductor_api.users import service as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo
+
+log = logging.getLogger("conductor_api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,20 +195,17 @@ class SignIn:
     async def finish(self, verified: Verified) -> AsyncIterator[AsyncSession]:
         """Step 5: the transaction that acts on the sign-in (starts the session).
 
-        The user row is read again under a row lock, the one a password change or a disable
-        takes: a password changed or an account disabled while this attempt was checked
-        ends as a wrong password or a disabled account, never in a live session."""
+        The user row is read again under a shared row lock, one that a password change or a
+        disable waits for and makes wait: a password changed or an account disabled while
+        this attempt was checked ends as a wrong password or a disabled account, never in a
+        live session. Sign-ins of one user share the lock, so they never queue on it."""
         refusal: AppError | None = None
         async with self._s.sessionmaker.begin() as db:
-            current = await users.lock(db, verified.user.id)
+            current = await users.hold(db, verified.user.id)
             if current is None or not verified.still_holds(current):
                 await self._fail(db, current)
                 refusal = InvalidCredentials()
             else:
-                if verified.new_hash is not None and current.password_hash == (
-                    verified.password_hash
-                ):
-                    await users.upgrade_hash(db, current, verified.new_hash)
                 if not current.is_active:
                     refusal = AccountDisabled()
                 else:
@@ -216,6 +217,17 @@ class SignIn:
         self._committed()
         if refusal is not None:
             raise refusal
+        if verified.new_hash is not None:
+            # After the commit, in a transaction of its own: an UPDATE of the user row under
+            # the shared lock would wait for every other sign-in of the user holding it.
+            # Best effort: the sign-in has happened, and the next one will try again.
+            try:
+                async with self._s.sessionmaker.begin() as db:
+                    await users.upgrade_hash(
+                        db, verified.user.id, verified.password_hash, verified.new_hash
+                    )
+            except SQLAlchemyError as error:
+                log.warning("password hash upgrade failed: %s", type(error).__name__)
 
     def record(
         self,

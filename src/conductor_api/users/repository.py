@@ -23,16 +23,33 @@ async def skeleton_taken(db: AsyncSession, skeleton: str) -> bool:
     return found is not None
 
 
-async def get(db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
-    """The user with this id; `lock` reads it afresh under a row lock (PostgreSQL; on SQLite
-    every transaction already holds the write lock)."""
-    if not lock:
+async def get(
+    db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False, share: bool = False
+) -> User | None:
+    """The user with this id; `lock` reads it afresh under an exclusive row lock, `share`
+    under a shared one (PostgreSQL; on SQLite every transaction already holds the write
+    lock)."""
+    if not lock and not share:
         return await db.get(User, user_id)
-    # FOR NO KEY UPDATE, the lock an UPDATE of the row takes: it orders sign-ins, password
-    # changes and disables, yet lets other transactions insert rows that reference the
-    # user (events, sessions), which FOR UPDATE would block into deadlocks.
-    query = select(User).where(User.id == user_id).with_for_update(key_share=True)
+    # FOR NO KEY UPDATE, the lock an UPDATE of the row takes: it orders password changes and
+    # disables after the sign-ins in flight, yet lets other transactions insert rows that
+    # reference the user (events, sessions), which FOR UPDATE would block into deadlocks.
+    # FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
+    # them wait, but sign-ins of one user do not wait for each other.
+    query = select(User).where(User.id == user_id)
+    query = query.with_for_update(read=True) if share else query.with_for_update(key_share=True)
     return await db.scalar(query.execution_options(populate_existing=True))
+
+
+async def replace_hash(db: AsyncSession, user_id: uuid.UUID, old_hash: str, new_hash: str) -> bool:
+    """Replace `old_hash` by `new_hash` only if it is still the stored one; whether it was."""
+    result = await db.execute(
+        update(User)
+        .where(User.id == user_id, User.password_hash == old_hash)
+        .values(password_hash=new_hash)
+        .returning(User.id)
+    )
+    return result.first() is not None
 
 
 async def add(db: AsyncSession, user: User) -> User:
@@ -40,11 +57,6 @@ async def add(db: AsyncSession, user: User) -> User:
     db.add(user)
     await db.flush()
     return user
-
-
-async def set_password_hash(db: AsyncSession, user_id: uuid.UUID, password_hash: str) -> None:
-    """Replace a stored hash (after a change, or to upgrade bcrypt to Argon2id)."""
-    await db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
 
 
 async def set_password(

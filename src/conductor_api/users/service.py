@@ -124,15 +124,22 @@ async def find(db: AsyncSession, username_key: str) -> User | None:
 
 
 async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
-    """The user row read afresh under the lock that password changes, disables and the
-    start of a session take, so that they happen in one order."""
+    """The user row read afresh under the exclusive lock of password changes and disables:
+    they wait for the sign-ins in flight (`hold`), and sign-ins wait for them."""
     return await repository.get(db, user_id, lock=True)
 
 
-async def upgrade_hash(db: AsyncSession, user: User, password_hash: str) -> None:
-    """Replace an outdated hash (bcrypt, weaker Argon2) of the same password."""
-    await repository.set_password_hash(db, user.id, password_hash)
-    user.password_hash = password_hash
+async def hold(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user row read afresh under the shared lock of a sign-in's start of session: it
+    orders the sign-in against password changes and disables (`lock`), not against the
+    user's other sign-ins, so a burst of right passwords does not queue on the row."""
+    return await repository.get(db, user_id, share=True)
+
+
+async def upgrade_hash(db: AsyncSession, user_id: uuid.UUID, old: str, new: str) -> None:
+    """Replace an outdated hash (bcrypt, weaker Argon2) of the same password, unless the
+    stored hash changed meanwhile (a password change, or another sign-in's upgrade)."""
+    await repository.replace_hash(db, user_id, old, new)
 
 
 def check_new_password(password: str, min_password_length: int, username: str) -> None:
