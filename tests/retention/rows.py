@@ -10,6 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conductor_api.auth.models import LoginThrottle
+from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.sessions.models import DeviceSession
 
@@ -120,6 +121,10 @@ async def seed_around_cutoffs(
     )
     for args, delete in counters:
         e.add("login_throttles", await insert_counter(conn, *args), delete=delete)
+    # DPoP proofs are remembered until they could no longer be accepted anyway.
+    for key, expires, delete in (("aged", now - minute, True), ("live", now + minute, False)):
+        await conn.execute(insert(SeenProof).values(key=key, expires_at=expires))
+        e.add("dpop_proofs", key, delete=delete)
     return e
 
 
@@ -131,4 +136,5 @@ async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
         "login_throttles": {
             (r[0], r[1]) for r in await conn.execute(select(LoginThrottle.scope, LoginThrottle.key))
         },
+        "dpop_proofs": set((await conn.scalars(select(SeenProof.key))).all()),
     }

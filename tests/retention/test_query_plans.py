@@ -66,6 +66,11 @@ SELECT CASE WHEN g % 2 = 0 THEN 'user' ELSE 'ip' END, 'k' || g, 1,
        NULL
 FROM generate_series(1, 20000) AS g;
 
+INSERT INTO dpop_proofs (key, expires_at)
+SELECT md5(g::text) || md5((g + 1)::text),
+       now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '1 minute' END
+FROM generate_series(1, 20000) AS g;
+
 ANALYZE;
 """
 
