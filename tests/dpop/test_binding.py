@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from pathlib import Path
 
 import httpx
 import pyotp
@@ -11,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from conductor_api.container import Container
+from conductor_api.dpop.replay import sqlite_cache_path
 from tests.conftest import TEST_KEK, Account, make_client
 from tests.dpop.conftest import bound_login, login_body, now, session_jkt
 from tests.dpop.keys import API, PhoneKey
@@ -53,6 +55,18 @@ class TestSecondStep:
         assert verified.status_code == 200, verified.text
         assert verified.json()["token_type"] == "DPoP"
         assert await session_jkt(container, verified.json()["session_id"]) == key.jkt
+
+
+class TestReplayFile:
+    async def test_the_sqlite_cache_is_owner_only(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
+    ) -> None:
+        await bound_login(client, container, alice, phone)
+        if not container.settings.is_sqlite:
+            pytest.skip("PostgreSQL keeps the cache in a table")
+        path = sqlite_cache_path(container.settings.sqlite_path)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent == Path(container.settings.sqlite_path).parent
 
 
 class TestOperatorView:

@@ -28,6 +28,7 @@ from typing import Protocol
 import asyncpg
 
 from conductor_api.errors import ServiceUnavailable
+from conductor_api.storage import make_private_file
 
 # How often (seconds) a process deletes the proofs that aged out, beside the pruner.
 PRUNE_EVERY_SECONDS = 30.0
@@ -59,6 +60,8 @@ class SqliteReplayCache:
         self._pruned_at = 0.0
 
     def _connect(self) -> sqlite3.Connection:
+        # Owner-only, like the database (SQLite gives its -wal and -shm files this mode).
+        make_private_file(self._path)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         # An insert holds the lock for microseconds; a wait beyond a second means trouble.
         conn.execute(f"PRAGMA busy_timeout={int(min(self._timeout, 1.0) * 1000)}")
@@ -87,7 +90,7 @@ class SqliteReplayCache:
                 (key, expires_at),
             )
             return cursor.rowcount == 1
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             await self.close()
             raise ServiceUnavailable() from e
 
