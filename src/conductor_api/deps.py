@@ -20,6 +20,7 @@ from conductor_api.container import Container
 from conductor_api.errors import InvalidToken
 from conductor_api.security.dpop import DPoPError, Proof, WrongKey
 from conductor_api.security.tokens import Claims, UnknownSigningKey
+from conductor_api.sessions import service as sessions
 from conductor_api.values import ClientInfo
 
 # auto_error=False: a missing token is answered by `current_principal` in the contract's shape.
@@ -90,9 +91,16 @@ async def _dpop_claims(request: Request, container: Container, token: str) -> Cl
             url=request_url(request, container.settings.trusted_proxies), now=now,
             access_token=token, jkt=claims.jkt,
         )  # fmt: skip
-    except WrongKey as e:
-        raise InvalidToken("The DPoP proof is not by this token's key", dpop=True) from e
     except DPoPError as e:
+        if not e.nonce:
+            # A bound token without its key's valid proof: perhaps a copied token, so the
+            # user sees it (`dpop_proof_invalid`, with the address), as at refresh.
+            await sessions.record_invalid_proof(
+                container.sessionmaker, claims,
+                client_info(request, container.settings.trusted_proxies), container.clock.now(),
+            )  # fmt: skip
+        if isinstance(e, WrongKey):
+            raise InvalidToken("The DPoP proof is not by this token's key", dpop=True) from e
         raise container.dpop.error(e, now, resource=True) from e
     return claims
 

@@ -189,6 +189,10 @@ class TestResourceRefusals:
             assert (
                 response.headers["WWW-Authenticate"] == f'{CHALLENGE}, error="invalid_dpop_proof"'
             )
+        # Each attempt with the bound token but without its key's valid proof is visible.
+        async with container.sessionmaker() as db:
+            types = (await db.scalars(select(SecurityEvent.type))).all()
+        assert types.count("dpop_proof_invalid") == len(cases)
 
     async def test_replayed_proof(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
