@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from sqlalchemy import select
 
+from conductor_api.auth.models import LoginThrottle
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
 from tests.conftest import Account
@@ -235,6 +236,18 @@ class TestSignInRefusals:
         async with container.sessionmaker() as db:
             types = (await db.scalars(select(SecurityEvent.type))).all()
         assert "login_succeeded" not in types
+
+    async def test_a_faulty_proof_counts_against_the_address_only(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
+    ) -> None:
+        proof = phone.proof("POST", API + "/login", now(container) - 3600)
+        response = await client.post(
+            API + "/login", json=login_body(alice), headers={"DPoP": proof}
+        )
+        assert response.status_code == 400
+        async with container.sessionmaker() as db:
+            rows = (await db.execute(select(LoginThrottle.scope, LoginThrottle.failures))).all()
+        assert [(scope, failures) for scope, failures in rows] == [("ip", 1)]
 
     async def test_replayed_login_proof(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
