@@ -69,7 +69,7 @@ class SqliteReplayCache:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS dpop_proofs "
-            "(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
+            "(key BLOB PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID"
         )
         conn.execute(
             "CREATE INDEX IF NOT EXISTS ix_dpop_proofs_expires_at ON dpop_proofs (expires_at)"
@@ -84,10 +84,11 @@ class SqliteReplayCache:
                 self._conn = self._connect()
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
-                self._conn.execute("DELETE FROM dpop_proofs WHERE expires_at < ?", (now,))
+                self._conn.execute("DELETE FROM dpop_proofs WHERE expires_at < ?", (int(now),))
+            # 128 bits of the SHA-256 tell proofs apart; a small key is a small B-tree.
             cursor = self._conn.execute(
                 "INSERT OR IGNORE INTO dpop_proofs (key, expires_at) VALUES (?, ?)",
-                (key, expires_at),
+                (bytes.fromhex(key)[:16], int(expires_at) + 1),
             )
             return cursor.rowcount == 1
         except (sqlite3.Error, OSError) as e:
