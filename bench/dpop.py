@@ -131,7 +131,7 @@ async def refresh_rate(server: Server, key: Key | None, duration: float, chains:
         return done / (time.monotonic() - started)
 
 
-def run(db: str, duration: int, pg: str) -> dict[str, Any]:
+def run(db: str, duration: int, pg: str, refresh: bool = True) -> dict[str, Any]:
     binary = find_server(None)
     work = Path(tempfile.mkdtemp(prefix="dpop-bench-"))
     env = clean_env(
@@ -169,8 +169,9 @@ def run(db: str, duration: int, pg: str) -> dict[str, Any]:
         token = bound["access_token"]
         lines = [f"DPoP {token}\t{key.proof('GET', me, token)}" for _ in range(6000 * duration)]
         results["me_dpop"] = wrk(server, API + "/me", lines, duration, work)
-        results["refresh_bearer"] = asyncio.run(refresh_rate(server, None, duration, 8))
-        results["refresh_dpop"] = asyncio.run(refresh_rate(server, Key(), duration, 8))
+        if refresh:
+            results["refresh_bearer"] = asyncio.run(refresh_rate(server, None, duration, 8))
+            results["refresh_dpop"] = asyncio.run(refresh_rate(server, Key(), duration, 8))
         return results
     finally:
         server.stop()
@@ -183,8 +184,9 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--no-refresh", action="store_true", help="only the /auth/me figures")
     args = parser.parse_args()
-    r = run(args.db, args.duration, args.pg_url)
+    r = run(args.db, args.duration, args.pg_url, not args.no_refresh)
     health = r["health"]["rate"]
     print(f"{args.db}, 1 worker, wrk -t1 -c16 -d{args.duration}s")
     print(f"/health/live            {health:8.0f}/s")
@@ -194,7 +196,7 @@ def main() -> None:
             f"/auth/me {name[3:]:<14} {m['rate']:8.0f}/s  {m['rate'] / health:.2f}x  "
             f"p99 {m['p99_ms']:.1f} ms  non-2xx {m['errors']} of {m['requests']}"
         )
-    for name in ("refresh_bearer", "refresh_dpop"):
+    for name in ("refresh_bearer", "refresh_dpop") if "refresh_dpop" in r else ():
         print(f"/auth/refresh {name[8:]:<9} {r[name]:8.0f}/s  {r[name] / health:.2f}x")
 
 
