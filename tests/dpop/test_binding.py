@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,18 @@ class TestReplayFile:
         path = sqlite_cache_path(container.settings.sqlite_path)
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.parent == Path(container.settings.sqlite_path).parent
+
+
+class TestReplayCache:
+    async def test_one_key_at_once_is_accepted_once(self, container: Container) -> None:
+        replay = container.dpop.replay
+        now = container.clock.now().timestamp()
+        keys = [secrets.token_hex(32) for _ in range(5)]
+        answers = await asyncio.gather(
+            *(replay.first_use(k, now + 60, now) for k in [*keys, keys[0], keys[3]])
+        )
+        assert answers == [True] * 5 + [False, False]
+        assert await replay.first_use(keys[1], now + 60, now) is False
 
 
 class TestOperatorView:

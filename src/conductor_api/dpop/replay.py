@@ -171,35 +171,76 @@ def _settle(
 
 
 class PostgresReplayCache:
-    """The cache in the UNLOGGED `dpop_proofs` table."""
+    """The cache in the UNLOGGED `dpop_proofs` table. The proofs that reach the check in the
+    same turn of the event loop share one INSERT (like the principal loader's reads)."""
 
     _INSERT = (
-        "INSERT INTO dpop_proofs (key, expires_at) VALUES ($1, $2) "
-        "ON CONFLICT (key) DO NOTHING RETURNING 1"
+        "INSERT INTO dpop_proofs (key, expires_at) "
+        "SELECT * FROM unnest($1::varchar[], $2::timestamptz[]) "
+        "ON CONFLICT (key) DO NOTHING RETURNING key"
     )
 
     def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
         self._pruned_at = 0.0
+        self._now = 0.0
+        self._waiting: list[tuple[str, float, asyncio.Future[bool]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def first_use(self, key: str, expires_at: float, now: float) -> bool:
         """See `ReplayCache.first_use`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._dispatch)
+        self._waiting.append((key, expires_at, future))
+        self._now = max(self._now, now)
+        return await future
+
+    def _dispatch(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._insert(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _insert(self, batch: list[tuple[str, float, asyncio.Future[bool]]]) -> None:
+        # A key twice in one batch: only its first request may have it.
+        first: dict[str, float] = {}
+        for key, expires_at, _ in batch:
+            first.setdefault(key, expires_at)
         try:
             pool = await self._pool()
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
                 await pool.execute(
                     "DELETE FROM dpop_proofs WHERE expires_at < $1",
-                    datetime.fromtimestamp(now, UTC),
+                    datetime.fromtimestamp(self._now, UTC),
                     timeout=self._timeout,
                 )
-            row = await pool.fetchval(
-                self._INSERT, key, datetime.fromtimestamp(expires_at, UTC), timeout=self._timeout
+            rows = await pool.fetch(
+                self._INSERT, list(first),
+                [datetime.fromtimestamp(e, UTC) for e in first.values()], timeout=self._timeout,
+            )  # fmt: skip
+        except BaseException as e:
+            error = (
+                ServiceUnavailable()
+                if isinstance(
+                    e, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
+                )
+                else e
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-            raise ServiceUnavailable() from e
-        return row is not None
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if error is e:
+                raise
+            return
+        inserted = {row[0] for row in rows}
+        for key, _, future in batch:
+            if not future.done():
+                future.set_result(key in inserted)
+            inserted.discard(key)
 
     async def close(self) -> None:
         """See `ReplayCache.close` (the pool is the principal loader's)."""
