@@ -76,6 +76,8 @@ async def refresh(
                 await sessions.record_invalid_proof(c.sessionmaker, claims, client, now)
             raise c.dpop.error(error, now.timestamp(), resource=False)
     elif c.dpop.required and not isinstance(proof, Proof):
+        if isinstance(proof, DPoPError):
+            raise c.dpop.error(proof, now.timestamp(), resource=False)
         raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
     return await sessions.refresh(
         c.sessionmaker, c.autocommit, c.tokens, c.settings, token, claims, client, now
