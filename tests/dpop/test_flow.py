@@ -3,7 +3,12 @@ logout; and the refusals around it, with their status, code, challenge and datab
 
 from __future__ import annotations
 
+import base64
+import json
+from typing import Any
+
 import httpx
+import jwt
 from sqlalchemy import select
 
 from conductor_api.auth.models import LoginThrottle
@@ -18,7 +23,7 @@ from tests.dpop.conftest import (
     now,
     session_jkt,
 )
-from tests.dpop.keys import API, PhoneKey
+from tests.dpop.keys import API, BASE, PhoneKey
 
 CHALLENGE = 'DPoP algs="ES256 EdDSA"'
 
@@ -27,6 +32,28 @@ def assert_dpop_401(response: httpx.Response, code: str) -> None:
     assert response.status_code == 401, response.text
     assert response.json()["code"] == code
     assert response.headers["WWW-Authenticate"] == f'{CHALLENGE}, error="{code}"'
+
+
+SYMMETRIC = {"kty": "oct", "k": base64.urlsafe_b64encode(b"k" * 32).rstrip(b"=").decode()}
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def unsigned(key: PhoneKey, path: str, t: float) -> str:
+    """`alg: none` with the real key in the header and no signature."""
+    header = {"typ": "dpop+jwt", "alg": "none", "jwk": key.jwk}
+    claims = {"jti": "n1", "htm": "POST", "htu": BASE + path, "iat": int(t)}
+    return f"{_b64(header)}.{_b64(claims)}.{_b64({'x': 1})}"
+
+
+def hmac_proof(path: str, t: float) -> str:
+    """HS256 under a key the client chose, given in the header."""
+    claims = {"jti": "h1", "htm": "POST", "htu": BASE + path, "iat": int(t)}
+    return jwt.encode(
+        claims, b"k" * 32, algorithm="HS256", headers={"typ": "dpop+jwt", "jwk": SYMMETRIC}
+    )
 
 
 class TestBoundSession:
@@ -228,6 +255,11 @@ class TestSignInRefusals:
             "wrong htu": phone.proof("POST", API + "/token", t),
             "stale iat": phone.proof("POST", url, t - 61),
             "too large": phone.proof("POST", url, t, claims={"pad": "x" * 5000}),
+            "future iat": phone.proof("POST", url, t + 61),
+            "missing jti": phone.proof("POST", url, t, drop=("jti",)),
+            "alg none": unsigned(phone, url, t),
+            "HS256": hmac_proof(url, t),
+            "symmetric jwk": phone.proof("POST", url, t, header={"jwk": SYMMETRIC}),
         }
         for name, proof in cases.items():
             response = await client.post(url, json=login_body(alice), headers={"DPoP": proof})
