@@ -45,6 +45,7 @@ TABLES = (
     "device_tokens",
     "sessions",
     "login_throttles",
+    "dpop_proofs",
     "users",
 )
 CLIENT_IP = "203.0.113.7"

@@ -187,8 +187,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["Retry-After", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "DPoP", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "DPoP-Nonce", "WWW-Authenticate"],
         )
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
     # Added last, so outermost: the time it measures includes every other middleware.

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # Registrations (each an Argon2id hash) from one address within LOCKOUT_MINUTES.
     max_registrations_per_ip: int = Field(default=10, ge=1, le=1_000_000)
 
+    # DPoP (RFC 9449): how far a proof's iat may be from the server's clock, server nonces,
+    # and whether every sign-in and refresh must be bound to a key.
+    dpop_max_skew_seconds: int = Field(default=60, ge=1, le=600)
+    dpop_require_nonce: bool = False
+    require_dpop: bool = False
+
     # Operational settings beyond the contract's table (documented in .env.example).
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

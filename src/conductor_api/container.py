@@ -13,6 +13,7 @@ from conductor_api.auth.service import SignInService
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Autocommit, make_engine, make_session_factory
+from conductor_api.dpop.service import DPoP
 from conductor_api.keys.manager import KeyManager
 from conductor_api.metrics.service import Metrics
 from conductor_api.mfa.service import SecondFactor
@@ -41,6 +42,7 @@ class Container:
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
     keys: KeyManager | None
     metrics: Metrics
+    dpop: DPoP
 
     @classmethod
     async def start(cls, settings: Settings, clock: Clock) -> Container:
@@ -82,6 +84,7 @@ class Container:
         signin = SignInService(
             settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa
         )
+        principals = make_principal_loader(settings)
         return cls(
             settings=settings,
             clock=clock,
@@ -90,13 +93,14 @@ class Container:
             sessionmaker=sessionmaker,
             hasher=hasher,
             tokens=tokens,
-            principals=make_principal_loader(settings),
+            principals=principals,
             signin=signin,
             mfa=mfa,
             second_step=SecondStep(signin),
             pruner=pruner,
             keys=keys,
             metrics=metrics,
+            dpop=DPoP.for_database(settings, principals),
         )
 
     async def close(self) -> None:
@@ -105,6 +109,7 @@ class Container:
             await self.pruner.stop()
         if self.keys is not None:
             await self.keys.close()
+        await self.dpop.close()
         await self.principals.close()
         await self.autocommit.dispose()
         await self.engine.dispose()

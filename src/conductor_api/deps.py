@@ -13,12 +13,14 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.auth.client import client_info
+from conductor_api.auth.client import client_info, request_url
 from conductor_api.auth.principal import Principal
 from conductor_api.config import Settings
 from conductor_api.container import Container
 from conductor_api.errors import InvalidToken
-from conductor_api.security.tokens import UnknownSigningKey
+from conductor_api.security.dpop import DPoPError, Proof, WrongKey
+from conductor_api.security.tokens import Claims, UnknownSigningKey
+from conductor_api.sessions import service as sessions
 from conductor_api.values import ClientInfo
 
 # auto_error=False: a missing token is answered by `current_principal` in the contract's shape.
@@ -61,10 +63,53 @@ async def get_client(request: Request, container: ContainerDep) -> ClientInfo:
 Client = Annotated[ClientInfo, Depends(get_client)]
 
 
+async def _claims(container: Container, token: str) -> Claims:
+    try:
+        return container.tokens.decode_access(token, container.clock.now())
+    except UnknownSigningKey as e:
+        # A key published a moment ago by another instance: re-read the set (rate-limited,
+        # so a stream of forged kids costs at most one read a second) and try once more.
+        if container.keys is None or not await container.keys.reload_for_unknown_kid(e.kid):
+            raise InvalidToken() from e
+        return container.tokens.decode_access(token, container.clock.now())
+
+
+async def _dpop_claims(request: Request, container: Container, token: str) -> Claims:
+    """`Authorization: DPoP <token>` (RFC 9449 section 7): a bound token and a proof by its
+    key for this request (`ath` its hash), spent once. A faulty proof is
+    `invalid_dpop_proof`; an unbound token or a proof by another key, `invalid_token`."""
+    try:
+        claims = await _claims(container, token)
+    except InvalidToken as e:
+        raise InvalidToken(dpop=True) from e
+    if not claims.jkt:
+        raise InvalidToken("This token is not bound to a DPoP key: send it as Bearer", dpop=True)
+    now = container.clock.now().timestamp()
+    try:
+        await container.dpop.check(
+            request.headers.getlist("dpop"), method=request.method,
+            url=request_url(request, container.settings.trusted_proxies), now=now,
+            access_token=token, jkt=claims.jkt,
+        )  # fmt: skip
+    except DPoPError as e:
+        if not e.nonce:
+            # A bound token without its key's valid proof: perhaps a copied token, so the
+            # user sees it (`dpop_proof_invalid`, with the address), as at refresh.
+            await sessions.record_invalid_proof(
+                container.sessionmaker, claims,
+                client_info(request, container.settings.trusted_proxies), container.clock.now(),
+            )  # fmt: skip
+        if isinstance(e, WrongKey):
+            raise InvalidToken("The DPoP proof is not by this token's key", dpop=True) from e
+        raise container.dpop.error(e, now, resource=True) from e
+    return claims
+
+
 async def current_principal(
     request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
-    """Verify the bearer token, then check that its session is live and its user active.
+    """Verify the access token (Bearer, or DPoP with its proof), then check that its
+    session is live and its user active.
 
     This runs on every authenticated request, so it reads the container straight from the
     app rather than through another dependency level."""
@@ -72,15 +117,15 @@ async def current_principal(
     # None: no Bearer credential at all. An empty one ("Bearer ") was still sent, and is
     # refused below as a malformed token with error="invalid_token" (RFC 6750 section 3.1).
     if token is None:
-        raise InvalidToken("Not authenticated", token_sent=False)
-    try:
-        claims = container.tokens.decode_access(token, container.clock.now())
-    except UnknownSigningKey as e:
-        # A key published a moment ago by another instance: re-read the set (rate-limited,
-        # so a stream of forged kids costs at most one read a second) and try once more.
-        if container.keys is None or not await container.keys.reload_for_unknown_kid(e.kid):
-            raise InvalidToken() from e
-        claims = container.tokens.decode_access(token, container.clock.now())
+        authorization = request.headers.get("authorization", "")
+        if authorization[:5].lower() != "dpop ":
+            raise InvalidToken("Not authenticated", token_sent=False)
+        claims = await _dpop_claims(request, container, authorization[5:].strip())
+    else:
+        claims = await _claims(container, token)
+        if claims.jkt:
+            # A bound token is worth nothing without its key: never accepted as Bearer.
+            raise InvalidToken("This token is bound to a DPoP key: send it as DPoP", dpop=True)
     principal = await container.principals.load(claims.session_id, claims.user_id)
     if principal is None:
         raise InvalidToken("The session of this token has ended")
@@ -88,3 +133,23 @@ async def current_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def get_proof(request: Request) -> Proof | DPoPError | None:
+    """The DPoP proof of a token request (login, /auth/token, refresh, the second step),
+    checked and spent: None without one, the `DPoPError` when it does not verify (each
+    endpoint decides what a missing or faulty proof means for it)."""
+    container: Container = request.app.state.container
+    proofs = request.headers.getlist("dpop")
+    if not proofs:
+        return None
+    try:
+        return await container.dpop.check(
+            proofs, method=request.method, now=container.clock.now().timestamp(),
+            url=request_url(request, container.settings.trusted_proxies),
+        )  # fmt: skip
+    except DPoPError as e:
+        return e
+
+
+DPoPProof = Annotated[Proof | DPoPError | None, Depends(get_proof)]

@@ -25,13 +25,50 @@ class InvalidCredentials(AppError):
     status, code, detail = 401, "invalid_credentials", "Incorrect username or password"
 
 
+# The challenge of the DPoP scheme (RFC 9449 section 7.1): the algorithms a proof may use.
+DPOP_CHALLENGE = 'DPoP algs="ES256 EdDSA"'
+
+
 class InvalidToken(AppError):
     status, code, detail = 401, "invalid_token", "Invalid or expired access token"
 
-    def __init__(self, detail: str | None = None, *, token_sent: bool = True) -> None:
+    def __init__(
+        self, detail: str | None = None, *, token_sent: bool = True, dpop: bool = False
+    ) -> None:
         # RFC 6750 section 3: error="invalid_token" only when a token was presented.
-        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        if dpop:
+            # RFC 9449 section 7.1: a token sent (or bound) for the DPoP scheme.
+            challenge = f'{DPOP_CHALLENGE}, error="invalid_token"'
+        else:
+            challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
         super().__init__(detail, {"WWW-Authenticate": challenge})
+
+
+class InvalidDPoPProof(AppError):
+    """A DPoP proof that is missing where required, malformed, or does not verify: 400 at
+    the token endpoints, 401 with a DPoP challenge at resources (RFC 9449 section 7.1)."""
+
+    status, code, detail = 400, "invalid_dpop_proof", "Invalid or missing DPoP proof"
+
+    def __init__(self, detail: str | None = None, *, resource: bool = False) -> None:
+        headers = {}
+        if resource:
+            self.status = 401
+            headers["WWW-Authenticate"] = f'{DPOP_CHALLENGE}, error="{self.code}"'
+        super().__init__(detail, headers)
+
+
+class UseDPoPNonce(InvalidDPoPProof):
+    """A proof without a current server nonce (RFC 9449 section 8): retry with `DPoP-Nonce`."""
+
+    code, detail = "use_dpop_nonce", "A DPoP proof with the server's current nonce is required"
+
+    def __init__(self, nonce: str, *, resource: bool = False) -> None:
+        super().__init__(None, resource=resource)
+        if resource:
+            # The contract's form, as RFC 9449 section 8's example: the error first.
+            self.headers["WWW-Authenticate"] = 'DPoP error="use_dpop_nonce", algs="ES256 EdDSA"'
+        self.headers["DPoP-Nonce"] = nonce
 
 
 class InvalidRefreshToken(AppError):

@@ -45,11 +45,14 @@ class EdgeMiddleware:
         started = time.perf_counter()
         request_id = b""
         length: int | None = None
+        dpop = False
         for name, value in scope["headers"]:
             if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
                 request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
+            elif name == b"dpop":
+                dpop = True
         if not request_id:
             request_id = uuid.uuid4().hex.encode()
         context = REQUEST_ID.set(request_id.decode())
@@ -62,6 +65,8 @@ class EdgeMiddleware:
                 headers = message.setdefault("headers", [])
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"x-request-id", request_id))
+                if dpop:
+                    _add_dpop_nonce(scope, headers)
             await send(message)
 
         try:
@@ -112,6 +117,16 @@ class EdgeMiddleware:
         start, body = _too_large()
         await send(start)
         await send(body)
+
+
+def _add_dpop_nonce(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    """Every answer to a request with a DPoP proof carries a current server nonce (RFC 9449
+    section 8), so a client can put one in its next proof before it is asked to."""
+    container = getattr(getattr(scope.get("app"), "state", None), "container", None)
+    if container is None or any(name == b"dpop-nonce" for name, _ in headers):
+        return
+    nonce = container.dpop.nonces.current(container.clock.now().timestamp())
+    headers.append((b"dpop-nonce", nonce.encode()))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -3,6 +3,7 @@
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.db import Base
 from conductor_api.devices.models import DeviceToken
+from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.keys.models import SigningKey
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
@@ -17,6 +18,7 @@ __all__ = [
     "MfaToken",
     "RecoveryCode",
     "SecurityEvent",
+    "SeenProof",
     "SigningKey",
     "TotpFactor",
     "User",

@@ -27,3 +27,5 @@ class TokenPair:
     grace: bool = False
     # Sign-ins only (never a refresh): the device token for the next sign-in.
     device_token: str | None = None
+    # Bound to a DPoP key (RFC 9449): `token_type` is "DPoP".
+    bound: bool = False

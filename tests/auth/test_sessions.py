@@ -32,6 +32,7 @@ SESSION_FIELDS = {
     "last_used_at",
     "expires_at",
     "current",
+    "bound",
 }
 
 

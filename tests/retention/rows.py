@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.devices.models import DeviceToken
+from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa.models import MfaToken
 from conductor_api.sessions.models import DeviceSession
@@ -178,6 +179,10 @@ async def seed_around_cutoffs(
     for expires, spent, delete in mfa_tokens:
         mid = await insert_mfa_token(conn, user_id, now, expires=expires, spent=spent)
         e.add("mfa_tokens", mid, delete=delete)
+    # DPoP proofs are remembered until they could no longer be accepted anyway.
+    for key, until, delete in (("aged", now - minute, True), ("live", now + minute, False)):
+        await conn.execute(insert(SeenProof).values(key=key, expires_at=until))
+        e.add("dpop_proofs", key, delete=delete)
     return e
 
 
@@ -191,4 +196,5 @@ async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
         },
         "device_tokens": set((await conn.scalars(select(DeviceToken.id))).all()),
         "mfa_tokens": set((await conn.scalars(select(MfaToken.id))).all()),
+        "dpop_proofs": set((await conn.scalars(select(SeenProof.key))).all()),
     }

@@ -39,6 +39,7 @@ class TestPruneCommand:
             "login_throttles: 4 deleted",
             "device_tokens: 2 deleted",
             "mfa_tokens: 2 deleted",
+            "dpop_proofs: 1 deleted",
         ]
         async with container.engine.connect() as conn:
             after = await keys(conn)
@@ -52,4 +53,5 @@ class TestPruneCommand:
             "login_throttles: 0 deleted",
             "device_tokens: 0 deleted",
             "mfa_tokens: 0 deleted",
+            "dpop_proofs: 0 deleted",
         ]

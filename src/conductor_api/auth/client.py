@@ -40,6 +40,40 @@ def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+def _peer_trusted(request: Request, trusted: list[IPNetwork]) -> bool:
+    peer_ip = _parse(request.client.host) if request.client else None
+    return peer_ip is not None and any(peer_ip in net for net in trusted)
+
+
+def _last(request: Request, name: str) -> str | None:
+    values = ",".join(request.headers.getlist(name)).split(",")
+    value = values[-1].strip()
+    return value or None
+
+
+def request_url(request: Request, trusted: list[IPNetwork]) -> str:
+    """The URL as the client used it, without query (what a DPoP proof's `htu` names).
+
+    Scheme and host are the connection's (the Host header) unless the peer is one of
+    TRUSTED_PROXIES: only then are `X-Forwarded-Proto` and `X-Forwarded-Host` believed, and
+    of each the last value, the one the proxy nearest to this server wrote (a proxy that
+    appends to a client's own header leaves the client's value in front). The path is the
+    raw one the client sent, so that its percent-encoding is compared as written."""
+    scheme = request.scope.get("scheme", "http")
+    host = request.headers.get("host", "")
+    if trusted and _peer_trusted(request, trusted):
+        proto = _last(request, "x-forwarded-proto")
+        if proto is not None and proto.lower() in ("http", "https"):
+            scheme = proto.lower()
+        host = _last(request, "x-forwarded-host") or host
+    if not host:
+        server = request.scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else request.scope.get("path", "/")
+    return f"{scheme}://{host}{path.partition('?')[0]}"
+
+
 def client_address(request: Request, trusted: list[IPNetwork]) -> str:
     """Walk X-Forwarded-For from the right while each hop is a trusted proxy; the first
     untrusted hop is the client. Without a trusted peer the header is ignored entirely."""

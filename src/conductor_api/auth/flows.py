@@ -7,7 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.service import Device
 from conductor_api.container import Container
-from conductor_api.errors import InvalidRefreshToken, NotFound
+from conductor_api.errors import InvalidDPoPProof, InvalidRefreshToken, NotFound
+from conductor_api.security.dpop import DPoPError, Proof, WrongKey
 from conductor_api.sessions import service as sessions
 from conductor_api.users import service as users
 from conductor_api.users.models import User
@@ -23,21 +24,61 @@ async def login(
     fingerprint: str | None,
     client: ClientInfo,
     device_token: str | None = None,
+    proof: Proof | DPoPError | None = None,
 ) -> TokenPair:
     """Check the password under the brute-force rules and start a device session (or, with
-    a second factor on, a pending sign-in: `MfaRequired`)."""
+    a second factor on, a pending sign-in: `MfaRequired`), bound to the proof's key."""
+    jkt = await sign_in_key(c, proof, client)
     device = Device(device_name, fingerprint)
-    return await c.signin.login(username, password, device, client, device_token)
+    return await c.signin.login(username, password, device, client, device_token, jkt)
 
 
-async def refresh(c: Container, token: str, client: ClientInfo) -> TokenPair:
-    """Rotate a refresh token; one that does not verify counts against the address."""
+async def sign_in_key(
+    c: Container, proof: Proof | DPoPError | None, client: ClientInfo
+) -> str | None:
+    """The DPoP key a sign-in binds its session to, or None for an unbound one.
+
+    Checked before anything else of the sign-in: a faulty proof counts against the address
+    only (not the username: whoever sends it need not know the password), and REQUIRE_DPOP
+    refuses a sign-in without one."""
+    if isinstance(proof, DPoPError):
+        if not proof.nonce:
+            await c.signin.count_address_failure(client)
+        raise c.dpop.error(proof, c.clock.now().timestamp(), resource=False)
+    if proof is None:
+        if c.dpop.required:
+            raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
+        return None
+    return proof.jkt
+
+
+async def refresh(
+    c: Container, token: str, client: ClientInfo, proof: Proof | DPoPError | None = None
+) -> TokenPair:
+    """Rotate a refresh token; one that does not verify counts against the address. A bound
+    session's token needs a proof by its key: without one nothing is spent, rotated or
+    revoked, and the attempt is recorded (`dpop_proof_invalid`) for the user to see. A
+    proof sent with an unbound session's token is ignored: the session stays unbound."""
     now = c.clock.now()
     try:
         claims = c.tokens.decode_refresh(token, now)
     except InvalidRefreshToken:
-        await c.signin.count_refresh_failure(client)
+        await c.signin.count_address_failure(client)
         raise
+    if claims.jkt:
+        if not isinstance(proof, Proof) or proof.jkt != claims.jkt:
+            error = (
+                proof if isinstance(proof, DPoPError)
+                else WrongKey() if proof is not None
+                else DPoPError("this session is bound to a key: a DPoP proof is required")
+            )  # fmt: skip
+            if not error.nonce:
+                await sessions.record_invalid_proof(c.sessionmaker, claims, client, now)
+            raise c.dpop.error(error, now.timestamp(), resource=False)
+    elif c.dpop.required and not isinstance(proof, Proof):
+        if isinstance(proof, DPoPError):
+            raise c.dpop.error(proof, now.timestamp(), resource=False)
+        raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
     return await sessions.refresh(
         c.sessionmaker, c.autocommit, c.tokens, c.settings, token, claims, client, now
     )

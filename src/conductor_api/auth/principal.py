@@ -133,6 +133,10 @@ class PostgresPrincipalLoader:
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def pool(self) -> asyncpg.Pool:
+        """The loader's pool (the DPoP replay cache shares it)."""
+        return await self._get_pool()
+
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             async with self._lock:

@@ -18,8 +18,8 @@ from conductor_api.auth.schemas import (
     TokenPairOut,
     UserOut,
 )
-from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
-from conductor_api.errors import AppError, MfaRequired
+from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession, DPoPProof
+from conductor_api.errors import AppError, InvalidDPoPProof, MfaRequired
 from conductor_api.mfa.schemas import MfaRequiredOut
 from conductor_api.schemas import ErrorOut, error_responses
 from conductor_api.users import service as users
@@ -56,12 +56,14 @@ _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
     },
     summary="Sign a device in",
 )
-async def login(body: LoginRequest, c: ContainerDep, client: Client) -> Response:
-    """Check the password and start a session for this device."""
+async def login(body: LoginRequest, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
+    """Check the password and start a session for this device (bound to the key of a
+    `DPoP` proof, when the request has one)."""
     with c.metrics.counting_login("password"):
         pair = await flows.login(
             c, username=body.username, password=body.password, device_name=body.device_name,
             fingerprint=body.device_fingerprint, client=client, device_token=body.device_token,
+            proof=proof,
         )  # fmt: skip
     return _token_response(pair)
 
@@ -76,10 +78,19 @@ _GRANT_ERRORS = {
 
 
 def _oauth_error(
-    error: str, description: str, code: str, status_code: int = 400, **extra: Any
+    error: str,
+    description: str,
+    code: str,
+    status_code: int = 400,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = OAuthErrorOut(error=error, error_description=description, detail=description, code=code)
-    return JSONResponse({**body.model_dump(), **extra}, status_code=status_code, headers=NO_STORE)
+    return JSONResponse(
+        {**body.model_dump(), **extra},
+        status_code=status_code,
+        headers={**NO_STORE, **(headers or {})},
+    )
 
 
 @router.post(
@@ -96,6 +107,7 @@ def _oauth_error(
 async def token(
     c: ContainerDep,
     client: Client,
+    proof: DPoPProof,
     grant_type: Annotated[str, Form()] = "",
     username: Annotated[str, Form(max_length=users.USERNAME_MAX, pattern=NO_NUL)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
@@ -118,7 +130,7 @@ async def token(
                 pair = await flows.login(
                     c, username=username, password=password,
                     device_name=device_name or "OAuth client", fingerprint=None, client=client,
-                    device_token=device_token or None,
+                    device_token=device_token or None, proof=proof,
                 )  # fmt: skip
         elif grant_type == "refresh_token":
             if not refresh_token:
@@ -126,7 +138,7 @@ async def token(
                     "invalid_request", "refresh_token is required", "invalid_request"
                 )
             with c.metrics.counting_refresh():
-                pair = c.metrics.refreshed(await flows.refresh(c, refresh_token, client))
+                pair = c.metrics.refreshed(await flows.refresh(c, refresh_token, client, proof))
         else:
             return _oauth_error(
                 "unsupported_grant_type", "grant_type must be password or refresh_token",
@@ -135,6 +147,9 @@ async def token(
     except MfaRequired as e:
         # Not an RFC 6749 error: the client continues at /auth/mfa/verify.
         return _oauth_error("mfa_required", e.detail, e.code, 403, **e.extra)
+    except InvalidDPoPProof as e:
+        # RFC 9449 sections 5 and 8: `error` is invalid_dpop_proof or use_dpop_nonce.
+        return _oauth_error(e.code, e.detail, e.code, 400, e.headers)
     except AppError as e:
         if e.code in _GRANT_ERRORS:
             return _oauth_error("invalid_grant", e.detail, e.code)
@@ -148,10 +163,13 @@ async def token(
     responses={**_TOKEN_DOC, **error_responses(400, 401, 413, 422, 429, 503)},
     summary="Rotate a refresh token",
 )
-async def refresh(body: RefreshRequest, c: ContainerDep, client: Client) -> Response:
-    """A new token pair for the same session; the presented refresh token is spent."""
+async def refresh(
+    body: RefreshRequest, c: ContainerDep, client: Client, proof: DPoPProof
+) -> Response:
+    """A new token pair for the same session; the presented refresh token is spent. A bound
+    session's refresh needs a `DPoP` proof by its key."""
     with c.metrics.counting_refresh():
-        pair = c.metrics.refreshed(await flows.refresh(c, body.refresh_token, client))
+        pair = c.metrics.refreshed(await flows.refresh(c, body.refresh_token, client, proof))
     return _token_response(pair)
 
 

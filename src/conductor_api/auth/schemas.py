@@ -64,7 +64,9 @@ class TokenPairOut(BaseModel):
     """A token pair (RFC 6749 section 5.1, plus the session it belongs to)."""
 
     access_token: str
-    token_type: Literal["bearer"] = "bearer"
+    token_type: Literal["bearer", "DPoP"] = Field(
+        default="bearer", description='"DPoP" when bound to the key of the request\'s DPoP proof'
+    )
     expires_in: int
     refresh_token: str
     refresh_expires_in: int
@@ -78,6 +80,7 @@ class TokenPairOut(BaseModel):
         """The body for a token pair."""
         return cls(
             access_token=pair.access_token,
+            token_type="DPoP" if pair.bound else "bearer",
             expires_in=pair.expires_in,
             refresh_token=pair.refresh_token,
             refresh_expires_in=pair.refresh_expires_in,

@@ -38,6 +38,7 @@ class SecondStep:
         *,
         code: str | None = None,
         recovery_code: str | None = None,
+        jkt: str | None = None,
     ) -> TokenPair:
         """A TOTP or recovery code for a pending sign-in: the session, its token pair and a
         device token, for the device its login named. Wrong codes count against the name,
@@ -91,7 +92,7 @@ class SecondStep:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
             async with attempt.finish(Verified.of(user)) as db:
-                return await self.signin.start(db, attempt, user, device)
+                return await self.signin.start(db, attempt, user, device, jkt=jkt)
 
     async def with_code(
         self,

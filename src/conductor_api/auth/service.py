@@ -85,12 +85,14 @@ class SignInService:
         user: User,
         device: Device,
         presented: TrustedDevice | None = None,
+        jkt: str | None = None,
     ) -> TokenPair:
-        """The end of every sign-in: the session, its token pair and a device token."""
+        """The end of every sign-in: the session (bound to the DPoP key `jkt` when the
+        request that finishes the sign-in had a proof), its token pair and a device token."""
         now = self.steps.clock.now()
         pair = await sessions.start_session(
             db, self.tokens, self.settings, user, device_name=device.name,
-            fingerprint=device.fingerprint, client=attempt.client, now=now,
+            fingerprint=device.fingerprint, client=attempt.client, now=now, jkt=jkt,
         )  # fmt: skip
         token = await devices.issue(
             db, user.id, now, days=self.settings.device_token_days, presented=presented
@@ -105,9 +107,10 @@ class SignInService:
         device: Device,
         client: ClientInfo,
         device_token: str | None = None,
+        jkt: str | None = None,
     ) -> TokenPair:
-        """Sign a device in with a password: a session and its token pair, or, when the
-        account has a second factor, a pending sign-in (`MfaRequired`)."""
+        """Sign a device in with a password: a session and its token pair (bound to `jkt`),
+        or, when the account has a second factor, a pending sign-in (`MfaRequired`)."""
         async with SignIn(self.steps, username, client) as attempt:
             trusted = await self._trusted(attempt, device_token)
             # 1. the client address's limit; 2. the name's, or the device token's instead
@@ -128,7 +131,7 @@ class SignInService:
                         expires_in=PENDING_SECONDS,
                     )  # fmt: skip
                 else:
-                    outcome = await self.start(db, attempt, user, device, trusted)  # 5.
+                    outcome = await self.start(db, attempt, user, device, trusted, jkt)  # 5.
         # Raised after the commit: the pending sign-in must be stored to be finished.
         if isinstance(outcome, MfaRequired):
             raise outcome
@@ -208,9 +211,9 @@ class SignInService:
             min_password_length=self.settings.min_password_length, now=self.steps.clock.now(),
         )  # fmt: skip
 
-    async def count_refresh_failure(self, client: ClientInfo) -> None:
-        """A refresh token that did not verify: counted against the address, and refused
-        once the address is over its limit."""
+    async def count_address_failure(self, client: ClientInfo) -> None:
+        """A credential that did not verify (a refresh token, a sign-in's DPoP proof):
+        counted against the address, and refused once the address is over its limit."""
         async with self.steps.sessionmaker.begin() as db:
             refusal = await self.address.count_failure(
                 db, client.ip_address, self.steps.clock.now()

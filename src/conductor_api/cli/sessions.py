@@ -33,7 +33,8 @@ def list_sessions(username: str) -> None:
                 state = "active"
             lines.append(
                 f"{s.id}\t{state}\t{s.device_name}\t{s.ip_address}\t"
-                f"created {iso(s.created_at)}\tlast used {iso(s.last_used_at)}"
+                f"created {iso(s.created_at)}\tlast used {iso(s.last_used_at)}\t"
+                + ("bound" if s.dpop_jkt is not None else "unbound")
             )
         return lines
 

@@ -26,6 +26,7 @@ class EventType(StrEnum):
     MFA_FAILED = "mfa_failed"
     RECOVERY_CODE_USED = "recovery_code_used"
     RECOVERY_CODES_REGENERATED = "recovery_codes_regenerated"
+    DPOP_PROOF_INVALID = "dpop_proof_invalid"
 
 
 class SecurityEvent(Base):

@@ -20,6 +20,7 @@ _WARNINGS = {
     EventType.REFRESH_TOKEN_REUSED,
     EventType.MFA_FAILED,
     EventType.MFA_DISABLED,
+    EventType.DPOP_PROOF_INVALID,
 }
 
 

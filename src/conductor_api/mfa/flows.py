@@ -86,6 +86,9 @@ async def verify(
     *,
     code: str | None = None,
     recovery_code: str | None = None,
+    jkt: str | None = None,
 ) -> TokenPair:
-    """The second step of a sign-in."""
-    return await c.second_step.verify(mfa_token, client, code=code, recovery_code=recovery_code)
+    """The second step of a sign-in (its session bound to the DPoP key `jkt`, if any)."""
+    return await c.second_step.verify(
+        mfa_token, client, code=code, recovery_code=recovery_code, jkt=jkt
+    )

@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
+from conductor_api.auth.flows import sign_in_key
 from conductor_api.auth.schemas import TokenPairOut
-from conductor_api.deps import Client, ContainerDep, CurrentPrincipal
+from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DPoPProof
 from conductor_api.mfa import flows
 from conductor_api.mfa.schemas import (
     CodeIn,
@@ -105,11 +106,13 @@ async def recovery_codes(
     responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
     summary="Second step of a sign-in",
 )
-async def verify(body: VerifyIn, c: ContainerDep, client: Client) -> Response:
-    """A TOTP or recovery code for a pending sign-in: the token pair and a device token."""
+async def verify(body: VerifyIn, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
+    """A TOTP or recovery code for a pending sign-in: the token pair and a device token
+    (bound to the key of a `DPoP` proof, when the request has one)."""
     # The second step ends the sign-in that answered mfa_required: counted as its outcome.
     with c.metrics.counting_login("password"):
+        jkt = await sign_in_key(c, proof, client)
         pair = await flows.verify(
-            c, body.mfa_token, client, code=body.code, recovery_code=body.recovery_code
+            c, body.mfa_token, client, code=body.code, recovery_code=body.recovery_code, jkt=jkt
         )
     return _json(TokenPairOut.of(pair))

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Table, and_, or_
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.config import Settings
 from conductor_api.devices.models import DeviceToken
+from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa.models import MfaToken
 from conductor_api.sessions.models import DeviceSession
@@ -64,6 +65,12 @@ def _expired_session(r: Retention) -> ColumnElement[bool]:
     return DeviceSession.expires_at < r.sessions_ended_before
 
 
+def _aged_proof(r: Retention) -> ColumnElement[bool]:
+    # A proof past `iat` + DPOP_MAX_SKEW_SECONDS is refused for its age anyway: its jti
+    # need not be remembered (each process also deletes these every half minute).
+    return SeenProof.expires_at < r.now
+
+
 def _idle_counter(r: Retention) -> ColumnElement[bool]:
     # `window_started_at` is the last attempt counted. Once the window has passed with no
     # attempt and no lock is held, the row says nothing the absence of a row would not:
@@ -106,4 +113,5 @@ RULES: tuple[Expiring, ...] = (
     Expiring(DeviceToken.__table__, _revoked_device_token),  # type: ignore[arg-type]
     Expiring(DeviceToken.__table__, _expired_device_token),  # type: ignore[arg-type]
     Expiring(MfaToken.__table__, _expired_mfa_token),  # type: ignore[arg-type]
+    Expiring(SeenProof.__table__, _aged_proof),  # type: ignore[arg-type]
 )

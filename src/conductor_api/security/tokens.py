@@ -30,6 +30,8 @@ _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "sid", "jti", "typ"]
 VERIFIED_CACHE_SIZE = 4096
 # The JWS compact serialization: three unpadded base64url segments, ASCII only.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# An RFC 7638 SHA-256 thumbprint: 32 bytes in unpadded base64url.
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def is_canonical(token: str) -> bool:
@@ -68,6 +70,8 @@ class Claims:
     session_expires_at: int = 0
     # Access tokens in the asymmetric modes: the key that signed it.
     kid: str = ""
+    # DPoP-bound tokens (`cnf.jkt`, RFC 9449 section 6): the key's RFC 7638 thumbprint.
+    jkt: str = ""
 
 
 class UnknownSigningKey(InvalidToken):
@@ -156,20 +160,21 @@ class TokenService:
         now: datetime,
         *,
         not_after: int | None = None,
+        jkt: str | None = None,
     ) -> str:
-        """A new access token for a session, expiring at `access_expiry(now, not_after)`."""
+        """A new access token for a session, expiring at `access_expiry(now, not_after)`;
+        bound to a DPoP key (`cnf.jkt`) when `jkt` is given."""
         iat = int(now.timestamp())
-        return self._encode(
-            ACCESS,
-            {
-                "sub": str(user_id),
-                "sid": str(session_id),
-                "jti": secrets.token_urlsafe(16),
-                "iat": iat,
-                "exp": self.access_expiry(now, not_after),
-            },
-            now,
-        )
+        claims: dict[str, Any] = {
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "jti": secrets.token_urlsafe(16),
+            "iat": iat,
+            "exp": self.access_expiry(now, not_after),
+        }
+        if jkt:
+            claims["cnf"] = {"jkt": jkt}
+        return self._encode(ACCESS, claims, now)
 
     def issue_refresh(
         self,
@@ -179,20 +184,23 @@ class TokenService:
         issued_at: int,
         expires_at: int,
         session_expires_at: int,
+        jkt: str | None = None,
     ) -> str:
         """A refresh token. The same arguments always give the same token, which is what
-        lets concurrent refreshes inside the grace window all receive one child token."""
-        return self._encode(
-            REFRESH,
-            {
-                "sub": str(user_id),
-                "sid": str(session_id),
-                "jti": jti,
-                "iat": issued_at,
-                "exp": expires_at,
-                "sxp": session_expires_at,
-            },
-        )
+        lets concurrent refreshes inside the grace window all receive one child token.
+        A bound session's tokens carry its key's thumbprint (`cnf.jkt`): a refresh needs a
+        proof by that key, known without reading the session."""
+        claims: dict[str, Any] = {
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "jti": jti,
+            "iat": issued_at,
+            "exp": expires_at,
+            "sxp": session_expires_at,
+        }
+        if jkt:
+            claims["cnf"] = {"jkt": jkt}
+        return self._encode(REFRESH, claims)
 
     def child_jti(self, parent_jti: str) -> str:
         """The jti of the token that replaces `parent_jti`: derived, not random, and keyed so
@@ -280,6 +288,10 @@ class TokenService:
         sxp = payload.get("sxp", 0)
         if kind == REFRESH and (not isinstance(sxp, int) or isinstance(sxp, bool) or sxp <= 0):
             raise error()
+        cnf = payload.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if cnf is not None and (not isinstance(jkt, str) or not _JKT.fullmatch(jkt)):
+            raise error()
         try:
             return Claims(
                 user_id=uuid.UUID(str(payload["sub"])),
@@ -289,6 +301,7 @@ class TokenService:
                 expires_at=exp,
                 session_expires_at=sxp if kind == REFRESH else 0,
                 kid=kid,
+                jkt=jkt or "",
             )
         except ValueError as e:
             raise error() from e

@@ -41,3 +41,5 @@ class DeviceSession(Base):
     previous_token_hash: Mapped[str | None] = mapped_column(String(64))
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449), or None.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(43))

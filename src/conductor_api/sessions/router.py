@@ -33,6 +33,7 @@ async def list_sessions(
             last_used_at=s.last_used_at,
             expires_at=s.expires_at,
             current=s.id == principal.session_id,
+            bound=s.dpop_jkt is not None,
         )
         for s in rows
     ]

@@ -20,6 +20,8 @@ class SessionOut(BaseModel):
     last_used_at: datetime
     expires_at: datetime
     current: bool
+    # Bound to a DPoP key (RFC 9449): its refresh needs a proof by that key.
+    bound: bool
 
 
 class RevokedOut(BaseModel):

@@ -30,17 +30,21 @@ def _pair(
     refresh_expires_at: int,
     session_expires_at: int,
     now: datetime,
+    jkt: str | None = None,
 ) -> TokenPair:
     """Both lifetimes are counted from the whole second the tokens' `iat` holds, so a fresh
     pair reports exactly ACCESS_TOKEN_EXPIRE_MINUTES and REFRESH_TOKEN_EXPIRE_DAYS; the
     access token never outlives the session's absolute end."""
     issued_at = int(now.timestamp())
     return TokenPair(
-        access_token=tokens.issue_access(user_id, session_id, now, not_after=session_expires_at),
+        access_token=tokens.issue_access(
+            user_id, session_id, now, not_after=session_expires_at, jkt=jkt
+        ),
         refresh_token=refresh,
         expires_in=max(0, tokens.access_expiry(now, session_expires_at) - issued_at),
         refresh_expires_in=max(0, refresh_expires_at - issued_at),
         session_id=session_id,
+        bound=bool(jkt),
     )
 
 
@@ -60,8 +64,10 @@ async def start_session(
     fingerprint: str | None,
     client: ClientInfo,
     now: datetime,
+    jkt: str | None = None,
 ) -> TokenPair:
-    """A new session for a device; the same fingerprint's earlier session is revoked."""
+    """A new session for a device; the same fingerprint's earlier session is revoked. With
+    `jkt` (a DPoP key's thumbprint) the session and its tokens are bound to that key."""
     if fingerprint is not None:
         await revoke_many(db, user, now, client, reason="replaced", fingerprint=fingerprint)
     session_id = uuid.uuid4()
@@ -70,7 +76,7 @@ async def start_session(
     expires = _refresh_expiry(settings, issued_at, int(absolute.timestamp()))
     refresh = tokens.issue_refresh(
         user.id, session_id, secrets.token_urlsafe(18), issued_at, expires,
-        int(absolute.timestamp()),
+        int(absolute.timestamp()), jkt,
     )  # fmt: skip
     session = await repository.add(
         db,
@@ -87,9 +93,10 @@ async def start_session(
             absolute_expires_at=absolute,
             refresh_token_hash=token_digest(refresh),
             generation=0,
+            dpop_jkt=jkt,
         ),
     )
-    return _pair(tokens, user.id, session.id, refresh, expires, int(absolute.timestamp()), now)
+    return _pair(tokens, user.id, session.id, refresh, expires, int(absolute.timestamp()), now, jkt)
 
 
 def _child(
@@ -102,7 +109,7 @@ def _child(
     expires = _refresh_expiry(settings, issued_at, claims.session_expires_at)
     child = tokens.issue_refresh(
         claims.user_id, claims.session_id, tokens.child_jti(claims.jti), issued_at, expires,
-        claims.session_expires_at,
+        claims.session_expires_at, claims.jkt or None,
     )  # fmt: skip
     return child, expires
 
@@ -143,7 +150,7 @@ async def refresh(
     if rotated is not None:
         return _pair(
             tokens, claims.user_id, claims.session_id, child, expires,
-            claims.session_expires_at, now,
+            claims.session_expires_at, now, claims.jkt or None,
         )  # fmt: skip
     return await _refresh_not_current(
         sessionmaker, tokens, settings, presented, claims, client, now
@@ -187,7 +194,7 @@ async def _refresh_not_current(
             session.last_used_at = now
             pair = _pair(
                 tokens, user.id, session.id, child, child_expires,
-                int(session.absolute_expires_at.timestamp()), now,
+                int(session.absolute_expires_at.timestamp()), now, claims.jkt or None,
             )  # fmt: skip
             return replace(pair, grace=True)
         await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
@@ -197,6 +204,25 @@ async def _refresh_not_current(
             session_id=session.id,
         )  # fmt: skip
     raise RefreshTokenReused()
+
+
+async def record_invalid_proof(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    claims: Claims,
+    client: ClientInfo,
+    now: datetime,
+) -> None:
+    """A bound session's refresh token presented without a valid proof by its key: perhaps
+    a copied token, so the user sees it (`dpop_proof_invalid`, with the address)."""
+    async with sessionmaker.begin() as db:
+        user = await users.get(db, claims.user_id)
+        if user is None:
+            return
+        events.record(
+            db, EventType.DPOP_PROOF_INVALID, now=now, username_key=user.username_key,
+            user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
+            session_id=claims.session_id,
+        )  # fmt: skip
 
 
 async def active_counts(db: AsyncSession, now: datetime) -> dict[uuid.UUID, int]:
