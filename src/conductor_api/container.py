@@ -16,6 +16,7 @@ from conductor_api.db import Autocommit, make_engine, make_session_factory
 from conductor_api.keys.manager import KeyManager
 from conductor_api.metrics.service import Metrics
 from conductor_api.mfa.service import SecondFactor
+from conductor_api.passkeys.service import PasskeyService
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
@@ -36,6 +37,7 @@ class Container:
     principals: PrincipalLoader
     signin: SignInService
     mfa: SecondFactor
+    passkeys: PasskeyService
     second_step: SecondStep
     pruner: PeriodicPruner | None
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
@@ -79,8 +81,9 @@ class Container:
             )
             pruner.start()
         mfa = SecondFactor(settings.kek)
+        passkeys = PasskeyService(settings, clock, sessionmaker)
         signin = SignInService(
-            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa
+            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa, passkeys
         )
         return cls(
             settings=settings,
@@ -93,6 +96,7 @@ class Container:
             principals=make_principal_loader(settings),
             signin=signin,
             mfa=mfa,
+            passkeys=passkeys,
             second_step=SecondStep(signin),
             pruner=pruner,
             keys=keys,

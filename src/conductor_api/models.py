@@ -6,6 +6,7 @@ from conductor_api.devices.models import DeviceToken
 from conductor_api.events.models import SecurityEvent
 from conductor_api.keys.models import SigningKey
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
+from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
@@ -15,9 +16,11 @@ __all__ = [
     "DeviceToken",
     "LoginThrottle",
     "MfaToken",
+    "Passkey",
     "RecoveryCode",
     "SecurityEvent",
     "SigningKey",
     "TotpFactor",
     "User",
+    "WebAuthnChallenge",
 ]

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.events.models import SecurityEvent
+from conductor_api.passkeys.models import WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -80,6 +81,21 @@ async def insert_counter(
     return scope, key
 
 
+async def insert_challenge(
+    conn: AsyncConnection, now: datetime, *, expires: timedelta, spent: timedelta | None = None
+) -> uuid.UUID:
+    """A WebAuthn challenge that expires at `now + expires`, spent at `now + spent`."""
+    challenge_id = uuid.uuid4()
+    await conn.execute(
+        insert(WebAuthnChallenge).values(
+            id=challenge_id, challenge=b"c" * 32, purpose="authentication", user_id=None,
+            created_at=now + expires - timedelta(minutes=5), expires_at=now + expires,
+            spent_at=None if spent is None else now + spent,
+        )
+    )  # fmt: skip
+    return challenge_id
+
+
 async def seed_around_cutoffs(
     conn: AsyncConnection, user_id: uuid.UUID, now: datetime, *, exact: bool = True
 ) -> Expected:
@@ -120,6 +136,14 @@ async def seed_around_cutoffs(
     )
     for args, delete in counters:
         e.add("login_throttles", await insert_counter(conn, *args), delete=delete)
+    second = timedelta(seconds=1)
+    challenges = (
+        (dict(expires=4 * minute), False),  # live
+        (dict(expires=-1 * second), True),  # expired, never answered
+        (dict(expires=4 * minute, spent=-1 * second), True),  # answered: single use
+    )
+    for kwargs, delete in challenges:
+        e.add("webauthn_challenges", await insert_challenge(conn, now, **kwargs), delete=delete)
     return e
 
 
@@ -131,4 +155,5 @@ async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
         "login_throttles": {
             (r[0], r[1]) for r in await conn.execute(select(LoginThrottle.scope, LoginThrottle.key))
         },
+        "webauthn_challenges": set((await conn.scalars(select(WebAuthnChallenge.id))).all()),
     }

@@ -47,7 +47,12 @@ class TestPrune:
         deleted = await Pruner(container.settings, container.engine, lambda: earlier).run()
         async with container.engine.connect() as conn:
             assert await keys(conn) == before
-        assert deleted == {"security_events": 0, "sessions": 0, "login_throttles": 0}
+        assert deleted == {
+            "security_events": 0,
+            "sessions": 0,
+            "login_throttles": 0,
+            "webauthn_challenges": 0,
+        }
 
     @pytest.mark.parametrize("settings_overrides", [{"prune_batch_size": 10}])
     async def test_batches_until_done(
@@ -110,6 +115,16 @@ class TestOnePrunerAtATime:
         second = Pruner(container.settings, container.engine, clock.now)
         assert await second.run() is None
         release.set()
-        assert (await task) == {"security_events": 1, "sessions": 0, "login_throttles": 0}
+        assert (await task) == {
+            "security_events": 1,
+            "sessions": 0,
+            "login_throttles": 0,
+            "webauthn_challenges": 0,
+        }
         # Once the first is done, the lock is free again.
-        assert await second.run() == {"security_events": 0, "sessions": 0, "login_throttles": 0}
+        assert await second.run() == {
+            "security_events": 0,
+            "sessions": 0,
+            "login_throttles": 0,
+            "webauthn_challenges": 0,
+        }

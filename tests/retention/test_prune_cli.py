@@ -37,6 +37,7 @@ class TestPruneCommand:
             "security_events: 2 deleted",
             "sessions: 3 deleted",
             "login_throttles: 4 deleted",
+            "webauthn_challenges: 2 deleted",
         ]
         async with container.engine.connect() as conn:
             after = await keys(conn)
@@ -48,4 +49,5 @@ class TestPruneCommand:
             "security_events: 0 deleted",
             "sessions: 0 deleted",
             "login_throttles: 0 deleted",
+            "webauthn_challenges: 0 deleted",
         ]

@@ -66,6 +66,13 @@ SELECT CASE WHEN g % 2 = 0 THEN 'user' ELSE 'ip' END, 'k' || g, 1,
        NULL
 FROM generate_series(1, 20000) AS g;
 
+INSERT INTO webauthn_challenges (id, challenge, purpose, user_id, created_at, expires_at,
+                                 spent_at)
+SELECT gen_random_uuid(), '\\x00', 'authentication', NULL, now(),
+       now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '5 minutes' END,
+       CASE WHEN g % 100 = 1 THEN now() - interval '1 second' END
+FROM generate_series(1, 20000) AS g;
+
 ANALYZE;
 """
 

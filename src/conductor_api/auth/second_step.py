@@ -91,7 +91,7 @@ class SecondStep:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
             async with attempt.finish(Verified.of(user)) as db:
-                return await self.signin.start(db, attempt, user, device)
+                return await self.signin.start(db, attempt, user, device, mfa=True)
 
     async def with_code(
         self,

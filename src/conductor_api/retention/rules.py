@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Table, and_, or_
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.config import Settings
 from conductor_api.events.models import SecurityEvent
+from conductor_api.passkeys.models import WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -76,6 +77,14 @@ def _idle_counter(r: Retention) -> ColumnElement[bool]:
     )
 
 
+def _expired_challenge(r: Retention) -> ColumnElement[bool]:
+    return WebAuthnChallenge.expires_at < r.now
+
+
+def _spent_challenge(r: Retention) -> ColumnElement[bool]:
+    return WebAuthnChallenge.spent_at < r.now
+
+
 # One line per expiring thing; later features add theirs here.
 RULES: tuple[Expiring, ...] = (
     Expiring(SecurityEvent.__table__, _old_event),  # type: ignore[arg-type]
@@ -85,4 +94,8 @@ RULES: tuple[Expiring, ...] = (
     Expiring(DeviceSession.__table__, _revoked_session),  # type: ignore[arg-type]
     Expiring(DeviceSession.__table__, _expired_session),  # type: ignore[arg-type]
     Expiring(LoginThrottle.__table__, _idle_counter),  # type: ignore[arg-type]
+    # A WebAuthn challenge is single use and lives WEBAUTHN_CHALLENGE_SECONDS: once spent
+    # or expired it can only be refused. Two lines for two index range scans, as above.
+    Expiring(WebAuthnChallenge.__table__, _expired_challenge),  # type: ignore[arg-type]
+    Expiring(WebAuthnChallenge.__table__, _spent_challenge),  # type: ignore[arg-type]
 )
