@@ -56,24 +56,24 @@ class Authenticator:
     # Set by `register` from the options' user.id.
     user_handle: bytes | None = None
 
-    def _client_data(self, type_: str, challenge: str, **tweaks: Any) -> bytes:
+    def _client_data(self, kind: str, nonce: str, **tweaks: Any) -> bytes:
         if "client_data" in tweaks:
             raw: bytes = tweaks["client_data"]
             return raw
         data = {
-            "type": tweaks.get("type", type_),
-            "challenge": tweaks.get("challenge", challenge),
+            "type": tweaks.get("type", kind),
+            "challenge": tweaks.get("challenge", nonce),
             "origin": tweaks.get("origin", self.origin),
             "crossOrigin": False,
         }
         return json.dumps(data).encode()
 
-    def _auth_data(self, flags: int, count: int, attested: bytes = b"", **tweaks: Any) -> bytes:
+    def _auth_data(self, bits: int, count: int, attested: bytes = b"", **tweaks: Any) -> bytes:
         if "auth_data" in tweaks:
             raw: bytes = tweaks["auth_data"]
             return raw
         rp_hash = hashlib.sha256(tweaks.get("rp_id", self.rp_id).encode()).digest()
-        return rp_hash + struct.pack(">BI", tweaks.get("flags", flags), count) + attested
+        return rp_hash + struct.pack(">BI", tweaks.get("flags", bits), count) + attested
 
     def register(self, options: dict[str, Any], **tweaks: Any) -> dict[str, Any]:
         """The RegistrationResponseJSON for creation options, as Credential Manager
