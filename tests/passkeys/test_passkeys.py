@@ -289,3 +289,19 @@ class TestAndroid:
         fingerprint = statements[0]["target"]["sha256_cert_fingerprints"][0]
         assert len(fingerprint.split(":")) == 32
         assert all(len(b) == 2 and b == b.upper() for b in fingerprint.split(":"))
+
+
+class TestMetrics:
+    async def test_passkey_sign_ins_are_counted_by_result(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        from tests.metrics.test_metrics import scrape
+
+        pair = await tokens(client)
+        phone = Authenticator()
+        await add_passkey(client, pair["access_token"], phone)
+        assert (await passkey_login(client, phone)).status_code == 200
+        assert (await passkey_login(client, phone, signer=Authenticator().key)).status_code == 401
+        s = scrape(container)
+        assert s.value("conductor_logins_total", method="passkey", result="succeeded") == 1
+        assert s.value("conductor_logins_total", method="passkey", result="failed") == 1
