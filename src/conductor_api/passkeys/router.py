@@ -54,7 +54,7 @@ def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
 @router.post(
     "/register/options",
     response_model=OptionsOut,
-    responses={**_NO_STORE_DOC, **error_responses(401, 404, 413, 422, 503)},
+    responses={**_NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 503)},
     summary="Start adding a passkey",
 )
 async def register_options(_: OptionsIn, principal: CurrentPrincipal, c: ContainerDep) -> Response:
@@ -70,7 +70,7 @@ async def register_options(_: OptionsIn, principal: CurrentPrincipal, c: Contain
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=PasskeyOut,
-    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     summary="Add a passkey",
 )
 async def register(
@@ -102,7 +102,7 @@ async def list_passkeys(principal: CurrentPrincipal, c: ContainerDep) -> list[Pa
 @router.patch(
     "/{passkey_id}",
     response_model=PasskeyOut,
-    responses=error_responses(401, 404, 413, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 422, 503),
     summary="Rename a passkey",
 )
 async def rename_passkey(
@@ -129,7 +129,7 @@ async def delete_passkey(
 @router.post(
     "/login/options",
     response_model=OptionsOut,
-    responses={**_NO_STORE_DOC, **error_responses(404, 413, 422, 503)},
+    responses={**_NO_STORE_DOC, **error_responses(400, 404, 413, 422, 503)},
     summary="Start a passkey sign-in",
 )
 async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
@@ -142,7 +142,7 @@ async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
 @router.post(
     "/login",
     response_model=TokenPairOut,
-    responses={**_NO_STORE_DOC, **error_responses(401, 403, 404, 413, 422, 429, 503)},
+    responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
     summary="Sign a device in with a passkey",
 )
 async def login(body: LoginIn, c: ContainerDep, client: Client) -> Response:
