@@ -1,6 +1,7 @@
 """One sign-in attempt as explicit steps, each deciding, recording and counting alike.
 
-The service drives an attempt top to bottom (see `SignInService.login`):
+The service drives an attempt top to bottom (see `SignInService.login` and
+`SignInService.login_passkey`, which has only the address's limit before its credential):
 
 1. `limits((address, ...), ...)`: the client address's limit;
 2. `limits(..., (username, ...))`: the username's limit (a device-token limit will be its
@@ -100,7 +101,7 @@ class SignIn:
 
     def __init__(self, steps: Steps, username: str | None, client: ClientInfo) -> None:
         self._s = steps
-        # None for a passkey sign-in until its credential names the user (`identify`).
+        # None for a passkey sign-in, until its credential names the user (`passkey`).
         self.key = users.normalize_username(username) if username is not None else ""
         self.client = client
         self._held: list[Slot] = []
