@@ -39,6 +39,8 @@ PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 PASSWORD = "correct horse battery staple"
 TABLES = (
     "security_events",
+    "webauthn_challenges",
+    "passkeys",
     "mfa_tokens",
     "recovery_codes",
     "totp_factors",

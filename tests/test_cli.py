@@ -78,7 +78,7 @@ class TestUsers:
         listed = cli("users", "list")
         assert listed.returncode == 0
         assert listed.stdout.splitlines() == [
-            "alice\tactive\tnot locked\t0 sessions\tno second factor"
+            "alice\tactive\tnot locked\t0 sessions\tno second factor\t0 passkeys"
         ]
 
     def test_password_is_taken_exactly_as_typed(self, cli: Cli) -> None:
@@ -109,7 +109,7 @@ class TestUsers:
         assert disabled.returncode == 0
         assert "1 sessions revoked" in disabled.stdout
         assert cli("users", "list").stdout.splitlines() == [
-            "alice\tdisabled\tnot locked\t0 sessions\tno second factor"
+            "alice\tdisabled\tnot locked\t0 sessions\tno second factor\t0 passkeys"
         ]
         assert _login_in_process(cli.data_dir)[0] == 403
         assert cli("users", "enable", "Alice").returncode == 0

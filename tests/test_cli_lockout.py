@@ -18,7 +18,8 @@ from tests.e2e.server import clean_env, cli_path
 
 WRONG = "wrong password, but long enough"
 LOCKED = re.compile(
-    r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions\tno second factor$"
+    r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions"
+    r"\tno second factor\t0 passkeys$"
 )
 
 
@@ -83,7 +84,7 @@ class TestUnlock:
         listed = cli(data, "users", "list")
         assert listed.returncode == 0, listed.stderr
         assert listed.stdout.splitlines() == [
-            "alice\tactive\tnot locked\t0 sessions\tno second factor"
+            "alice\tactive\tnot locked\t0 sessions\tno second factor\t0 passkeys"
         ]
 
         async with server_on(data) as client:

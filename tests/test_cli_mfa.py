@@ -63,13 +63,15 @@ class TestResetMfa:
 
         listed = cli(data, "users", "list")
         assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines() == ["alice\tactive\tnot locked\t1 sessions\ttotp"]
+        assert listed.stdout.splitlines() == [
+            "alice\tactive\tnot locked\t1 sessions\ttotp\t0 passkeys"
+        ]
 
         reset = cli(data, "users", "reset-mfa", "ALICE")
         assert reset.returncode == 0, reset.stderr
         assert reset.stdout.strip() == "alice second factor reset; 1 sessions revoked"
         assert cli(data, "users", "list").stdout.splitlines() == [
-            "alice\tactive\tnot locked\t0 sessions\tno second factor"
+            "alice\tactive\tnot locked\t0 sessions\tno second factor\t0 passkeys"
         ]
         async with server_on(data) as client:
             # Every session is gone, and the next sign-in is one step again.

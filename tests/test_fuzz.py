@@ -66,10 +66,13 @@ _REQUEST_KEYS = {"method", "url", "headers", "params", "json", "data", "files", 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    """Registration on (so /register is fuzzed past its 404), and limits out of reach: the
-    fuzzer fails many logins from one address, and a lockout would hide every other answer."""
+    """Registration and passkeys on (so their paths are fuzzed past their 404), and limits
+    out of reach: the fuzzer fails many logins from one address, and a lockout would hide
+    every other answer."""
     return {
         "allow_registration": True,
+        "webauthn_rp_id": "conductor.example",
+        "webauthn_origins": "https://conductor.example",
         "max_failed_login_attempts": 100_000,
         "max_failed_logins_per_ip": 100_000,
         "max_registrations_per_ip": 100_000,

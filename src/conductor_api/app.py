@@ -28,6 +28,8 @@ from conductor_api.logs import configure_logging
 from conductor_api.metrics.middleware import MetricsMiddleware
 from conductor_api.mfa.router import router as mfa_router
 from conductor_api.middleware import EdgeMiddleware
+from conductor_api.passkeys.router import router as passkeys_router
+from conductor_api.passkeys.router import well_known as well_known_router
 from conductor_api.schemas import ErrorOut
 from conductor_api.sessions.router import router as sessions_router
 
@@ -156,6 +158,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(events_router, prefix="/api/v1")
     app.include_router(keys_router)
     app.include_router(mfa_router, prefix="/api/v1")
+    app.include_router(passkeys_router, prefix="/api/v1")
+    app.include_router(well_known_router)
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
     async def live() -> dict[str, str]:

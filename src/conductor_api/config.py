@@ -8,6 +8,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,13 @@ from conductor_api.storage import make_private_dir
 SECRETS_FILE_NAME = "secrets.json"
 MIN_SECRET_BYTES = 32
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+ANDROID_ORIGIN_PREFIX = "android:apk-key-hash:"
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
+_PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}")
 
 
 class ConfigError(Exception):
@@ -106,6 +114,14 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
+    # Passkeys (contract section "Passkeys"): off unless WEBAUTHN_RP_ID is set.
+    webauthn_rp_id: str | None = None
+    webauthn_rp_name: str = Field(default="Conductor", min_length=1, max_length=64)
+    webauthn_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webauthn_challenge_seconds: int = Field(default=300, ge=30, le=3600)
+    android_package_name: str | None = None
+    android_cert_fingerprints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
@@ -127,6 +143,89 @@ class Settings(BaseSettings):
             ):
                 raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
         return [origin.rstrip("/") for origin in origins]
+
+    @field_validator("webauthn_rp_id", "android_package_name", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("webauthn_rp_id")
+    @classmethod
+    def _check_rp_id(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN.fullmatch(value):
+            raise ValueError("not a domain like example.com (no scheme, port or path)")
+        return value
+
+    @field_validator("webauthn_origins", "android_cert_fingerprints", mode="before")
+    @classmethod
+    def _parse_lists(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("webauthn_origins")
+    @classmethod
+    def _check_webauthn_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin.startswith(ANDROID_ORIGIN_PREFIX):
+                if len(decode_kek(origin.removeprefix(ANDROID_ORIGIN_PREFIX)) or b"") != 32:
+                    raise ValueError(
+                        "an Android origin is android:apk-key-hash: and the base64url "
+                        "SHA-256 of the app's signing certificate"
+                    )
+                continue
+            parts = urlsplit(origin)
+            if (
+                parts.scheme != "https"
+                or not parts.hostname
+                or parts.path not in ("", "/")
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(
+                    "each must be an origin like https://example.com or "
+                    "android:apk-key-hash:<base64url SHA-256>"
+                )
+        return [o if o.startswith(ANDROID_ORIGIN_PREFIX) else o.rstrip("/") for o in origins]
+
+    @field_validator("android_package_name")
+    @classmethod
+    def _check_package(cls, value: str | None) -> str | None:
+        if value is not None and not _PACKAGE.fullmatch(value):
+            raise ValueError("not an Android package name like com.example.conductor")
+        return value
+
+    @field_validator("android_cert_fingerprints")
+    @classmethod
+    def _check_fingerprints(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _FINGERPRINT.fullmatch(value):
+                raise ValueError("each must be a SHA-256 fingerprint, 32 colon-separated hex bytes")
+        return [v.upper() for v in values]
+
+    @model_validator(mode="after")
+    def _check_webauthn(self) -> Settings:
+        if self.webauthn_rp_id is None:
+            return self
+        rp_id = self.webauthn_rp_id
+        if not self.webauthn_origins:
+            raise ValueError("WEBAUTHN_ORIGINS: required when WEBAUTHN_RP_ID is set")
+        for origin in self.webauthn_origins:
+            host = urlsplit(origin).hostname if origin.startswith("https://") else None
+            if host is not None and host != rp_id and not host.endswith("." + rp_id):
+                raise ValueError(
+                    f"WEBAUTHN_ORIGINS: {origin} is not on WEBAUTHN_RP_ID {rp_id} "
+                    "or one of its subdomains"
+                )
+        if (self.android_package_name is None) != (not self.android_cert_fingerprints):
+            raise ValueError(
+                "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and "
+                "ANDROID_CERT_FINGERPRINTS, or neither"
+            )
+        return self
+
+    @property
+    def passkeys_on(self) -> bool:
+        """Whether passkeys are on (WEBAUTHN_RP_ID is set)."""
+        return self.webauthn_rp_id is not None
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

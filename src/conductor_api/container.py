@@ -17,6 +17,7 @@ from conductor_api.dpop.service import DPoP
 from conductor_api.keys.manager import KeyManager
 from conductor_api.metrics.service import Metrics
 from conductor_api.mfa.service import SecondFactor
+from conductor_api.passkeys.service import PasskeyService
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
@@ -37,6 +38,7 @@ class Container:
     principals: PrincipalLoader
     signin: SignInService
     mfa: SecondFactor
+    passkeys: PasskeyService
     second_step: SecondStep
     pruner: PeriodicPruner | None
     # None in the HS* modes, which sign with JWT_SECRET_KEY.
@@ -81,8 +83,9 @@ class Container:
             )
             pruner.start()
         mfa = SecondFactor(settings.kek)
+        passkeys = PasskeyService(settings, clock, sessionmaker)
         signin = SignInService(
-            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa
+            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa, passkeys
         )
         principals = make_principal_loader(settings)
         return cls(
@@ -96,6 +99,7 @@ class Container:
             principals=principals,
             signin=signin,
             mfa=mfa,
+            passkeys=passkeys,
             second_step=SecondStep(signin),
             pruner=pruner,
             keys=keys,

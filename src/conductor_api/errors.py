@@ -151,3 +151,11 @@ class ServiceUnavailable(RetryLater):
 
     def __init__(self, retry_after: int = 5, detail: str | None = None) -> None:
         super().__init__(retry_after, detail)
+
+
+class InvalidPasskey(AppError):
+    status, code, detail = 401, "invalid_passkey", "The passkey could not be verified"
+
+
+class PasskeyExists(AppError):
+    status, code, detail = 409, "passkey_exists", "This passkey is already registered"

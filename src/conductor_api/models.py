@@ -7,6 +7,7 @@ from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.keys.models import SigningKey
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
+from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
@@ -16,10 +17,12 @@ __all__ = [
     "DeviceToken",
     "LoginThrottle",
     "MfaToken",
+    "Passkey",
     "RecoveryCode",
     "SecurityEvent",
     "SeenProof",
     "SigningKey",
     "TotpFactor",
     "User",
+    "WebAuthnChallenge",
 ]

@@ -94,7 +94,11 @@ class TestEventsOfRealActions:
         body = await list_events(client, phone["access_token"], limit=200)
         assert {e["type"] for e in body} == ALL_TYPES
         for item in body:
-            assert set(item) == EVENT_FIELDS
+            # Sign-ins also say how, and whether a second factor was used.
+            extra = {"method", "mfa"} if item["type"] == "login_succeeded" else set()
+            assert set(item) == EVENT_FIELDS | extra
+            if extra:
+                assert (item["method"], item["mfa"]) == ("password", False)
             assert str(uuid.UUID(item["id"])) == item["id"]
             assert item["created_at"].endswith("Z")
             assert item["ip_address"] == CLIENT_IP

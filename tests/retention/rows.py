@@ -14,6 +14,7 @@ from conductor_api.devices.models import DeviceToken
 from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa.models import MfaToken
+from conductor_api.passkeys.models import WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -118,6 +119,21 @@ async def insert_mfa_token(
     return token_id
 
 
+async def insert_challenge(
+    conn: AsyncConnection, now: datetime, *, expires: timedelta, spent: timedelta | None = None
+) -> uuid.UUID:
+    """A WebAuthn challenge that expires at `now + expires`, spent at `now + spent`."""
+    challenge_id = uuid.uuid4()
+    await conn.execute(
+        insert(WebAuthnChallenge).values(
+            id=challenge_id, challenge=b"c" * 32, purpose="authentication", user_id=None,
+            created_at=now + expires - timedelta(minutes=5), expires_at=now + expires,
+            spent_at=None if spent is None else now + spent,
+        )
+    )  # fmt: skip
+    return challenge_id
+
+
 async def seed_around_cutoffs(
     conn: AsyncConnection, user_id: uuid.UUID, now: datetime, *, exact: bool = True
 ) -> Expected:
@@ -183,6 +199,14 @@ async def seed_around_cutoffs(
     for key, until, delete in (("aged", now - minute, True), ("live", now + minute, False)):
         await conn.execute(insert(SeenProof).values(key=key, expires_at=until))
         e.add("dpop_proofs", key, delete=delete)
+    second = timedelta(seconds=1)
+    challenges = (
+        (dict(expires=4 * minute), False),  # live
+        (dict(expires=-1 * second), True),  # expired, never answered
+        (dict(expires=4 * minute, spent=-1 * second), True),  # answered: single use
+    )
+    for kwargs, delete in challenges:
+        e.add("webauthn_challenges", await insert_challenge(conn, now, **kwargs), delete=delete)
     return e
 
 
@@ -197,4 +221,5 @@ async def keys(conn: AsyncConnection) -> dict[str, set[object]]:
         "device_tokens": set((await conn.scalars(select(DeviceToken.id))).all()),
         "mfa_tokens": set((await conn.scalars(select(MfaToken.id))).all()),
         "dpop_proofs": set((await conn.scalars(select(SeenProof.key))).all()),
+        "webauthn_challenges": set((await conn.scalars(select(WebAuthnChallenge.id))).all()),
     }

@@ -40,6 +40,7 @@ class TestPruneCommand:
             "device_tokens: 2 deleted",
             "mfa_tokens: 2 deleted",
             "dpop_proofs: 1 deleted",
+            "webauthn_challenges: 2 deleted",
         ]
         async with container.engine.connect() as conn:
             after = await keys(conn)
@@ -54,4 +55,5 @@ class TestPruneCommand:
             "device_tokens: 0 deleted",
             "mfa_tokens: 0 deleted",
             "dpop_proofs: 0 deleted",
+            "webauthn_challenges: 0 deleted",
         ]

@@ -81,9 +81,17 @@ SELECT gen_random_uuid(), md5(u.id::text || g) || md5(g || u.id::text), u.id, 'd
        now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '4 minutes' END,
        0
 FROM users AS u, generate_series(1, 10) AS g;
+
 INSERT INTO dpop_proofs (key, expires_at)
 SELECT md5(g::text) || md5((g + 1)::text),
        now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '1 minute' END
+FROM generate_series(1, 20000) AS g;
+
+INSERT INTO webauthn_challenges (id, challenge, purpose, user_id, created_at, expires_at,
+                                 spent_at)
+SELECT gen_random_uuid(), '\\x00', 'authentication', NULL, now(),
+       now() + CASE WHEN g % 100 = 0 THEN interval '-1 minute' ELSE interval '5 minutes' END,
+       CASE WHEN g % 100 = 1 THEN now() - interval '1 second' END
 FROM generate_series(1, 20000) AS g;
 
 ANALYZE;

@@ -92,7 +92,7 @@ class SecondStep:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
             async with attempt.finish(Verified.of(user)) as db:
-                return await self.signin.start(db, attempt, user, device, jkt=jkt)
+                return await self.signin.start(db, attempt, user, device, jkt=jkt, mfa=True)
 
     async def with_code(
         self,

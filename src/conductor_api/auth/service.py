@@ -6,6 +6,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,7 +19,7 @@ from conductor_api.auth.limits import (
     UsernameLimit,
 )
 from conductor_api.auth.principal import Principal
-from conductor_api.auth.signin import SignIn, Steps
+from conductor_api.auth.signin import PasskeyOutcome, SignIn, Steps
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
@@ -27,6 +28,7 @@ from conductor_api.devices.service import TrustedDevice
 from conductor_api.errors import MfaRequired, NotFound
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import METHODS, PENDING_SECONDS, Owner, SecondFactor
+from conductor_api.passkeys.service import Assertion, PasskeyService
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 from conductor_api.sessions import service as sessions
@@ -58,6 +60,7 @@ class SignInService:
         hasher: PasswordHasher,
         tokens: TokenService,
         mfa: SecondFactor,
+        passkeys: PasskeyService,
     ) -> None:
         self.settings = settings
         self.steps = Steps(clock, sessionmaker, autocommit, hasher, Turns(WAIT_SECONDS))
@@ -67,6 +70,7 @@ class SignInService:
         self.registrations = RegistrationLimit(settings, clock)
         self.tokens = tokens
         self.mfa = mfa
+        self.passkeys = passkeys
 
     def limits(
         self, attempt: SignIn, device_id: uuid.UUID | None = None
@@ -85,10 +89,14 @@ class SignInService:
         user: User,
         device: Device,
         presented: TrustedDevice | None = None,
+        *,
         jkt: str | None = None,
+        method: str = "password",
+        mfa: bool = False,
     ) -> TokenPair:
         """The end of every sign-in: the session (bound to the DPoP key `jkt` when the
-        request that finishes the sign-in had a proof), its token pair and a device token."""
+        request that finishes the sign-in had a proof), its token pair and a device token;
+        the event says how (`method`) and whether a second factor was used (`mfa`)."""
         now = self.steps.clock.now()
         pair = await sessions.start_session(
             db, self.tokens, self.settings, user, device_name=device.name,
@@ -97,7 +105,7 @@ class SignInService:
         token = await devices.issue(
             db, user.id, now, days=self.settings.device_token_days, presented=presented
         )
-        attempt.record(db, EventType.LOGIN_SUCCEEDED, user, pair.session_id)
+        attempt.record(db, EventType.LOGIN_SUCCEEDED, user, pair.session_id, method=method, mfa=mfa)
         return dataclasses.replace(pair, device_token=token)
 
     async def login(
@@ -131,11 +139,46 @@ class SignInService:
                         expires_in=PENDING_SECONDS,
                     )  # fmt: skip
                 else:
-                    outcome = await self.start(db, attempt, user, device, trusted, jkt)  # 5.
+                    outcome = await self.start(db, attempt, user, device, trusted, jkt=jkt)  # 5.
         # Raised after the commit: the pending sign-in must be stored to be finished.
         if isinstance(outcome, MfaRequired):
             raise outcome
         return outcome
+
+    async def login_passkey(
+        self,
+        challenge_id: str,
+        credential: dict[str, Any],
+        device: Device,
+        client: ClientInfo,
+        device_token: str | None = None,
+        jkt: str | None = None,
+    ) -> TokenPair:
+        """Sign a device in with a passkey: the same steps as a password, with the
+        assertion as the credential. Only the address's limit applies before it (no name is
+        known until the credential names one, and a passkey cannot be guessed); a passkey is
+        possession and user verification at once, so it satisfies the second factor."""
+        async with SignIn(self.steps, None, client) as attempt:
+            await attempt.limits((self.address, client.ip_address))  # 1.
+            assertion: Assertion | None = None
+
+            async def check() -> PasskeyOutcome:
+                nonlocal assertion
+                outcome, assertion = await self.passkeys.check_assertion(
+                    challenge_id, credential, client
+                )
+                return outcome
+
+            verified = await attempt.passkey(check)  # 3. the credential
+            assert assertion is not None
+            user = verified.user
+            async with self.steps.sessionmaker() as db:
+                trusted = await devices.find(db, device_token, user.id, self.steps.clock.now())
+            async with attempt.finish(verified) as db:
+                await self.passkeys.used(db, assertion)
+                return await self.start(
+                    db, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True
+                )  # 5.
 
     async def _trusted(self, attempt: SignIn, token: str | None) -> TrustedDevice | None:
         """The device token if it is valid for the user the attempt names."""

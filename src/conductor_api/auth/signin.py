@@ -1,11 +1,12 @@
 """One sign-in attempt as explicit steps, each deciding, recording and counting alike.
 
-The service drives an attempt top to bottom (see `SignInService.login`):
+The service drives an attempt top to bottom (see `SignInService.login` and
+`SignInService.login_passkey`, which has only the address's limit before its credential):
 
 1. `limits((address, ...), ...)`: the client address's limit;
 2. `limits(..., (username, ...))`: the username's limit (a device-token limit will be its
    alternative);
-3. `password(...)`: the credential (a passkey will fill the same slot);
+3. `password(...)` or `passkey(...)`: the credential;
 4. the second factor, when the account has one: it goes between the credential and
    `finish`, and settles a wrong code with `reject` exactly like a wrong password;
 5. `finish(verified)`: the transaction that starts the session and its token pair.
@@ -51,6 +52,8 @@ class Verified:
     password_changed_at: datetime
     # A fresh Argon2id hash when the stored one is outdated (bcrypt, weaker parameters).
     new_hash: str | None
+    # A passkey does not depend on the password: a password changed meanwhile stands.
+    by_password: bool = True
 
     @classmethod
     def of(cls, user: User) -> Verified:
@@ -58,15 +61,30 @@ class Verified:
         bearer token): `finish` still refuses it if the password changed since."""
         return cls(user, user.password_hash, user.password_changed_at, None)
 
+    @classmethod
+    def by_passkey(cls, user: User) -> Verified:
+        """A user whose passkey verified."""
+        return cls(user, user.password_hash, user.password_changed_at, None, by_password=False)
+
     def still_holds(self, current: User) -> bool:
         """Whether `current` (the row read again at session start) still has the password
         that was checked. A rehash by a concurrent sign-in changes the hash but not the
         time of the last password change; any password change changes both."""
-        if current.password_hash == self.password_hash:
+        if not self.by_password or current.password_hash == self.password_hash:
             return True
         return self.new_hash is not None and current.password_changed_at == (
             self.password_changed_at
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyOutcome:
+    """What a passkey check found: the user its credential names (if any), and the error
+    when it did not verify (`InvalidPasskey`), with what to record beside the failure."""
+
+    user: User | None
+    error: AppError | None = None
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +103,10 @@ class Steps:
 class SignIn:
     """One attempt: the slots it holds, and the steps that take and settle them."""
 
-    def __init__(self, steps: Steps, username: str, client: ClientInfo) -> None:
+    def __init__(self, steps: Steps, username: str | None, client: ClientInfo) -> None:
         self._s = steps
-        self.key = users.normalize_username(username)
+        # None for a passkey sign-in, until its credential names the user (`passkey`).
+        self.key = users.normalize_username(username) if username is not None else ""
         self.client = client
         self._held: list[Slot] = []
         self._settled: list[Slot] = []
@@ -159,6 +178,17 @@ class SignIn:
         if not valid:
             await self.reject(user)
         return Verified(user, user.password_hash, user.password_changed_at, new_hash)
+
+    async def passkey(self, check: Callable[[], Awaitable[PasskeyOutcome]]) -> Verified:
+        """Step 3 for a passkey: `check` verifies the assertion (and spends its challenge).
+        A failure is settled like a wrong password, with `invalid_passkey`; `also` of the
+        outcome runs in that transaction (a suspected clone is recorded there)."""
+        outcome = await check()
+        if outcome.user is not None:
+            self.key = outcome.user.username_key
+        if outcome.error is not None or outcome.user is None:
+            await self.reject(outcome.user, outcome.error, also=outcome.also)
+        return Verified.by_passkey(outcome.user)
 
     async def code(
         self,
@@ -235,12 +265,15 @@ class SignIn:
         type_: EventType,
         user: User | None,
         session_id: uuid.UUID | None = None,
+        *,
+        method: str | None = None,
+        mfa: bool | None = None,
     ) -> None:
         """Record an event of this attempt (its name, user and client)."""
         events.record(
             db, type_, now=self._s.clock.now(), username_key=self.key,
             user_id=user.id if user else None, ip_address=self.client.ip_address,
-            user_agent=self.client.user_agent, session_id=session_id,
+            user_agent=self.client.user_agent, session_id=session_id, method=method, mfa=mfa,
         )  # fmt: skip
 
     async def _fail(

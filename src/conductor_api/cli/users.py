@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth import service as auth
 from conductor_api.cli.common import CliError, iso, run_db, settings
 from conductor_api.mfa.service import SecondFactor
+from conductor_api.passkeys.repository import counts as passkey_counts
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.sessions import service as sessions_service
 from conductor_api.users import service as users
@@ -56,13 +57,14 @@ def create(username: str, password_stdin: PasswordStdin = False) -> None:
 
 @app.command("list")
 def list_users() -> None:
-    """One line a user: name, status, lockout, active sessions, second factor."""
+    """One line a user: name, status, lockout, active sessions, second factor, passkeys."""
 
     mfa = SecondFactor(settings().kek)
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> list[str]:
         lines = []
         with_totp = await mfa.users_with_totp(db)
+        passkeys = await passkey_counts(db)
         locks = await auth.locked_names(db, now)
         active = await sessions_service.active_counts(db, now)
         for user in await users.list_users(db):
@@ -71,7 +73,11 @@ def list_users() -> None:
             sessions = active.get(user.id, 0)
             status = "active" if user.is_active else "disabled"
             factor = "totp" if user.id in with_totp else "no second factor"
-            lines.append(f"{user.username}\t{status}\t{locked}\t{sessions} sessions\t{factor}")
+            keys = passkeys.get(user.id, 0)
+            lines.append(
+                f"{user.username}\t{status}\t{locked}\t{sessions} sessions\t{factor}"
+                f"\t{keys} passkeys"
+            )
         return lines
 
     lines = run_db(go)
@@ -128,7 +134,8 @@ def set_password(username: str, password_stdin: PasswordStdin = False) -> None:
 
 @app.command("reset-mfa")
 def reset_mfa(username: str) -> None:
-    """Turn a user's second factor off, void the recovery codes, revoke every session."""
+    """Turn a user's TOTP off, void the recovery codes, revoke every session (passkeys
+    stay: the user deletes them, or the operator disables the account)."""
     mfa = SecondFactor(settings().kek)
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:

@@ -27,6 +27,9 @@ class EventType(StrEnum):
     RECOVERY_CODE_USED = "recovery_code_used"
     RECOVERY_CODES_REGENERATED = "recovery_codes_regenerated"
     DPOP_PROOF_INVALID = "dpop_proof_invalid"
+    PASSKEY_ADDED = "passkey_added"
+    PASSKEY_REMOVED = "passkey_removed"
+    PASSKEY_CLONE_SUSPECTED = "passkey_clone_suspected"
 
 
 class SecurityEvent(Base):
@@ -47,3 +50,6 @@ class SecurityEvent(Base):
     ip_address: Mapped[str | None] = mapped_column(String(45))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # login_succeeded only: how (`password` or `passkey`), and whether a second factor was used.
+    method: Mapped[str | None] = mapped_column(String(16))
+    mfa: Mapped[bool | None]

@@ -21,6 +21,7 @@ _WARNINGS = {
     EventType.MFA_FAILED,
     EventType.MFA_DISABLED,
     EventType.DPOP_PROOF_INVALID,
+    EventType.PASSKEY_CLONE_SUSPECTED,
 }
 
 
@@ -34,6 +35,8 @@ def record(
     ip_address: str | None = None,
     user_agent: str | None = None,
     session_id: uuid.UUID | None = None,
+    method: str | None = None,
+    mfa: bool | None = None,
 ) -> SecurityEvent:
     """Add an event to the current transaction, and log it."""
     event = SecurityEvent(
@@ -45,6 +48,8 @@ def record(
         ip_address=ip_address,
         user_agent=user_agent,
         session_id=session_id,
+        method=method,
+        mfa=mfa,
     )
     db.add(event)
     # No username: people type their password into the username field often enough.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import TypeAdapter
 
 from conductor_api.deps import CurrentPrincipal, DbSession
 from conductor_api.events import repository
@@ -15,15 +17,23 @@ from conductor_api.schemas import error_responses
 router = APIRouter(prefix="/auth/events", tags=["events"])
 
 
-@router.get("", responses=error_responses(401, 422, 503), summary="The caller's security events")
+_EVENTS = TypeAdapter(list[EventOut])
+
+
+@router.get(
+    "",
+    response_model=list[EventOut],
+    responses=error_responses(401, 422, 503),
+    summary="The caller's security events",
+)
 async def list_events(
     principal: CurrentPrincipal,
     db: DbSession,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> list[EventOut]:
-    """The caller's own recent events, newest first."""
+) -> Response:
+    """The caller's own recent events, newest first (`method` and `mfa` on sign-ins only)."""
     rows = await repository.list_for_user(db, principal.user_id, limit)
-    return [
+    events = [
         EventOut(
             id=e.id,
             type=EventType(e.type),
@@ -31,6 +41,13 @@ async def list_events(
             ip_address=e.ip_address,
             user_agent=e.user_agent,
             session_id=e.session_id,
+            method=e.method,
+            mfa=e.mfa,
         )
         for e in rows
     ]
+    body = [
+        {k: v for k, v in event.items() if v is not None or k not in ("method", "mfa")}
+        for event in _EVENTS.dump_python(events, mode="json")
+    ]
+    return Response(json.dumps(body), media_type="application/json")

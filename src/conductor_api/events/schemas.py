@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from conductor_api.events.models import EventType
 
@@ -19,3 +19,9 @@ class EventOut(BaseModel):
     ip_address: str | None
     user_agent: str | None
     session_id: uuid.UUID | None
+    method: str | None = Field(
+        default=None, description="login_succeeded only: `password` or `passkey`"
+    )
+    mfa: bool | None = Field(
+        default=None, description="login_succeeded only: whether a second factor was used"
+    )

@@ -24,6 +24,7 @@ REFRESH_RESULTS = ("rotated", "grace", "reused", "invalid")
 # Error codes of a refused login, by the result the counter shows.
 _LOGIN_RESULT_OF = {
     "invalid_credentials": "failed",
+    "invalid_passkey": "failed",
     "account_locked": "locked",
     "too_many_attempts": "throttled",
     "account_disabled": "disabled",

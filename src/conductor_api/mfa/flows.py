@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.principal import Principal
@@ -16,7 +18,9 @@ from conductor_api.values import ClientInfo, TokenPair
 async def status(c: Container, principal: Principal) -> Status:
     """`GET /auth/mfa`."""
     async with c.sessionmaker() as db:
-        return await c.mfa.status(db, principal.user_id)
+        status = await c.mfa.status(db, principal.user_id)
+        passkeys = await c.passkeys.count(db, principal.user_id)
+    return dataclasses.replace(status, passkeys=passkeys)
 
 
 async def setup(

@@ -14,6 +14,7 @@ from conductor_api.devices.models import DeviceToken
 from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa.models import MfaToken
+from conductor_api.passkeys.models import WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 
 
@@ -101,6 +102,14 @@ def _expired_mfa_token(r: Retention) -> ColumnElement[bool]:
     return MfaToken.expires_at < r.now
 
 
+def _expired_challenge(r: Retention) -> ColumnElement[bool]:
+    return WebAuthnChallenge.expires_at < r.now
+
+
+def _spent_challenge(r: Retention) -> ColumnElement[bool]:
+    return WebAuthnChallenge.spent_at < r.now
+
+
 # One line per expiring thing; later features add theirs here.
 RULES: tuple[Expiring, ...] = (
     Expiring(SecurityEvent.__table__, _old_event),  # type: ignore[arg-type]
@@ -114,4 +123,8 @@ RULES: tuple[Expiring, ...] = (
     Expiring(DeviceToken.__table__, _expired_device_token),  # type: ignore[arg-type]
     Expiring(MfaToken.__table__, _expired_mfa_token),  # type: ignore[arg-type]
     Expiring(SeenProof.__table__, _aged_proof),  # type: ignore[arg-type]
+    # A WebAuthn challenge is single use and lives WEBAUTHN_CHALLENGE_SECONDS: once spent
+    # or expired it can only be refused. Two lines for two index range scans, as above.
+    Expiring(WebAuthnChallenge.__table__, _expired_challenge),  # type: ignore[arg-type]
+    Expiring(WebAuthnChallenge.__table__, _spent_challenge),  # type: ignore[arg-type]
 )

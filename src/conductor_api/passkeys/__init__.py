@@ -1,0 +1,1 @@
+"""Passkeys (WebAuthn): registration, sign-in, the asset-links statement."""

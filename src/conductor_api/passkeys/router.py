@@ -1,0 +1,191 @@
+"""HTTP endpoints of passkeys (off, every one a 404, unless WEBAUTHN_RP_ID is set), and the
+Digital Asset Links statement that Android's Credential Manager checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response, status
+from fastapi.responses import JSONResponse
+
+from conductor_api.auth import flows
+from conductor_api.auth.schemas import TokenPairOut
+from conductor_api.auth.service import Device
+from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DPoPProof
+from conductor_api.errors import InvalidPasskey, NotFound
+from conductor_api.passkeys.schemas import (
+    LoginIn,
+    OptionsIn,
+    OptionsOut,
+    PasskeyOut,
+    RegisterIn,
+    RenameIn,
+)
+from conductor_api.passkeys.service import PasskeyView
+from conductor_api.schemas import error_responses
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
+}
+
+
+async def passkeys_on(c: ContainerDep) -> None:
+    """404 for every passkey path while WEBAUTHN_RP_ID is unset."""
+    if not c.settings.passkeys_on:
+        raise NotFound()
+
+
+router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], dependencies=[Depends(passkeys_on)])
+well_known = APIRouter(tags=["passkeys"])
+
+
+def _out(view: PasskeyView) -> PasskeyOut:
+    return PasskeyOut(
+        id=view.id, name=view.name, created_at=view.created_at, last_used_at=view.last_used_at
+    )
+
+
+def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
+    body = OptionsOut(challenge_id=challenge_id, options=options)
+    return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
+
+
+@router.post(
+    "/register/options",
+    response_model=OptionsOut,
+    responses={**_NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 503)},
+    summary="Start adding a passkey",
+)
+async def register_options(_: OptionsIn, principal: CurrentPrincipal, c: ContainerDep) -> Response:
+    """A registration challenge and the creation options, with the caller's passkeys in
+    `excludeCredentials`."""
+    challenge_id, options = await c.passkeys.registration_options(
+        principal.user_id, principal.username
+    )
+    return _options(challenge_id, options)
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PasskeyOut,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+    summary="Add a passkey",
+)
+async def register(
+    body: RegisterIn, principal: CurrentPrincipal, c: ContainerDep, client: Client
+) -> PasskeyOut:
+    """Check the registration response against its challenge and store the passkey."""
+    try:
+        view = await c.passkeys.register(
+            principal.user_id, client, body.challenge_id, body.credential, body.name
+        )
+    except InvalidPasskey:
+        # Counted against the address (and refused once it is over its limit).
+        await c.signin.count_address_failure(client)
+        raise
+    return _out(view)
+
+
+@router.get(
+    "",
+    response_model=list[PasskeyOut],
+    responses=error_responses(401, 404, 503),
+    summary="The caller's passkeys",
+)
+async def list_passkeys(principal: CurrentPrincipal, c: ContainerDep) -> list[PasskeyOut]:
+    """Every passkey of the caller, oldest first."""
+    return [_out(view) for view in await c.passkeys.list(principal.user_id)]
+
+
+@router.patch(
+    "/{passkey_id}",
+    response_model=PasskeyOut,
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+    summary="Rename a passkey",
+)
+async def rename_passkey(
+    passkey_id: uuid.UUID, body: RenameIn, principal: CurrentPrincipal, c: ContainerDep
+) -> PasskeyOut:
+    """Give one of the caller's passkeys a new name."""
+    return _out(await c.passkeys.rename(principal.user_id, passkey_id, body.name))
+
+
+@router.delete(
+    "/{passkey_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 422, 503),
+    summary="Delete a passkey",
+)
+async def delete_passkey(
+    passkey_id: uuid.UUID, principal: CurrentPrincipal, c: ContainerDep, client: Client
+) -> Response:
+    """Delete one of the caller's passkeys; 404 for an unknown id or anyone else's."""
+    await c.passkeys.delete(principal.user_id, passkey_id, client)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/login/options",
+    response_model=OptionsOut,
+    responses={**_NO_STORE_DOC, **error_responses(400, 404, 413, 422, 503)},
+    summary="Start a passkey sign-in",
+)
+async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
+    """A sign-in challenge and the request options (`allowCredentials` empty: the phone
+    offers the passkeys it holds for this site)."""
+    challenge_id, options = await c.passkeys.login_options()
+    return _options(challenge_id, options)
+
+
+@router.post(
+    "/login",
+    response_model=TokenPairOut,
+    responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
+    summary="Sign a device in with a passkey",
+)
+async def login(body: LoginIn, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
+    """Check the assertion and start a session for this device, exactly as a password
+    sign-in does (token pair, device token, bound to the key of a `DPoP` proof when the
+    request has one); no second step follows."""
+    with c.metrics.counting_login("passkey"):
+        jkt = await flows.sign_in_key(c, proof, client)
+        pair = await c.signin.login_passkey(
+            body.challenge_id, body.credential, Device(body.device_name, body.device_fingerprint),
+            client, body.device_token, jkt,
+        )  # fmt: skip
+    body_json = TokenPairOut.of(pair).model_dump_json(exclude_none=True)
+    return Response(body_json, media_type="application/json", headers=NO_STORE)
+
+
+ASSET_RELATIONS = (
+    "delegate_permission/common.handle_all_urls",
+    "delegate_permission/common.get_login_creds",
+)
+
+
+@well_known.get(
+    "/.well-known/assetlinks.json",
+    responses=error_responses(404),
+    summary="Digital Asset Links statement for the Android app",
+)
+async def assetlinks(c: ContainerDep) -> JSONResponse:
+    """The statement Credential Manager checks before it uses this site's passkeys in the
+    app: 404 unless passkeys are on and ANDROID_PACKAGE_NAME is set."""
+    s = c.settings
+    if not s.passkeys_on or s.android_package_name is None:
+        raise NotFound()
+    return JSONResponse(
+        [
+            {
+                "relation": list(ASSET_RELATIONS),
+                "target": {
+                    "namespace": "android_app",
+                    "package_name": s.android_package_name,
+                    "sha256_cert_fingerprints": list(s.android_cert_fingerprints),
+                },
+            }
+        ]
+    )

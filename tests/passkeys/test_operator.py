@@ -1,0 +1,123 @@
+"""The operator's view of passkeys: `users list` counts them, `users reset-mfa` leaves them
+(and the passkey still signs in), `users disable` refuses their sign-in with 403; and each
+bad passkey setting stops the process with one line naming it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conductor_api.app import create_app
+from conductor_api.config import ConfigError, load_settings
+from tests.conftest import PASSWORD, make_settings
+from tests.e2e.server import clean_env, cli_path
+from tests.mfa.helpers import enable_totp
+from tests.passkeys.authenticator import Authenticator
+from tests.passkeys.helpers import ON, add_passkey, passkey_login
+from tests.test_cli_mfa import cli
+
+
+@asynccontextmanager
+async def server_on(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The application on the CLI's database file, with passkeys on and the real clock."""
+    app = create_app(make_settings(data_dir, None, **ON))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+async def password_login(client: httpx.AsyncClient) -> httpx.Response:
+    """POST /auth/login as alice."""
+    body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel"}
+    return await client.post("/api/v1/auth/login", json=body)
+
+
+class TestOperator:
+    async def test_list_counts_passkeys_and_reset_mfa_keeps_them_and_disable_refuses(
+        self, tmp_path: Path
+    ) -> None:
+        data = tmp_path / "data"
+        created = cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert created.returncode == 0, created.stderr
+        phone = Authenticator()
+        async with server_on(data) as client:
+            access = (await password_login(client)).json()["access_token"]
+            await add_passkey(client, access, phone)
+            await add_passkey(client, access, Authenticator())
+            await enable_totp(client, access, datetime.now(UTC))
+        listed = cli(data, "users", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == [
+            "alice\tactive\tnot locked\t1 sessions\ttotp\t2 passkeys"
+        ]
+
+        reset = cli(data, "users", "reset-mfa", "alice")
+        assert reset.returncode == 0, reset.stderr
+        assert cli(data, "users", "list").stdout.splitlines() == [
+            "alice\tactive\tnot locked\t0 sessions\tno second factor\t2 passkeys"
+        ]
+        async with server_on(data) as client:
+            signed_in = await passkey_login(client, phone)
+            assert signed_in.status_code == 200, signed_in.text
+
+        assert cli(data, "users", "disable", "alice").returncode == 0
+        async with server_on(data) as client:
+            refused = await passkey_login(client, phone)
+            assert refused.status_code == 403
+            assert refused.json()["code"] == "account_disabled"
+
+
+BAD = [
+    ({"webauthn_rp_id": "https://conductor.example"}, "WEBAUTHN_RP_ID: not a domain"),
+    ({"webauthn_rp_id": "conductor.example"}, "WEBAUTHN_ORIGINS: required"),
+    (
+        {"webauthn_rp_id": "conductor.example", "webauthn_origins": "https://evil.example"},
+        "WEBAUTHN_ORIGINS: https://evil.example is not on WEBAUTHN_RP_ID",
+    ),
+    ({"webauthn_origins": "http://conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
+    ({"webauthn_origins": "android:apk-key-hash:abc"}, "WEBAUTHN_ORIGINS: an Android origin"),
+    ({"android_cert_fingerprints": "AB:CD"}, "ANDROID_CERT_FINGERPRINTS: each must be"),
+    ({"android_cert_fingerprints": ":".join(["GG"] * 32)}, "ANDROID_CERT_FINGERPRINTS"),
+    ({"android_package_name": "1com.example"}, "ANDROID_PACKAGE_NAME: not an Android package"),
+    ({"android_package_name": "conductor"}, "ANDROID_PACKAGE_NAME: not an Android package"),
+    (
+        {**ON, "android_cert_fingerprints": ""},
+        "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and",
+    ),
+    ({"webauthn_challenge_seconds": "5"}, "WEBAUTHN_CHALLENGE_SECONDS"),
+]
+
+
+class TestSettings:
+    @pytest.mark.parametrize(("values", "message"), BAD, ids=[m for _, m in BAD])
+    def test_a_bad_value_is_one_line_naming_it(
+        self, tmp_path: Path, values: dict[str, str], message: str
+    ) -> None:
+        with pytest.raises(ConfigError) as raised:
+            load_settings(_env_file=None, conductor_data_dir=tmp_path, **values)
+        assert str(raised.value).startswith(message), str(raised.value)
+        assert "\n" not in str(raised.value)
+
+    def test_good_values(self, tmp_path: Path) -> None:
+        settings = load_settings(_env_file=None, conductor_data_dir=tmp_path, **ON)
+        assert settings.passkeys_on
+        assert settings.android_cert_fingerprints == [ON["android_cert_fingerprints"].upper()]
+        assert load_settings(_env_file=None, conductor_data_dir=tmp_path).passkeys_on is False
+
+    def test_serve_stops_at_start_with_the_line(self, tmp_path: Path) -> None:
+        import subprocess
+
+        result = subprocess.run(
+            [cli_path(), "serve"],
+            env=clean_env(CONDUCTOR_DATA_DIR=str(tmp_path), ANDROID_CERT_FINGERPRINTS="AB:CD"),
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert result.stderr.startswith("conductor-api: error: ANDROID_CERT_FINGERPRINTS: ")
+        assert len(result.stderr.strip().splitlines()) == 1
