@@ -190,6 +190,15 @@ async def at_once(app: Any, passwords: list[str], username: str) -> list[httpx.R
     return await asyncio.gather(*(one(p) for p in passwords))
 
 
+async def started(entered: list[str], count: int) -> None:
+    """Wait (up to 15 s) until `count` password checks have started."""
+    for _ in range(1500):
+        if len(entered) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(entered)} checks started, expected {count}")
+
+
 class TestConcurrency:
     @pytest.mark.parametrize("exists", [True, False], ids=["existing", "unknown"])
     async def test_simultaneous_wrong_logins(
@@ -232,20 +241,13 @@ class TestConcurrency:
                 await first.wait()
             return await verify(password, password_hash)
 
-        async def waiting(count: int) -> None:
-            for _ in range(1500):
-                if len(entered) >= count:
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"{len(entered)} checks started, expected {count}")
-
         monkeypatch.setattr(container.hasher, "verify", held)
         leading = asyncio.create_task(at_once(app, [PASSWORD], "alice"))
-        await waiting(1)
+        await started(entered, 1)
         right = {13, 26, 39}
         passwords = [PASSWORD if i in right else WRONG for i in range(1, 40)]
         burst = asyncio.create_task(at_once(app, passwords, "alice"))
-        await waiting(5)
+        await started(entered, 5)
         first.set()
         (lead,) = await leading
         assert lead.status_code == 200, lead.text
@@ -283,18 +285,11 @@ class TestConcurrency:
             await gates[password].wait()
             return await verify(password, password_hash)
 
-        async def waiting(count: int) -> None:
-            for _ in range(500):
-                if len(entered) >= count:
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"{len(entered)} checks started, expected {count}")
-
         monkeypatch.setattr(container.hasher, "verify", gated)
         right = asyncio.create_task(login(client))
-        await waiting(1)
+        await started(entered, 1)
         wrong = [asyncio.create_task(login(client, password=WRONG)) for _ in range(4)]
-        await waiting(5)
+        await started(entered, 5)
         gates[PASSWORD].set()
         assert (await right).status_code == 200
         gates[WRONG].set()
