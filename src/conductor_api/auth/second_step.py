@@ -16,7 +16,7 @@ from conductor_api.auth.signin import SignIn, Verified
 from conductor_api.devices import service as devices
 from conductor_api.errors import InvalidMfaToken, NotFound
 from conductor_api.mfa.service import Owner
-from conductor_api.users import repository as users
+from conductor_api.users import service as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 

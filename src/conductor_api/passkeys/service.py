@@ -44,7 +44,7 @@ from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.passkeys import repository
 from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
-from conductor_api.users import repository as users
+from conductor_api.users import service as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo
 
@@ -238,7 +238,7 @@ class PasskeyService:
         try:
             async with self.sessionmaker.begin() as db:
                 # Under the row lock a disable takes: a disabled account gets no passkey.
-                user = await users.get(db, user_id, lock=True)
+                user = await users.lock(db, user_id)
                 if user is None or not user.is_active:
                     raise AccountDisabled()
                 if await repository.credential_exists(db, verified.credential_id):
