@@ -152,3 +152,8 @@ def rotate_if_current(
         "p_rotated_at": rotated_at,
         "p_expires_at": expires_at,
     }
+
+
+async def owner(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user a session belongs to (a refresh needs its name and whether it is active)."""
+    return await db.get(User, user_id)

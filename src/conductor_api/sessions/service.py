@@ -17,7 +17,6 @@ from conductor_api.events.models import EventType
 from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
 from conductor_api.sessions import repository
 from conductor_api.sessions.models import DeviceSession
-from conductor_api.users import repository as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 
@@ -170,7 +169,7 @@ async def _refresh_not_current(
     grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
     async with sessionmaker.begin() as db:
         session = await repository.get(db, claims.session_id, lock=True)
-        user = await users.get(db, claims.user_id) if session is not None else None
+        user = await repository.owner(db, claims.user_id) if session is not None else None
         if (
             session is None
             or user is None
@@ -215,7 +214,7 @@ async def record_invalid_proof(
     """A bound session's refresh token presented without a valid proof by its key: perhaps
     a copied token, so the user sees it (`dpop_proof_invalid`, with the address)."""
     async with sessionmaker.begin() as db:
-        user = await users.get(db, claims.user_id)
+        user = await repository.owner(db, claims.user_id)
         if user is None:
             return
         events.record(
