@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conductor_bench.common import BUSY_CORES, SCENARIOS, BenchError, log
-from conductor_bench.hashbound import verify_seconds
+from conductor_bench.hashbound import HashBound, measure
 from conductor_bench.load import Load, Probe, Result, disturbance, uneven
 from conductor_bench.seed import fresh_refresh_tokens, seed
 from conductor_bench.servers import Postgres, Server, clean_env
-from conductor_bench.system import cores, postgres_backends, proc_rss, wait_quiet
+from conductor_bench.system import postgres_backends, proc_rss, wait_quiet
 
 
 @dataclass
@@ -21,9 +21,12 @@ class ConfigResult:
     db: str
     workers: int
     results: dict[str, Result]
-    verify_ms: float  # median wall time of one verify
-    verify_cpu_ms: float  # median CPU time of one verify
-    hash_bound: float  # logins per second
+    hash: HashBound  # the server's hasher, timed alone
+
+    @property
+    def hash_bound(self) -> float:
+        """Logins per second at best."""
+        return self.hash.bound
 
 
 @dataclass
@@ -197,11 +200,8 @@ def run_config(
         scenario("c", "refresh.lua", chains("BENCH_TOKENS", "bench-rf"))
 
         quiet("the Argon2id timing")
-        log(f"[{tag}] timing Argon2id verify ({opts.hash_rounds} rounds)")
-        verify_s, verify_cpu_s = verify_seconds(server_python, opts.hash_rounds)
-        # On a quiet machine the two agree. When other processes stretched the wall time,
-        # the CPU time is the verify's real cost, and a bound from the wall time would be low.
-        bound = cores() / (verify_cpu_s if verify_s > 1.15 * verify_cpu_s else verify_s)
+        log(f"[{tag}] timing {opts.hash_rounds} Argon2id verifies with the server's hasher")
+        hash_bound = measure(server_python, opts.hash_rounds, clean_env(**env))
 
         log(f"[{tag}] (e) probes /health/live at {opts.probe_rate:g} req/s during (d)")
         login = scenario(
@@ -230,4 +230,4 @@ def run_config(
         # what each worker keeps.
         time.sleep(2.0)
         results["f"].worker_rss_after = [proc_rss(pid) for pid in server.worker_pids()]
-        return ConfigResult(db, workers, results, verify_s * 1000, verify_cpu_s * 1000, bound)
+        return ConfigResult(db, workers, results, hash_bound)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -47,26 +48,51 @@ def make_password_hash() -> PasswordHash:
     )
 
 
-# glibc's mallopt parameter number for the mmap threshold.
+# How long the hash pool must stay idle before its buffers go back to the system.
+IDLE_TRIM_SECONDS = 1.0
+
+# glibc's mallopt parameter numbers.
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# The largest mmap threshold glibc accepts on 64-bit: every Argon2id buffer (19 MiB) is
+# served from the heap, not from a fresh mapping.
+_MMAP_THRESHOLD_MAX = 32 << 20
+# Free memory at the top of the heap is kept up to this much; `GlibcHeap.trim` returns it.
+_TRIM_THRESHOLD = 256 << 20
 
 
-def map_large_buffers() -> None:
-    """Make glibc give each Argon2id buffer back to the system when the hash ends.
+class GlibcHeap:
+    """Keep Argon2id buffers mapped while hashes run, and give them back when hashing stops.
 
-    glibc serves allocations above its mmap threshold with mmap, but raises that threshold
-    to the size of any such block freed: after the first hash, every 19 MiB buffer came from
-    a thread's heap arena and stayed resident (+46 MiB per worker after a few logins).
-    Fixing the threshold at 1 MiB keeps them mapped per hash. A no-op off glibc."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    By default glibc maps a fresh 19 MiB buffer for the first hashes (every page faulted in
+    and zeroed by the kernel: a third of a verify's CPU), then, once its mmap threshold has
+    grown, keeps each hashing thread's buffer resident for good in that thread's own arena,
+    out of `malloc_trim`'s reach. Here the thresholds are fixed and every thread shares the
+    main arena: buffers are reused hash after hash, and `trim` (called once the hash pool
+    has been idle for a moment) returns every free page to the system. A no-op off glibc."""
+
+    def __init__(self) -> None:
+        self._trim: Callable[[int], int] | None = None
+        libc_name = ctypes.util.find_library("c")
+        if not libc_name:
+            return
+        try:
+            libc = ctypes.CDLL(libc_name)
+            mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        except (OSError, AttributeError):
+            return
+        if (
+            mallopt(_M_ARENA_MAX, 1)
+            and mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+            and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        ):
+            self._trim = malloc_trim
+
+    def trim(self) -> None:
+        """Return the free pages of every heap to the system (glibc's `malloc_trim`)."""
+        if self._trim is not None:
+            self._trim(0)
 
 
 class HashObserver(Protocol):
@@ -97,7 +123,9 @@ class PasswordHasher:
     """Hashes and verifies in a bounded thread pool, never on the event loop."""
 
     def __init__(self, concurrency: int, observer: HashObserver | None = None) -> None:
-        map_large_buffers()
+        self._heap = GlibcHeap()
+        self._in_flight = 0
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._observer: HashObserver = observer or _Unobserved()
         self._hash = make_password_hash()
         # The pool size is the cap: an unbounded pool lets a login flood hold ~19 MiB per
@@ -111,6 +139,9 @@ class PasswordHasher:
 
     def close(self) -> None:
         """Stop the hashing threads."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def hash(self, password: str) -> str:
@@ -140,7 +171,31 @@ class PasswordHasher:
         observer.hash_queued()
         future = self._pool.submit(timed)
         future.add_done_callback(leave_if_cancelled)
-        return await asyncio.wrap_future(future)
+        self._started()
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            self._ended()
+
+    def _started(self) -> None:
+        self._in_flight += 1
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
+
+    def _ended(self) -> None:
+        # Buffers are kept while hashes keep coming; once none has run for a moment, the
+        # pool gives the memory back (on a thread of its own: it is idle).
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            loop = asyncio.get_running_loop()
+            self._trim_timer = loop.call_later(IDLE_TRIM_SECONDS, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_timer = None
+        if self._in_flight == 0:
+            with contextlib.suppress(RuntimeError):  # the pool was shut down
+                self._pool.submit(self._heap.trim)
 
     async def verify_dummy(self, password: str) -> None:
         """Verify against a hash no password matches, so that an unknown username takes
