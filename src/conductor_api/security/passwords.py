@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from types import ModuleType
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
@@ -62,6 +62,27 @@ _MMAP_THRESHOLD_MAX = 32 << 20
 _TRIM_THRESHOLD = 256 << 20
 
 
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """Set glibc's allocator up for Argon2id (see `GlibcHeap`), once per process; its
+    `malloc_trim`, or None off glibc."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        libc = ctypes.CDLL(libc_name)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    if (
+        mallopt(_M_ARENA_MAX, 1)
+        and mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    ):
+        return cast("Callable[[int], int]", malloc_trim)
+    return None
+
+
 class GlibcHeap:
     """Keep Argon2id buffers mapped while hashes run, and give them back when hashing stops.
 
@@ -70,24 +91,13 @@ class GlibcHeap:
     grown, keeps each hashing thread's buffer resident for good in that thread's own arena,
     out of `malloc_trim`'s reach. Here the thresholds are fixed and every thread shares the
     main arena: buffers are reused hash after hash, and `trim` (called once the hash pool
-    has been idle for a moment) returns every free page to the system. A no-op off glibc."""
+    has been idle for a moment) returns every free page to the system. A no-op off glibc.
+
+    Make one before the process starts threads (`serving.worker` does, first thing): glibc
+    fixes its number of arenas when a second thread first needs one."""
 
     def __init__(self) -> None:
-        self._trim: Callable[[int], int] | None = None
-        libc_name = ctypes.util.find_library("c")
-        if not libc_name:
-            return
-        try:
-            libc = ctypes.CDLL(libc_name)
-            mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-        except (OSError, AttributeError):
-            return
-        if (
-            mallopt(_M_ARENA_MAX, 1)
-            and mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-            and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-        ):
-            self._trim = malloc_trim
+        self._trim = _malloc_trim()
 
     def trim(self) -> None:
         """Return the free pages of every heap to the system (glibc's `malloc_trim`)."""
