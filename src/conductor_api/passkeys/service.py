@@ -2,7 +2,10 @@
 a registration and of an assertion, and the passkeys' rules (counter, owner, names).
 
 Nothing here counts failures or starts sessions: a sign-in's assertion is the credential
-step of `auth.signin.SignIn` (`SignInService.login_passkey`)."""
+step of `auth.signin.SignIn` (`SignInService.login_passkey`).
+
+`webauthn` is imported where a ceremony needs it, not with this module: it brings pyOpenSSL
+(for attestation certificates), about 5 MiB in every worker that never sees a passkey."""
 
 from __future__ import annotations
 
@@ -11,30 +14,11 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import (
-    parse_authentication_credential_json,
-    parse_registration_credential_json,
-)
-from webauthn.helpers.cose import COSEAlgorithmIdentifier
-from webauthn.helpers.structs import (
-    AuthenticationCredential,
-    AuthenticatorSelectionCriteria,
-    CredentialDeviceType,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
 
 from conductor_api.auth.signin import PasskeyOutcome
 from conductor_api.clock import Clock
@@ -48,15 +32,27 @@ from conductor_api.users import service as users
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo
 
+if TYPE_CHECKING:
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+    from webauthn.helpers.structs import AuthenticationCredential
+
 REGISTRATION = "registration"
 AUTHENTICATION = "authentication"
 CHALLENGE_BYTES = 32
-# ES256 first (what Android's passkey providers make), then RS256 and EdDSA.
-ALGORITHMS = [
-    COSEAlgorithmIdentifier.ECDSA_SHA_256,
-    COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
-    COSEAlgorithmIdentifier.EDDSA,
-]
+
+
+@cache
+def algorithms() -> list[COSEAlgorithmIdentifier]:
+    """ES256 first (what Android's passkey providers make), then RS256 and EdDSA."""
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+
+    return [
+        COSEAlgorithmIdentifier.ECDSA_SHA_256,
+        COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256,
+        COSEAlgorithmIdentifier.EDDSA,
+    ]
+
+
 # WebAuthn caps a credential id at 1023 bytes; a credential's JSON past this size was not
 # made by an authenticator (a passkey's is well under 2 KiB, with attestation under 8 KiB).
 MAX_CREDENTIAL_ID_BYTES = 1023
@@ -105,6 +101,8 @@ def _oversized(credential: dict[str, Any]) -> bool:
 
 def _parse_assertion(credential: dict[str, Any]) -> AuthenticationCredential | None:
     """The assertion's structure, or None when it is not one (malformed, oversized)."""
+    from webauthn.helpers import parse_authentication_credential_json
+
     if _oversized(credential):
         return None
     try:
@@ -163,6 +161,14 @@ class PasskeyService:
         self, user_id: uuid.UUID, username: str
     ) -> tuple[uuid.UUID, dict[str, Any]]:
         """A registration challenge for this user, and the creation options."""
+        from webauthn import generate_registration_options, options_to_json
+        from webauthn.helpers.structs import (
+            AuthenticatorSelectionCriteria,
+            PublicKeyCredentialDescriptor,
+            ResidentKeyRequirement,
+            UserVerificationRequirement,
+        )
+
         async with self.sessionmaker.begin() as db:
             existing = await repository.list_for_user(db, user_id)
             challenge_id, challenge = await self._new_challenge(db, REGISTRATION, user_id)
@@ -182,7 +188,7 @@ class PasskeyService:
             exclude_credentials=[
                 PublicKeyCredentialDescriptor(id=row.credential_id) for row in existing
             ],
-            supported_pub_key_algs=ALGORITHMS,
+            supported_pub_key_algs=algorithms(),
         )
         return challenge_id, json.loads(options_to_json(options))
 
@@ -197,6 +203,10 @@ class PasskeyService:
         """Check a registration response against its challenge (spent here, right or
         wrong) and store the passkey. `InvalidPasskey` when it does not verify (the
         caller counts it against the address), `PasskeyExists`, `AccountDisabled`."""
+        from webauthn import verify_registration_response
+        from webauthn.helpers import parse_registration_credential_json
+        from webauthn.helpers.structs import CredentialDeviceType
+
         now = self.clock.now()
         cid = _challenge_id(challenge_id)
         expected = None
@@ -214,7 +224,7 @@ class PasskeyService:
                 expected_origin=list(self.settings.webauthn_origins),
                 require_user_presence=True,
                 require_user_verification=True,
-                supported_pub_key_algs=ALGORITHMS,
+                supported_pub_key_algs=algorithms(),
             )
         except Exception:
             raise InvalidPasskey() from None
@@ -282,6 +292,9 @@ class PasskeyService:
 
     async def login_options(self) -> tuple[uuid.UUID, dict[str, Any]]:
         """A sign-in challenge and the request options: discoverable credentials only."""
+        from webauthn import generate_authentication_options, options_to_json
+        from webauthn.helpers.structs import UserVerificationRequirement
+
         async with self.sessionmaker.begin() as db:
             challenge_id, challenge = await self._new_challenge(db, AUTHENTICATION, None)
         options = generate_authentication_options(
@@ -302,6 +315,8 @@ class PasskeyService:
         credential id, type, origin, RP ID hash, presence and verification, signature,
         user handle and counter. The outcome names the user whenever the credential id is
         a passkey's, so that a failure is recorded as theirs."""
+        from webauthn import verify_authentication_response
+
         now = self.clock.now()
         parsed = _parse_assertion(credential)
         cid = _challenge_id(challenge_id)
