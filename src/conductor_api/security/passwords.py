@@ -7,7 +7,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import importlib
+import os
 import secrets
+import threading
 import time
 import unicodedata
 from collections.abc import Callable
@@ -105,6 +107,26 @@ class GlibcHeap:
             self._trim(0)
 
 
+# How much lower than the rest of the process a hashing thread runs (nice levels).
+HASH_NICENESS = 10
+
+
+def yield_to_requests() -> None:
+    """Lower the calling thread's scheduling priority (Linux: niceness is per thread).
+
+    A login flood keeps every hashing thread busy; at equal priority the event loop would
+    get a third of the CPU at best, and every other request (a token refresh, a health
+    check) would wait behind the hashes. One nice level lower than the event loop would
+    already help; ten gives the loop (and the database) the CPU whenever they need it, and
+    the hashes all the rest, so logins lose nothing on an idle machine."""
+    if not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + HASH_NICENESS))
+
+
 class HashObserver(Protocol):
     """Told about every hash: the metrics' queue gauge and timing histogram."""
 
@@ -140,7 +162,9 @@ class PasswordHasher:
         self._hash = make_password_hash()
         # The pool size is the cap: an unbounded pool lets a login flood hold ~19 MiB per
         # queued hash at once. Argon2 releases the GIL, so these threads use every core.
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pwhash")
+        self._pool = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="pwhash", initializer=yield_to_requests
+        )
         self._dummy_hash: str | None = None
 
     async def start(self) -> None:
