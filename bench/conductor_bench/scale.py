@@ -519,6 +519,8 @@ def report(groups: list[Group], header: dict[str, str]) -> tuple[str, list[tuple
         for g in pruned:
             p = g.prune
             assert p is not None
+            deleted = sum(p.before.rows.values()) - sum(p.after.rows.values())
+            rate = f"{deleted / p.seconds:,.0f}" if p.seconds > 0 else "-"
             size = f"size {mib(p.bytes_before)} MiB before, {mib(p.bytes_after)} MiB after"
             if p.free_before is not None and p.free_after is not None:
                 size += (
@@ -532,7 +534,8 @@ def report(groups: list[Group], header: dict[str, str]) -> tuple[str, list[tuple
                     "reuses their space)"
                 )
             lines.append(
-                f"- {g.db}: `conductor-api prune` took {p.seconds:.1f} s ({p.output}); {size}."
+                f"- {g.db}: `conductor-api prune` took {p.seconds:.1f} s, {rate} rows/s "
+                f"({p.output}); {size}."
             )
 
     lines += ["", "### Targets", ""]
