@@ -27,4 +27,11 @@ Read it one module at a time, in this order:
   scenarios.py   one configuration (database, workers): scenarios (a) to (f)
   report.py      the Markdown report, and RESULTS.md's hand-written part
   cli.py         flags, every configuration, the report; `bench/run.py` calls its main()
+
+Beside it, the scale benchmark (`bench/scale.py`, README "Seeding a large database"):
+
+  seeder.py      N users, 3N sessions, 10N events, written straight into a database
+  scale.py       an almost empty and a seeded database per kind: scenarios (a)-(d) and
+                 (g) GET /auth/sessions, (h) GET /auth/events as the 1,000-event user; then
+                 `conductor-api prune` against what the retention rules keep; its report
 """

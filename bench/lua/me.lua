@@ -4,7 +4,7 @@ dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 local next_request
 
 function init(args)
-  next_request = pools.cycle(pools.me_requests(os.getenv("BENCH_TOKENS")))
+  next_request = pools.cycle(pools.get_requests(os.getenv("BENCH_TOKENS")))
 end
 
 function request()

@@ -9,7 +9,7 @@ local kinds, bounds, total = {}, {}, 0
 
 function init(args)
   health = wrk.format("GET", "/health/live")
-  next_me = pools.cycle(pools.me_requests(os.getenv("BENCH_TOKENS")))
+  next_me = pools.cycle(pools.get_requests(os.getenv("BENCH_TOKENS")))
   next_login = pools.cycle(pools.login_requests(os.getenv("BENCH_USERS"), "bench-mixed", false))
   chains = pools.refresh_chains(os.getenv("BENCH_REFRESH"))
   for kind, weight in string.gmatch(os.getenv("BENCH_MIX") or "", "(%a+):(%d+)") do

@@ -17,11 +17,13 @@ function pools.cycle(items)
   end
 end
 
--- GET /api/v1/auth/me requests, one per access token (one a line) in `path`.
-function pools.me_requests(path)
+-- GET requests to `url_path` (default /api/v1/auth/me), one per access token (one a line)
+-- in `path`.
+function pools.get_requests(path, url_path)
   local reqs = {}
   for _, token in ipairs(bench.lines(path)) do
-    reqs[#reqs + 1] = wrk.format("GET", "/api/v1/auth/me", { ["Authorization"] = "Bearer " .. token })
+    reqs[#reqs + 1] = wrk.format(
+      "GET", url_path or "/api/v1/auth/me", { ["Authorization"] = "Bearer " .. token })
   end
   return reqs
 end
