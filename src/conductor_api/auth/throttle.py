@@ -11,9 +11,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, case, delete, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    case,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,68 +50,164 @@ class Counter:
     window_started_at: datetime
 
 
-_RETURNING = (T.failures, T.pending, T.locked_until, T.window_started_at)
-
-
-def _insert(db: AsyncSession) -> Any:
-    dialect = db.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(LoginThrottle)
-
-
-def _ts(value: datetime) -> ColumnElement[datetime]:
-    return literal(value, UTCDateTime())
-
-
-def _row(scope: str, key: str) -> ColumnElement[bool]:
-    return (T.scope == scope) & (T.key == key)
+# Every statement below is built once, with bind parameters, and executed as Core (the
+# ORM's bulk-update machinery has nothing to synchronize here): a sign-in runs several of
+# them, and building and cache-keying each expression anew cost more than running it.
+_t = cast(Table, LoginThrottle.__table__)
+_c = _t.c
+_RETURNING = (_c.failures, _c.pending, _c.locked_until, _c.window_started_at)
+_ROW = (_c.scope == bindparam("in_scope")) & (_c.key == bindparam("in_key"))
+_NOW = bindparam("now", type_=UTCDateTime())
+# The start of a window that began at or before it has ended (`now` - window).
+_CUTOFF = bindparam("cutoff", type_=UTCDateTime())
 
 
 def _counter(row: Any) -> Counter:
     return Counter(row[0], row[1], row[2], row[3])
 
 
-def _restart(now: datetime, window: timedelta | None) -> ColumnElement[bool]:
+def _restart(windowed: bool) -> ColumnElement[bool]:
     """Whether the failures start again: a lock that has expired, or for an address
-    (`window` given) a window that has."""
-    if window is None:
-        return T.locked_until.is_not(None) & (T.locked_until <= _ts(now))
-    return T.window_started_at <= _ts(now - window)
+    (`windowed`) a window that has."""
+    if not windowed:
+        return _c.locked_until.is_not(None) & (_c.locked_until <= _NOW)
+    return _c.window_started_at <= _CUTOFF
 
 
-def _stale(now: datetime) -> ColumnElement[bool]:
-    """Whether the reservations were left behind by a process that died during its checks."""
-    return T.pending_until.is_(None) | (T.pending_until <= _ts(now))
+# Whether the reservations were left behind by a process that died during its checks.
+_STALE = _c.pending_until.is_(None) | (_c.pending_until <= _NOW)
 
 
-def _effective(now: datetime, window: timedelta | None) -> tuple[Any, Any, Any]:
+def _effective(windowed: bool) -> tuple[Any, Any, Any]:
     """Failures, reservations and lock as they count at `now`."""
-    restart = _restart(now, window)
-    failures = case((restart, 0), else_=T.failures)
-    pending = case((_stale(now), 0), else_=T.pending)
-    locked = case((restart, None), else_=T.locked_until) if window is None else T.locked_until
+    restart = _restart(windowed)
+    failures = case((restart, 0), else_=_c.failures)
+    pending = case((_STALE, 0), else_=_c.pending)
+    locked = case((restart, None), else_=_c.locked_until) if not windowed else _c.locked_until
     return failures, pending, locked
+
+
+def _read(windowed: bool) -> Select[Any]:
+    failures, pending, locked = _effective(windowed)
+    return select(failures, pending, locked, _c.window_started_at).where(_ROW)
+
+
+def _take(windowed: bool) -> Update:
+    restart = _restart(windowed)
+    failures, pending, locked = _effective(windowed)
+    open_ = (locked.is_(None) | (locked <= _NOW)) & (failures + pending < bindparam("limit"))
+    # A name's row dates from its last attempt (retention prunes rows idle for a window);
+    # an address's from the start of its failure window.
+    started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
+    return (
+        update(_t)
+        .where(_ROW, open_)
+        .values(
+            # Every right-hand side sees the row as it was before this statement.
+            failures=failures,
+            window_started_at=started,
+            locked_until=locked,
+            pending=pending + 1,
+            pending_until=bindparam("slots_until", type_=UTCDateTime()),
+        )
+        .returning(*_RETURNING)
+    )
+
+
+# Keyed by whether the counter has a fixed window (an address) or a lock (a name).
+_READ = {windowed: _read(windowed) for windowed in (False, True)}
+_TAKE = {windowed: _take(windowed) for windowed in (False, True)}
+_RELEASE = case((_c.pending > 0, _c.pending - 1), else_=0)
+_RELEASE_ROW = update(_t).where(_ROW).values(pending=_RELEASE)
+_DROP_IF_EMPTY = delete(_t).where(_ROW, _c.failures == 0, _c.pending == 0)
+_LOCK_UNTIL = bindparam("lock_until", type_=UTCDateTime())
+_FAIL_USER = (
+    update(_t)
+    .where(_ROW)
+    .values(
+        pending=_RELEASE,
+        failures=_c.failures + 1,
+        locked_until=case(
+            (
+                _c.locked_until.is_(None) & (_c.failures + 1 >= bindparam("max_failures")),
+                _LOCK_UNTIL,
+            ),
+            else_=_c.locked_until,
+        ),
+    )
+    .returning(*_RETURNING)
+)
+_LEFT = _c.failures - bindparam("forgiven")
+_FORGIVE_USER = (
+    update(_t)
+    .where(_ROW)
+    .values(
+        pending=_RELEASE,
+        failures=case((_LEFT > 0, _LEFT), else_=0),
+        locked_until=case((bindparam("max_failures") <= _LEFT, _c.locked_until), else_=None),
+    )
+)
+_WINDOW_OVER = _c.window_started_at <= _CUTOFF
+_FAIL_IP = (
+    update(_t)
+    .where(_ROW)
+    .values(
+        pending=_RELEASE,
+        failures=case((_WINDOW_OVER, 1), else_=_c.failures + 1),
+        window_started_at=case((_WINDOW_OVER, _NOW), else_=_c.window_started_at),
+    )
+)
+
+
+@cache
+def _create(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(_t)
+        .values(scope=bindparam("in_scope"), key=bindparam("in_key"), failures=0, pending=0,
+                window_started_at=_NOW)
+        .on_conflict_do_nothing(index_elements=["scope", "key"])
+    )  # fmt: skip
+
+
+@cache
+def _add_failure(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(_t)
+        .values(scope=bindparam("in_scope"), key=bindparam("in_key"), failures=1, pending=0,
+                window_started_at=_NOW)
+        .on_conflict_do_update(
+            index_elements=["scope", "key"],
+            set_={
+                "failures": case((_WINDOW_OVER, 1), else_=_c.failures + 1),
+                "window_started_at": case((_WINDOW_OVER, _NOW), else_=_c.window_started_at),
+            },
+        )
+        .returning(*_RETURNING)
+    )  # fmt: skip
+
+
+def _dialect(db: AsyncSession) -> str:
+    return db.get_bind().dialect.name
+
+
+def _at(now: datetime, window: timedelta | None) -> dict[str, datetime]:
+    return {"now": now} if window is None else {"now": now, "cutoff": now - window}
 
 
 async def read(
     db: AsyncSession, scope: str, key: str, now: datetime, *, window: timedelta | None
 ) -> Counter | None:
     """A counter as it counts at `now`, read without a lock (None when there is none)."""
-    failures, pending, locked = _effective(now, window)
-    row = (
-        await db.execute(
-            select(failures, pending, locked, T.window_started_at).where(_row(scope, key))
-        )
-    ).first()
+    params = {"in_scope": scope, "in_key": key, **_at(now, window)}
+    row = (await db.execute(_READ[window is not None], params)).first()
     return None if row is None else _counter(row)
 
 
 async def create(db: AsyncSession, scope: str, key: str, now: datetime) -> None:
     """A counter at zero, unless there is one."""
-    await db.execute(
-        _insert(db)
-        .values(scope=scope, key=key, failures=0, pending=0, window_started_at=now)
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
-    )
+    await db.execute(_create(_dialect(db)), {"in_scope": scope, "in_key": key, "now": now})
 
 
 async def take(
@@ -118,36 +225,17 @@ async def take(
     again on the locked row, so that no two requests take the last slot. The counter as it
     was before (None when nothing was taken). All slots are stale after `ttl` without a new
     one: a process killed during its checks cannot give them back."""
-    restart = _restart(now, window)
-    failures, pending, locked = _effective(now, window)
-    open_ = (locked.is_(None) | (locked <= _ts(now))) & (failures + pending < limit)
-    # A name's row dates from its last attempt (retention prunes rows idle for a window);
-    # an address's from the start of its failure window.
-    started = case((restart, _ts(now)), else_=T.window_started_at) if window else _ts(now)
-    row = (
-        await db.execute(
-            update(T)
-            .where(_row(scope, key), open_)
-            .values(
-                # Every right-hand side sees the row as it was before this statement.
-                failures=failures,
-                window_started_at=started,
-                locked_until=locked,
-                pending=pending + 1,
-                pending_until=_ts(now + ttl),
-            )
-            .returning(*_RETURNING)
-        )
-    ).first()
+    params = {
+        "in_scope": scope, "in_key": key, "limit": limit, "slots_until": now + ttl,
+        **_at(now, window),
+    }  # fmt: skip
+    row = (await db.execute(_TAKE[window is not None], params)).first()
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
-
-
-_RELEASE = case((T.pending > 0, T.pending - 1), else_=0)
 
 
 async def release(db: AsyncSession, scope: str, key: str) -> None:
     """Give a slot back without counting anything (the attempt was refused or abandoned)."""
-    await db.execute(update(T).where(_row(scope, key)).values(pending=_RELEASE))
+    await db.execute(_RELEASE_ROW, {"in_scope": scope, "in_key": key})
 
 
 async def fail_user(
@@ -160,20 +248,15 @@ async def fail_user(
     scope: str = USER,
 ) -> bool:
     """Turn a name's slot into a failure; whether this failure locked the name."""
-    reached = T.locked_until.is_(None) & (T.failures + 1 >= max_failures)
-    row = (
-        await db.execute(
-            update(T)
-            .where(_row(scope, key))
-            .values(
-                pending=_RELEASE,
-                failures=T.failures + 1,
-                locked_until=case((reached, _ts(now + lockout)), else_=T.locked_until),
-            )
-            .returning(*_RETURNING)
-        )
-    ).first()
-    return row is not None and row[2] == now + lockout
+    lock_until = now + lockout
+    params = {
+        "in_scope": scope,
+        "in_key": key,
+        "max_failures": max_failures,
+        "lock_until": lock_until,
+    }
+    row = (await db.execute(_FAIL_USER, params)).first()
+    return row is not None and row[2] == lock_until
 
 
 async def forgive_user(
@@ -182,37 +265,21 @@ async def forgive_user(
     """A right password gives its slot back and forgives the `forgiven` failures settled
     before it took the slot, not those settled since (a reset to zero would let each
     success hand out that many extra guesses)."""
-    left = T.failures - forgiven
-    await db.execute(
-        update(T)
-        .where(_row(scope, key))
-        .values(
-            pending=_RELEASE,
-            failures=case((left > 0, left), else_=0),
-            locked_until=case((left >= max_failures, T.locked_until), else_=None),
-        )
-    )
+    params = {"in_scope": scope, "in_key": key, "forgiven": forgiven, "max_failures": max_failures}
+    await db.execute(_FORGIVE_USER, params)
 
 
 async def fail_ip(db: AsyncSession, address: str, now: datetime, *, window: timedelta) -> None:
     """Turn an address's slot into a failure, in a fixed window of `window` length."""
-    stale = T.window_started_at <= _ts(now - window)
-    await db.execute(
-        update(T)
-        .where(_row(IP, address))
-        .values(
-            pending=_RELEASE,
-            failures=case((stale, 1), else_=T.failures + 1),
-            window_started_at=case((stale, _ts(now)), else_=T.window_started_at),
-        )
-    )
+    await db.execute(_FAIL_IP, {"in_scope": IP, "in_key": address, **_at(now, window)})
 
 
 async def release_ip(db: AsyncSession, address: str) -> None:
     """Give an address's slot back uncounted; a row with nothing left in it goes (logins
     that did not fail leave no trace of an address)."""
-    await release(db, IP, address)
-    await db.execute(delete(T).where(_row(IP, address), T.failures == 0, T.pending == 0))
+    params = {"in_scope": IP, "in_key": address}
+    await db.execute(_RELEASE_ROW, params)
+    await db.execute(_DROP_IF_EMPTY, params)
 
 
 async def add_failure(
@@ -220,26 +287,14 @@ async def add_failure(
 ) -> Counter:
     """Count one event in a fixed window of `window` length, in one atomic upsert, outside
     a sign-in's slots (a forged refresh token from an address, a registration)."""
-    stale = T.window_started_at <= _ts(now - window)
-    statement = (
-        _insert(db)
-        .values(scope=scope, key=key, failures=1, pending=0, window_started_at=now)
-        .on_conflict_do_update(
-            index_elements=["scope", "key"],
-            set_={
-                "failures": case((stale, 1), else_=T.failures + 1),
-                "window_started_at": case((stale, _ts(now)), else_=T.window_started_at),
-            },
-        )
-        .returning(*_RETURNING)
-    )
-    return _counter((await db.execute(statement)).one())
+    params = {"in_scope": scope, "in_key": key, **_at(now, window)}
+    return _counter((await db.execute(_add_failure(_dialect(db)), params)).one())
 
 
 async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = ()) -> bool:
     """Clear a name's lockout and count, and those of the given device tokens (the
     operator's `users unlock`); whether any of them held a lock or a failure."""
-    targets = _row(USER, key)
+    targets = (T.scope == USER) & (T.key == key)
     if device_keys:
         targets = targets | ((T.scope == DEVICE) & T.key.in_(device_keys))
     result = await db.execute(
@@ -254,6 +309,6 @@ async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = (
 async def locks(db: AsyncSession, now: datetime) -> dict[str, datetime]:
     """Names locked at `now`, with the end of each lock."""
     rows = await db.execute(
-        select(T.key, T.locked_until).where(T.scope == USER, T.locked_until > _ts(now))
+        select(T.key, T.locked_until).where(T.scope == USER, T.locked_until > now)
     )
     return {key: until for key, until in rows.tuples() if until is not None}
