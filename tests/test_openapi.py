@@ -143,6 +143,27 @@ class TestSecurity:
             else:
                 assert not referenced, (path, method)
 
+    def test_dpop_header_is_declared_where_a_proof_is_read(self, document: dict[str, Any]) -> None:
+        # Every protected operation (`Authorization: DPoP` needs a proof) and every request
+        # that issues tokens (a proof binds them).
+        token_requests = {
+            ("/api/v1/auth/login", "post"),
+            ("/api/v1/auth/token", "post"),
+            ("/api/v1/auth/refresh", "post"),
+            ("/api/v1/auth/passkeys/login", "post"),
+            ("/api/v1/auth/mfa/verify", "post"),
+        }
+        for (path, method), protected in OPERATIONS.items():
+            headers = {
+                p["name"]
+                for p in operation(document, path, method).get("parameters", [])
+                if p["in"] == "header"
+            }
+            assert ("DPoP" in headers) == (protected or (path, method) in token_requests), (
+                path,
+                method,
+            )
+
     def test_token_endpoint_takes_the_oauth_form(self, document: dict[str, Any]) -> None:
         body = operation(document, TOKEN_URL, "post")["requestBody"]["content"]
         assert set(body) == {"application/x-www-form-urlencoded"}
