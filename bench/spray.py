@@ -33,13 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conductor_bench.common import BenchError, log
 from conductor_bench.load import Load, Result
-from conductor_bench.servers import (
-    Postgres,
-    Server,
-    clean_env,
-    find_server,
-    server_python_for,
-)
+from conductor_bench.servers import Postgres, Server, Setup, clean_env, set_up
 
 COUNTS = {
     "login_throttles (names)": "SELECT count(*) FROM login_throttles WHERE scope = 'user'",
@@ -69,9 +63,7 @@ def count(db: str, data: Path, postgres: Postgres | None, dbname: str) -> dict[s
     return {k: int(postgres.execute(sql, dbname)) for k, sql in COUNTS.items()}
 
 
-def run_one(
-    db: str, args: argparse.Namespace, server_bin: str, postgres: Postgres | None, work: Path
-) -> Outcome:
+def run_one(db: str, args: argparse.Namespace, setup: Setup, work: Path) -> Outcome:
     """Spray one database, wait out the window, prune, count."""
     cfg = work / db
     data = cfg / "data"
@@ -81,6 +73,7 @@ def run_one(
         "TRUSTED_PROXIES": "127.0.0.1",
         "LOCKOUT_MINUTES": str(WINDOW_MINUTES),
     }
+    server_bin, postgres = setup.server_bin, setup.postgres
     with contextlib.ExitStack() as stack:
         dbname = ""
         if db == "postgres":
@@ -91,7 +84,7 @@ def run_one(
         server = Server(server_bin, cfg, 1, clean_env(**env))
         stack.callback(server.stop)
         server.start()
-        load = Load(args.wrk, 1, args.connections, 5, cfg)
+        load = Load(setup.wrk, 1, args.connections, 5, cfg)
         log(f"[{db}] spraying for {args.duration}s")
         proc = load.start(server.url, "spray.lua", args.duration, {}, f"{db}-spray")
         result = load.finish(proc, args.duration, f"{db}-spray")
@@ -175,18 +168,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432")
     p.add_argument("--server", default=None, help="path of conductor-api")
-    p.add_argument("--wrk", default="wrk")
     p.add_argument("--out", default=None, help="also write the Markdown section here")
     args = p.parse_args(argv)
     if args.duration < 1 or args.connections < 1:
         p.error("--duration and --connections must be at least 1")
     try:
-        server_bin = find_server(args.server)
-        python = server_python_for(server_bin)
-        dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-        postgres = Postgres(args.pg_url, python) if "postgres" in dbs else None
+        setup = set_up(args.db, args.server, args.pg_url)
         with tempfile.TemporaryDirectory(prefix="conductor-spray-") as tmp:
-            outcomes = [run_one(db, args, server_bin, postgres, Path(tmp)) for db in dbs]
+            outcomes = [run_one(db, args, setup, Path(tmp)) for db in setup.dbs]
     except BenchError as error:
         print(f"bench/spray.py: {error}", file=sys.stderr)
         return 1

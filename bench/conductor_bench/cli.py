@@ -26,7 +26,7 @@ from conductor_bench.common import (
 from conductor_bench.load import Load, wrk_version
 from conductor_bench.report import keep_note, report, write_report
 from conductor_bench.scenarios import Options, run_config
-from conductor_bench.servers import Postgres, find_server, server_python_for, server_versions
+from conductor_bench.servers import server_versions, set_up
 from conductor_bench.system import cores, cpu_model
 
 
@@ -152,17 +152,9 @@ def main(argv: list[str]) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="conductor-bench-"))
     try:
-        wrk = shutil.which("wrk")
-        if not wrk:
-            raise BenchError("wrk not found: `apt-get install -y wrk` (or `make tools`)")
-        server_bin = find_server(args.server)
-        server_python = server_python_for(server_bin)
-        dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-        postgres = None
-        pg_version = ""
-        if "postgres" in dbs:
-            postgres = Postgres(args.pg_url, server_python)
-            pg_version = postgres.version()
+        setup = set_up(args.db, args.server, args.pg_url)
+        wrk, server_bin, server_python = setup.wrk, setup.server_bin, setup.server_python
+        dbs, postgres, pg_version = setup.dbs, setup.postgres, setup.pg_version
         opts = Options(
             duration=args.duration,
             mixed_duration=args.mixed_duration,

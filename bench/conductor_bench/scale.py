@@ -52,9 +52,8 @@ from conductor_bench.servers import (
     Postgres,
     Server,
     clean_env,
-    find_server,
-    server_python_for,
     server_versions,
+    set_up,
 )
 from conductor_bench.system import cores, cpu_model, postgres_backends, wait_quiet
 
@@ -625,17 +624,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="conductor-scale-"))
     try:
-        wrk = shutil.which("wrk")
-        if not wrk:
-            raise BenchError("wrk not found: `apt-get install -y wrk` (or `make tools`)")
-        server_bin = find_server(args.server)
-        server_python = server_python_for(server_bin)
-        dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-        postgres = None
-        pg_version = ""
-        if "postgres" in dbs:
-            postgres = Postgres(args.pg_url, server_python)
-            pg_version = postgres.version()
+        setup = set_up(args.db, args.server, args.pg_url)
+        wrk, server_bin, server_python = setup.wrk, setup.server_bin, setup.server_python
+        dbs, postgres, pg_version = setup.dbs, setup.postgres, setup.pg_version
         from conductor_api.security.passwords import make_password_hash
 
         opts = Options(

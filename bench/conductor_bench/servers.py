@@ -265,3 +265,28 @@ def server_versions(python: str) -> dict[str, str]:
         return {"python": "unknown"}
     data: dict[str, str] = json.loads(proc.stdout)
     return data
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every benchmark run needs before its first server."""
+
+    wrk: str
+    server_bin: str
+    server_python: str
+    dbs: list[str]  # "sqlite", "postgres"
+    postgres: Postgres | None
+    pg_version: str
+
+
+def set_up(db: str, server: str | None, pg_url: str) -> Setup:
+    """Find wrk and the server (and its Python); `db` is sqlite, postgres or both."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise BenchError("wrk not found: `apt-get install -y wrk` (or `make tools`)")
+    server_bin = find_server(server)
+    server_python = server_python_for(server_bin)
+    dbs = ["sqlite", "postgres"] if db == "both" else [db]
+    postgres = Postgres(pg_url, server_python) if "postgres" in dbs else None
+    pg_version = postgres.version() if postgres is not None else ""
+    return Setup(wrk, server_bin, server_python, dbs, postgres, pg_version)

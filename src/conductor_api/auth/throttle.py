@@ -159,24 +159,24 @@ _FAIL_IP = (
 )
 
 
-@cache
-def _create(dialect: str) -> Any:
+def _new_row(dialect: str, failures: int) -> Any:
+    """An INSERT of a counter (this dialect's, for its ON CONFLICT clause)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        insert(_t)
-        .values(scope=bindparam("in_scope"), key=bindparam("in_key"), failures=0, pending=0,
-                window_started_at=_NOW)
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
+    return insert(_t).values(
+        scope=bindparam("in_scope"), key=bindparam("in_key"), failures=failures, pending=0,
+        window_started_at=_NOW,
     )  # fmt: skip
 
 
 @cache
+def _create(dialect: str) -> Any:
+    return _new_row(dialect, 0).on_conflict_do_nothing(index_elements=["scope", "key"])
+
+
+@cache
 def _add_failure(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(_t)
-        .values(scope=bindparam("in_scope"), key=bindparam("in_key"), failures=1, pending=0,
-                window_started_at=_NOW)
+        _new_row(dialect, 1)
         .on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={
@@ -185,7 +185,7 @@ def _add_failure(dialect: str) -> Any:
             },
         )
         .returning(*_RETURNING)
-    )  # fmt: skip
+    )
 
 
 def _dialect(db: AsyncSession) -> str:
