@@ -26,7 +26,7 @@ from conductor_bench.common import (
 from conductor_bench.load import Load, wrk_version
 from conductor_bench.report import keep_note, report, write_report
 from conductor_bench.scenarios import Options, run_config
-from conductor_bench.servers import server_versions, set_up
+from conductor_bench.servers import Setup, server_versions, set_up
 from conductor_bench.system import cores, cpu_model
 
 
@@ -132,14 +132,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--threads must not exceed --connections")
     if args.probe_rate <= 0:
         p.error("--probe-rate must be positive")
-    m = re.fullmatch(r"postgres(?:ql)?://([^@/]+@)?([^:/]+)(:\d+)?/?", args.pg_url)
-    if not m or m.group(2) not in ("127.0.0.1", "localhost"):
-        p.error("--pg-url must be postgresql://USER@127.0.0.1[:PORT], without a database")
-    args.pg_url = args.pg_url.rstrip("/")
+    check_pg_url(p, args)
     for item in args.server_env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item):
             p.error(f"--server-env: expected NAME=VALUE, got {item!r}")
     return args
+
+
+def check_pg_url(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--pg-url names a local PostgreSQL server, not a database (runs make their own)."""
+    m = re.fullmatch(r"postgres(?:ql)?://([^@/]+@)?([^:/]+)(:\d+)?/?", args.pg_url)
+    if not m or m.group(2) not in ("127.0.0.1", "localhost"):
+        p.error("--pg-url must be postgresql://USER@127.0.0.1[:PORT], without a database")
+    args.pg_url = args.pg_url.rstrip("/")
+
+
+def run_header(
+    setup: Setup, script: str, argv: list[str], started: datetime, elapsed: float
+) -> dict[str, str]:
+    """The lines every report opens with: command, date, machine, versions."""
+    shown = " ".join(shlex.quote(a) for a in ["python", script, *argv])
+    versions = server_versions(setup.server_python)
+    return {
+        "command": f"`{shown}`",
+        "date": started.strftime("%Y-%m-%dT%H:%M:%SZ") + f" ({elapsed:.0f} s in all)",
+        "machine": f"`nproc` {cores()}, {cpu_model()}, {platform.system()} {platform.release()}",
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f", wrk {wrk_version(setup.wrk)}"
+        + (f", PostgreSQL {setup.pg_version}" if setup.pg_version else ""),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -154,7 +175,7 @@ def main(argv: list[str]) -> int:
     try:
         setup = set_up(args.db, args.server, args.pg_url)
         wrk, server_bin, server_python = setup.wrk, setup.server_bin, setup.server_python
-        dbs, postgres, pg_version = setup.dbs, setup.postgres, setup.pg_version
+        dbs, postgres = setup.dbs, setup.postgres
         opts = Options(
             duration=args.duration,
             mixed_duration=args.mixed_duration,
@@ -170,7 +191,6 @@ def main(argv: list[str]) -> int:
             patience=args.patience,
         )
         load_tool = Load(wrk, args.threads, args.connections, args.timeout, workdir)
-        versions = server_versions(server_python)
         started = datetime.now(UTC)
         configs = []
         for db in dbs:
@@ -182,15 +202,8 @@ def main(argv: list[str]) -> int:
                 )
         elapsed = (datetime.now(UTC) - started).total_seconds()
 
-        shown = " ".join(shlex.quote(a) for a in ["python", "bench/run.py", *argv])
         header = {
-            "command": f"`{shown}`",
-            "date": started.strftime("%Y-%m-%dT%H:%M:%SZ") + f" ({elapsed:.0f} s in all)",
-            "machine": f"`nproc` {cores()}, {cpu_model()}, {platform.system()} "
-            f"{platform.release()}",
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items())
-            + f", wrk {wrk_version(wrk)}"
-            + (f", PostgreSQL {pg_version}" if pg_version else ""),
+            **run_header(setup, "bench/run.py", argv, started, elapsed),
             "server": f"`conductor-api serve --workers N` at commit {git_describe()}, "
             f"log level {args.server_log_level or 'default'}"
             + "".join(f", {item}" for item in args.server_env)

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import platform
-import re
-import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -40,10 +37,10 @@ from pathlib import Path
 import httpx
 
 from conductor_api.config import Settings
-from conductor_bench.cli import git_describe
+from conductor_bench.cli import check_pg_url, git_describe, run_header
 from conductor_bench.common import BENCH_DIR, BUSY_CORES, MIB, BenchError, log
 from conductor_bench.hashbound import HashBound, measure
-from conductor_bench.load import Load, Result, wrk_version
+from conductor_bench.load import Load, Result
 from conductor_bench.scenarios import write_lines
 from conductor_bench.seed import fresh_refresh_tokens
 from conductor_bench.seed import seed as seed_api
@@ -52,10 +49,9 @@ from conductor_bench.servers import (
     Postgres,
     Server,
     clean_env,
-    server_versions,
     set_up,
 )
-from conductor_bench.system import cores, cpu_model, postgres_backends, wait_quiet
+from conductor_bench.system import postgres_backends, wait_quiet
 
 HEAVY_EVENTS = 1000
 SCALE_SCENARIOS = {
@@ -613,10 +609,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads > args.connections:
         p.error("--threads must not exceed --connections")
-    m = re.fullmatch(r"postgres(?:ql)?://([^@/]+@)?([^:/]+)(:\d+)?/?", args.pg_url)
-    if not m or m.group(2) not in ("127.0.0.1", "localhost"):
-        p.error("--pg-url must be postgresql://USER@127.0.0.1[:PORT], without a database")
-    args.pg_url = args.pg_url.rstrip("/")
+    check_pg_url(p, args)
     return args
 
 
@@ -626,7 +619,7 @@ def main(argv: list[str]) -> int:
     try:
         setup = set_up(args.db, args.server, args.pg_url)
         wrk, server_bin, server_python = setup.wrk, setup.server_bin, setup.server_python
-        dbs, postgres, pg_version = setup.dbs, setup.postgres, setup.pg_version
+        dbs, postgres = setup.dbs, setup.postgres
         from conductor_api.security.passwords import make_password_hash
 
         opts = Options(
@@ -649,16 +642,8 @@ def main(argv: list[str]) -> int:
         started = datetime.now(UTC)
         groups = [run_group(db, kind, ctx) for db in dbs for kind in ("empty", "seeded")]
         elapsed = (datetime.now(UTC) - started).total_seconds()
-        versions = server_versions(server_python)
-        shown = " ".join(shlex.quote(a) for a in ["python", "bench/scale.py", *argv])
         header = {
-            "command": f"`{shown}`",
-            "date": started.strftime("%Y-%m-%dT%H:%M:%SZ") + f" ({elapsed:.0f} s in all)",
-            "machine": f"`nproc` {cores()}, {cpu_model()}, {platform.system()} "
-            f"{platform.release()}",
-            "versions": ", ".join(f"{k} {v}" for k, v in versions.items())
-            + f", wrk {wrk_version(wrk)}"
-            + (f", PostgreSQL {pg_version}" if pg_version else ""),
+            **run_header(setup, "bench/scale.py", argv, started, elapsed),
             "server": f"`conductor-api serve --workers 1` at commit {git_describe()}, "
             "PRUNE_INTERVAL_SECONDS=0 (no background prune during the run), otherwise "
             "defaults; a fresh data directory and database per group",
