@@ -4,53 +4,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
-
-from conductor_api.app import create_app
-from tests.conftest import PASSWORD, make_settings
-from tests.e2e.server import clean_env, cli_path
+from tests.conftest import PASSWORD
+from tests.operator import cli, login, server_on
 
 WRONG = "wrong password, but long enough"
 LOCKED = re.compile(
     r"^alice\tactive\tlocked until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\t0 sessions"
     r"\tno second factor\t0 passkeys$"
 )
-
-
-def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`conductor-api ARGS` on the data directory, as an operator runs it."""
-    return subprocess.run(
-        [cli_path(), *args],
-        input=stdin,
-        env=clean_env(CONDUCTOR_DATA_DIR=str(data_dir)),
-        cwd=data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@asynccontextmanager
-async def server_on(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The application on the same database file, with the real clock."""
-    app = create_app(make_settings(data_dir, None))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-
-
-async def login(client: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
-    """POST /auth/login."""
-    body = {"username": username, "password": password, "device_name": "Pixel"}
-    return await client.post("/api/v1/auth/login", json=body)
 
 
 class TestUnlock:

@@ -4,50 +4,12 @@ open the stored secrets stops `serve` with one line."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-
-from conductor_api.app import create_app
-from tests.conftest import PASSWORD, TEST_KEK, bearer, make_settings
-from tests.e2e.server import clean_env, cli_path
+from tests.conftest import PASSWORD, TEST_KEK, bearer
 from tests.mfa.helpers import MFA, enable_totp, mfa_status
-
-
-def cli(
-    data_dir: Path, *args: str, stdin: str = "", kek: str = TEST_KEK
-) -> subprocess.CompletedProcess[str]:
-    """`conductor-api ARGS` on the data directory, with the tests' KEY_ENCRYPTION_KEY."""
-    return subprocess.run(
-        [cli_path(), *args],
-        input=stdin,
-        env=clean_env(CONDUCTOR_DATA_DIR=str(data_dir), KEY_ENCRYPTION_KEY=kek),
-        cwd=data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@asynccontextmanager
-async def server_on(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The application on the same database file, with the real clock."""
-    app = create_app(make_settings(data_dir, None))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-
-
-async def login(client: httpx.AsyncClient) -> httpx.Response:
-    """POST /auth/login as alice."""
-    body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel"}
-    return await client.post("/api/v1/auth/login", json=body)
+from tests.operator import cli, login, server_on
 
 
 class TestResetMfa:

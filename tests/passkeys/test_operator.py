@@ -4,38 +4,18 @@ bad passkey setting stops the process with one line naming it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conductor_api.app import create_app
 from conductor_api.config import ConfigError, load_settings
-from tests.conftest import PASSWORD, make_settings
+from tests.conftest import PASSWORD
 from tests.e2e.server import clean_env, cli_path
 from tests.mfa.helpers import enable_totp
+from tests.operator import cli, login, server_on
 from tests.passkeys.authenticator import Authenticator
 from tests.passkeys.helpers import ON, add_passkey, passkey_login
-from tests.test_cli_mfa import cli
-
-
-@asynccontextmanager
-async def server_on(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The application on the CLI's database file, with passkeys on and the real clock."""
-    app = create_app(make_settings(data_dir, None, **ON))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-
-
-async def password_login(client: httpx.AsyncClient) -> httpx.Response:
-    """POST /auth/login as alice."""
-    body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel"}
-    return await client.post("/api/v1/auth/login", json=body)
 
 
 class TestOperator:
@@ -46,8 +26,8 @@ class TestOperator:
         created = cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
         assert created.returncode == 0, created.stderr
         phone = Authenticator()
-        async with server_on(data) as client:
-            access = (await password_login(client)).json()["access_token"]
+        async with server_on(data, **ON) as client:
+            access = (await login(client)).json()["access_token"]
             await add_passkey(client, access, phone)
             await add_passkey(client, access, Authenticator())
             await enable_totp(client, access, datetime.now(UTC))
@@ -62,12 +42,12 @@ class TestOperator:
         assert cli(data, "users", "list").stdout.splitlines() == [
             "alice\tactive\tnot locked\t0 sessions\tno second factor\t2 passkeys"
         ]
-        async with server_on(data) as client:
+        async with server_on(data, **ON) as client:
             signed_in = await passkey_login(client, phone)
             assert signed_in.status_code == 200, signed_in.text
 
         assert cli(data, "users", "disable", "alice").returncode == 0
-        async with server_on(data) as client:
+        async with server_on(data, **ON) as client:
             refused = await passkey_login(client, phone)
             assert refused.status_code == 403
             assert refused.json()["code"] == "account_disabled"
