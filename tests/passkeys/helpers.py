@@ -13,7 +13,7 @@ from conductor_api.auth.models import LoginThrottle
 from conductor_api.container import Container
 from conductor_api.passkeys.models import Passkey
 from conductor_api.sessions.models import DeviceSession
-from tests.conftest import CLIENT_IP, bearer
+from tests.conftest import CLIENT_IP, bearer, tokens
 from tests.passkeys.authenticator import ORIGIN, RP_ID, Authenticator, b64url
 
 PASSKEYS = "/api/v1/auth/passkeys"
@@ -67,6 +67,17 @@ async def add_passkey(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def with_passkey(
+    client: httpx.AsyncClient, **login: Any
+) -> tuple[dict[str, Any], Authenticator]:
+    """Sign in with the password (alice unless `login` says) and register a new passkey: the
+    token pair, and the authenticator that holds the passkey."""
+    pair = await tokens(client, **login)
+    phone = Authenticator()
+    await add_passkey(client, pair["access_token"], phone)
+    return pair, phone
 
 
 async def login_options(client: httpx.AsyncClient) -> dict[str, Any]:

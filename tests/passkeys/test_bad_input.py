@@ -27,7 +27,6 @@ from tests.passkeys.authenticator import BE, BS, UP, UV, Authenticator, b64url
 from tests.passkeys.helpers import (
     ON,
     PASSKEYS,
-    add_passkey,
     address_failures,
     login_options,
     passkey_login,
@@ -35,6 +34,7 @@ from tests.passkeys.helpers import (
     register,
     register_options,
     session_count,
+    with_passkey,
 )
 
 INVALID = {"detail": "The passkey could not be verified", "code": "invalid_passkey"}
@@ -83,9 +83,7 @@ class TestSignIn:
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> Authenticator:
         """Alice's registered passkey, used once (its counter is 1)."""
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        _pair, phone = await with_passkey(client)
         assert (await passkey_login(client, phone)).status_code == 200
         return phone
 
@@ -337,9 +335,7 @@ class TestRegistration:
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:
         await add_user(container, "bob")
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        pair, phone = await with_passkey(client)
         bobs = await tokens(client, username="bob")
         for token in (pair["access_token"], bobs["access_token"]):
             again = await register(client, token, phone)

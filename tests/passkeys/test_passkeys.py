@@ -31,6 +31,7 @@ from tests.passkeys.helpers import (
     register,
     register_options,
     session_count,
+    with_passkey,
 )
 
 
@@ -125,9 +126,7 @@ class TestLife:
     async def test_a_synced_passkey_signs_in_on_a_new_phone_without_a_device_token(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:
-        pair = await tokens(client)
-        old_phone = Authenticator()
-        await add_passkey(client, pair["access_token"], old_phone)
+        pair, old_phone = await with_passkey(client)
         first = await passkey_login(client, old_phone, device="Old phone")
         # The same key, synced by the provider: the counter of a synced passkey stays 0.
         new_phone = Authenticator(key=old_phone.key, credential_id=old_phone.credential_id,
@@ -147,9 +146,7 @@ class TestLife:
     async def test_a_device_token_is_answered_again(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        pair, phone = await with_passkey(client)
         again = await passkey_login(client, phone, extra={"device_token": pair["device_token"]})
         assert again.status_code == 200
         assert again.json()["device_token"] == pair["device_token"]
@@ -199,9 +196,7 @@ class TestSignInSteps:
     async def test_a_passkey_satisfies_the_second_factor(
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        pair, phone = await with_passkey(client)
         await enable_totp(client, pair["access_token"], container.clock.now())
         assert (await login(client)).status_code == 403  # the password needs the code
         signed_in = await passkey_login(client, phone)
@@ -211,9 +206,7 @@ class TestSignInSteps:
     async def test_a_disabled_user_is_refused_only_after_a_valid_assertion(
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        _pair, phone = await with_passkey(client)
         async with container.sessionmaker.begin() as db:
             user = await users_service.require_user(db, "alice")
             await users_service.set_active(db, user, False, container.clock.now())
@@ -245,9 +238,7 @@ class TestSignInSteps:
     async def test_reset_mfa_keeps_the_passkeys(
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        pair, phone = await with_passkey(client)
         await enable_totp(client, pair["access_token"], container.clock.now())
         async with container.sessionmaker.begin() as db:
             user = await users_service.require_user(db, "alice")
@@ -299,9 +290,7 @@ class TestMetrics:
     ) -> None:
         from tests.metrics.test_metrics import scrape
 
-        pair = await tokens(client)
-        phone = Authenticator()
-        await add_passkey(client, pair["access_token"], phone)
+        _pair, phone = await with_passkey(client)
         assert (await passkey_login(client, phone)).status_code == 200
         assert (await passkey_login(client, phone, signer=Authenticator().key)).status_code == 401
         s = scrape(container)
