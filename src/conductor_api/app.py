@@ -21,6 +21,7 @@ from conductor_api.auth.router import router as auth_router
 from conductor_api.clock import Clock
 from conductor_api.config import Settings, load_settings
 from conductor_api.container import Container
+from conductor_api.deps import document_dpop
 from conductor_api.errors import AppError, ServiceUnavailable
 from conductor_api.events.router import router as events_router
 from conductor_api.keys.router import router as keys_router
@@ -130,6 +131,21 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "Internal error", "code": "internal_error"}, status_code=500)
 
 
+def _document_dpop(app: FastAPI) -> None:
+    """The OpenAPI document, with the DPoP header on the operations behind a token."""
+    generate = app.openapi
+    documented: set[int] = set()
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if id(schema) not in documented:
+            document_dpop(schema)
+            documented.add(id(schema))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     """Build the application. The engine and every service are made in the lifespan."""
     settings = settings or load_settings()
@@ -160,6 +176,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(mfa_router, prefix="/api/v1")
     app.include_router(passkeys_router, prefix="/api/v1")
     app.include_router(well_known_router)
+    _document_dpop(app)
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
     async def live() -> dict[str, str]:

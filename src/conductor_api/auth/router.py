@@ -18,7 +18,14 @@ from conductor_api.auth.schemas import (
     TokenPairOut,
     UserOut,
 )
-from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession, DPoPProof
+from conductor_api.deps import (
+    DPOP_TOKEN_REQUEST,
+    Client,
+    ContainerDep,
+    CurrentPrincipal,
+    DbSession,
+    DPoPProof,
+)
 from conductor_api.errors import AppError, InvalidDPoPProof, MfaRequired
 from conductor_api.mfa.schemas import MfaRequiredOut
 from conductor_api.schemas import ErrorOut, error_responses
@@ -55,6 +62,7 @@ _TOKEN_DOC: dict[int | str, dict[str, Any]] = {
         },
     },
     summary="Sign a device in",
+    openapi_extra=DPOP_TOKEN_REQUEST,
 )
 async def login(body: LoginRequest, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
     """Check the password and start a session for this device (bound to the key of a
@@ -103,6 +111,7 @@ def _oauth_error(
         **error_responses(413, 422, 429, 503),
     },
     summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+    openapi_extra=DPOP_TOKEN_REQUEST,
 )
 async def token(
     c: ContainerDep,
@@ -162,6 +171,7 @@ async def token(
     response_model=TokenPairOut,
     responses={**_TOKEN_DOC, **error_responses(400, 401, 413, 422, 429, 503)},
     summary="Rotate a refresh token",
+    openapi_extra=DPOP_TOKEN_REQUEST,
 )
 async def refresh(
     body: RefreshRequest, c: ContainerDep, client: Client, proof: DPoPProof

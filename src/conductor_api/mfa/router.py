@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 
 from conductor_api.auth.flows import sign_in_key
 from conductor_api.auth.schemas import TokenPairOut
-from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DPoPProof
+from conductor_api.deps import DPOP_TOKEN_REQUEST, Client, ContainerDep, CurrentPrincipal, DPoPProof
 from conductor_api.mfa import flows
 from conductor_api.mfa.schemas import (
     CodeIn,
@@ -105,6 +105,7 @@ async def recovery_codes(
     response_model=TokenPairOut,
     responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
     summary="Second step of a sign-in",
+    openapi_extra=DPOP_TOKEN_REQUEST,
 )
 async def verify(body: VerifyIn, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
     """A TOTP or recovery code for a pending sign-in: the token pair and a device token

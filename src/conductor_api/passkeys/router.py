@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import TokenPairOut
 from conductor_api.auth.service import Device
-from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DPoPProof
+from conductor_api.deps import DPOP_TOKEN_REQUEST, Client, ContainerDep, CurrentPrincipal, DPoPProof
 from conductor_api.errors import InvalidPasskey, NotFound
 from conductor_api.passkeys.schemas import (
     LoginIn,
@@ -145,6 +145,7 @@ async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
     response_model=TokenPairOut,
     responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
     summary="Sign a device in with a passkey",
+    openapi_extra=DPOP_TOKEN_REQUEST,
 )
 async def login(body: LoginIn, c: ContainerDep, client: Client, proof: DPoPProof) -> Response:
     """Check the assertion and start a session for this device, exactly as a password
