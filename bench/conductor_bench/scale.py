@@ -572,8 +572,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        default=BENCH_DIR / "SCALE.md",
-        help="write the section `## Scale benchmark` into this file (default bench/SCALE.md)",
+        default=BENCH_DIR / "RESULTS.md",
+        help="write the section `## Scale benchmark` into this file, replacing the one there "
+        "or appending it (default bench/RESULTS.md, where it sits below run.py's part)",
     )
     p.add_argument("--no-out", action="store_true", help="only print the report")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
