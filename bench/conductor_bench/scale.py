@@ -619,8 +619,6 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="conductor-scale-"))
     try:
         setup = set_up(args.db, args.server, args.pg_url)
-        wrk, server_bin, server_python = setup.wrk, setup.server_bin, setup.server_python
-        dbs, postgres = setup.dbs, setup.postgres
         from conductor_api.security.passwords import make_password_hash
 
         opts = Options(
@@ -633,15 +631,15 @@ def main(argv: list[str]) -> int:
         )
         ctx = Context(
             opts=opts,
-            server_bin=server_bin,
-            server_python=server_python,
-            postgres=postgres,
-            load=Load(wrk, opts.threads, opts.connections, args.timeout, workdir),
+            server_bin=setup.server_bin,
+            server_python=setup.server_python,
+            postgres=setup.postgres,
+            load=Load(setup.wrk, opts.threads, opts.connections, args.timeout, workdir),
             workdir=workdir,
             password_hash=make_password_hash().hash(SEED_PASSWORD),
         )
         started = datetime.now(UTC)
-        groups = [run_group(db, kind, ctx) for db in dbs for kind in ("empty", "seeded")]
+        groups = [run_group(db, kind, ctx) for db in setup.dbs for kind in ("empty", "seeded")]
         elapsed = (datetime.now(UTC) - started).total_seconds()
         header = {
             **run_header(setup, "bench/scale.py", argv, started, elapsed),
