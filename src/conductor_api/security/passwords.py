@@ -60,14 +60,23 @@ _M_ARENA_MAX = -8
 # The largest mmap threshold glibc accepts on 64-bit: every Argon2id buffer (19 MiB) is
 # served from the heap, not from a fresh mapping.
 _MMAP_THRESHOLD_MAX = 32 << 20
-# Free memory at the top of the heap is kept up to this much; `GlibcHeap.trim` returns it.
+# Free memory at the top of the heap is kept up to this much; `malloc_trim` returns it.
 _TRIM_THRESHOLD = 256 << 20
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """Set glibc's allocator up for Argon2id (see `GlibcHeap`), once per process; its
-    `malloc_trim`, or None off glibc."""
+def tune_allocator() -> Callable[[int], int] | None:
+    """Keep Argon2id buffers mapped while hashes run, so that they can be given back when
+    hashing stops; glibc's `malloc_trim` to give them back, or None off glibc. Once per
+    process, before it starts threads (`serving.worker` calls it first thing): glibc fixes
+    its number of arenas when a second thread first needs one.
+
+    By default glibc maps a fresh 19 MiB buffer for the first hashes (every page faulted in
+    and zeroed by the kernel: a third of a verify's CPU), then, once its mmap threshold has
+    grown, keeps each hashing thread's buffer resident for good in that thread's own arena,
+    out of `malloc_trim`'s reach. Here the thresholds are fixed and every thread shares the
+    main arena: buffers are reused hash after hash, and `malloc_trim(0)` (called once the
+    hash pool has been idle for a moment) returns every free page to the system."""
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return None
@@ -83,28 +92,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
     ):
         return cast("Callable[[int], int]", malloc_trim)
     return None
-
-
-class GlibcHeap:
-    """Keep Argon2id buffers mapped while hashes run, and give them back when hashing stops.
-
-    By default glibc maps a fresh 19 MiB buffer for the first hashes (every page faulted in
-    and zeroed by the kernel: a third of a verify's CPU), then, once its mmap threshold has
-    grown, keeps each hashing thread's buffer resident for good in that thread's own arena,
-    out of `malloc_trim`'s reach. Here the thresholds are fixed and every thread shares the
-    main arena: buffers are reused hash after hash, and `trim` (called once the hash pool
-    has been idle for a moment) returns every free page to the system. A no-op off glibc.
-
-    Make one before the process starts threads (`serving.worker` does, first thing): glibc
-    fixes its number of arenas when a second thread first needs one."""
-
-    def __init__(self) -> None:
-        self._trim = _malloc_trim()
-
-    def trim(self) -> None:
-        """Return the free pages of every heap to the system (glibc's `malloc_trim`)."""
-        if self._trim is not None:
-            self._trim(0)
 
 
 # How much lower than the rest of the process a hashing thread runs (nice levels).
@@ -155,7 +142,7 @@ class PasswordHasher:
     """Hashes and verifies in a bounded thread pool, never on the event loop."""
 
     def __init__(self, concurrency: int, observer: HashObserver | None = None) -> None:
-        self._heap = GlibcHeap()
+        self._malloc_trim = tune_allocator()
         self._in_flight = 0
         self._trim_timer: asyncio.TimerHandle | None = None
         self._observer: HashObserver = observer or _Unobserved()
@@ -173,9 +160,7 @@ class PasswordHasher:
 
     def close(self) -> None:
         """Stop the hashing threads."""
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
+        self._cancel_trim()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def hash(self, password: str) -> str:
@@ -213,6 +198,9 @@ class PasswordHasher:
 
     def _started(self) -> None:
         self._in_flight += 1
+        self._cancel_trim()
+
+    def _cancel_trim(self) -> None:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
@@ -227,9 +215,9 @@ class PasswordHasher:
 
     def _trim_if_idle(self) -> None:
         self._trim_timer = None
-        if self._in_flight == 0:
+        if self._in_flight == 0 and self._malloc_trim is not None:
             with contextlib.suppress(RuntimeError):  # the pool was shut down
-                self._pool.submit(self._heap.trim)
+                self._pool.submit(self._malloc_trim, 0)
 
     async def verify_dummy(self, password: str) -> None:
         """Verify against a hash no password matches, so that an unknown username takes

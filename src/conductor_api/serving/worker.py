@@ -15,7 +15,7 @@ import uvicorn
 
 from conductor_api.config import load_settings
 from conductor_api.logs import configure_logging
-from conductor_api.security.passwords import GlibcHeap
+from conductor_api.security.passwords import tune_allocator
 
 _PR_SET_PDEATHSIG = 1
 # The status of a worker whose application did not start (uvicorn's own value): the
@@ -32,7 +32,7 @@ def die_with_parent() -> None:
 
 def main(argv: list[str]) -> None:
     """Serve the application on the inherited socket until SIGTERM or SIGINT."""
-    GlibcHeap()  # before any thread starts (see its docstring)
+    tune_allocator()  # before any thread starts (see its docstring)
     die_with_parent()
     sock = socket.socket(fileno=int(argv[1]))
     settings = load_settings()
