@@ -134,16 +134,7 @@ def _install_handlers(app: FastAPI) -> None:
 def _document_dpop(app: FastAPI) -> None:
     """The OpenAPI document, with the DPoP header on the operations behind a token."""
     generate = app.openapi
-    documented: set[int] = set()
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()
-        if id(schema) not in documented:
-            document_dpop(schema)
-            documented.add(id(schema))
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = lambda: document_dpop(generate())  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:

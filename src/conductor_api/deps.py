@@ -55,13 +55,16 @@ _DPOP_RESOURCE = _dpop_header(
 )
 
 
-def document_dpop(schema: dict[str, Any]) -> None:
+def document_dpop(schema: dict[str, Any]) -> dict[str, Any]:
     """Declare the DPoP header on every operation behind an access token (one with a
-    `security` requirement); the token requests declare theirs (`DPOP_TOKEN_REQUEST`)."""
+    `security` requirement), once; the token requests declare theirs (`DPOP_TOKEN_REQUEST`)."""
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             if isinstance(operation, dict) and operation.get("security"):
-                operation.setdefault("parameters", []).append(_DPOP_RESOURCE)
+                parameters = operation.setdefault("parameters", [])
+                if _DPOP_RESOURCE not in parameters:
+                    parameters.append(_DPOP_RESOURCE)
+    return schema
 
 
 async def get_container(request: Request) -> Container:

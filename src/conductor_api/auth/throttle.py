@@ -277,9 +277,8 @@ async def fail_ip(db: AsyncSession, address: str, now: datetime, *, window: time
 async def release_ip(db: AsyncSession, address: str) -> None:
     """Give an address's slot back uncounted; a row with nothing left in it goes (logins
     that did not fail leave no trace of an address)."""
-    params = {"in_scope": IP, "in_key": address}
-    await db.execute(_RELEASE_ROW, params)
-    await db.execute(_DROP_IF_EMPTY, params)
+    await release(db, IP, address)
+    await db.execute(_DROP_IF_EMPTY, {"in_scope": IP, "in_key": address})
 
 
 async def add_failure(
