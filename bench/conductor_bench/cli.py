@@ -20,7 +20,8 @@ from conductor_bench.common import (
     ARGON2_TIME_COST,
     BUSY_CORES,
     REPO,
-    BenchError,
+    failure_line,
+    failure_status,
     log,
 )
 from conductor_bench.load import Load, wrk_version
@@ -225,15 +226,11 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
-    except BenchError as e:
-        failure = f"bench: error: {e}"
-    except KeyboardInterrupt:
-        failure = "bench: error: interrupted"
-    except Exception as e:  # one line, never a traceback
-        failure = f"bench: error: unexpected {type(e).__name__}: {e}".replace("\n", " ")
+    except (KeyboardInterrupt, Exception) as e:
+        failure, status = failure_line(e), failure_status(e)
     # Servers and databases are gone by now (run_config's ExitStack); logs stay on failure.
     kept = keep_note(workdir)
     if not kept:
         shutil.rmtree(workdir, ignore_errors=True)
     print(failure + kept, file=sys.stderr)
-    return 130 if failure.endswith("interrupted") else 1
+    return status

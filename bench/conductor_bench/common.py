@@ -41,5 +41,19 @@ class BenchError(Exception):
     """Something stopped the benchmark; the message is the one line the user sees."""
 
 
+def failure_line(error: BaseException) -> str:
+    """The one line a run that stopped on `error` prints: never a traceback."""
+    if isinstance(error, BenchError):
+        return f"bench: error: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return "bench: error: interrupted"
+    return f"bench: error: unexpected {type(error).__name__}: {error}".replace("\n", " ")
+
+
+def failure_status(error: BaseException) -> int:
+    """The exit status of a run that stopped on `error`."""
+    return 130 if isinstance(error, KeyboardInterrupt) else 1
+
+
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)

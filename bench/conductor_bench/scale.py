@@ -38,7 +38,15 @@ import httpx
 
 from conductor_api.config import Settings
 from conductor_bench.cli import check_pg_url, git_describe, run_header
-from conductor_bench.common import BENCH_DIR, BUSY_CORES, MIB, BenchError, log
+from conductor_bench.common import (
+    BENCH_DIR,
+    BUSY_CORES,
+    MIB,
+    BenchError,
+    failure_line,
+    failure_status,
+    log,
+)
 from conductor_bench.hashbound import HashBound, measure
 from conductor_bench.load import Load, Result
 from conductor_bench.scenarios import write_lines
@@ -665,11 +673,7 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
-    except BenchError as e:
-        failure = f"bench: error: {e}"
-    except KeyboardInterrupt:
-        failure = "bench: error: interrupted"
-    except Exception as e:  # one line, never a traceback
-        failure = f"bench: error: unexpected {type(e).__name__}: {e}".replace("\n", " ")
+    except (KeyboardInterrupt, Exception) as e:
+        failure, status = failure_line(e), failure_status(e)
     print(failure + f" (logs kept in {workdir})", file=sys.stderr)
-    return 130 if failure.endswith("interrupted") else 1
+    return status
