@@ -1,5 +1,6 @@
 """Smoke test of the load benchmark: bench/run.py --quick runs end to end and reports every
-scenario. It checks that the harness works, never how fast the server is."""
+scenario, for one worker and two, and the alternating comparison of the two (s). It checks
+that the harness works, never how fast the server is."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ SCENARIO_ROWS = (
 
 
 @pytest.mark.e2e
-def test_bench_quick_sqlite_one_worker(tmp_path: Path) -> None:
+def test_bench_quick_sqlite(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
         if os.environ.get("CI"):
             pytest.fail("wrk is not installed (`make tools` installs it)")
         pytest.skip("wrk is not installed (`make tools` installs it)")
     out = tmp_path / "results.md"
     command = [sys.executable, str(REPO / "bench" / "run.py"), "--quick"]
-    command += ["--db", "sqlite", "--workers", "1", "--out", str(out)]
+    command += ["--db", "sqlite", "--workers", "1,2", "--out", str(out)]
     proc = subprocess.run(
         command,
         cwd=tmp_path,
@@ -40,11 +41,20 @@ def test_bench_quick_sqlite_one_worker(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| sqlite | 1 | ")]
-    for scenario in SCENARIO_ROWS:
-        assert any(row.startswith(f"| sqlite | 1 | {scenario}") for row in rows), (
-            f"no row for {scenario!r} in:\n{proc.stdout}"
-        )
+    lines = proc.stdout.splitlines()
+    for workers in (1, 2):
+        rows = [line for line in lines if line.startswith(f"| sqlite | {workers} | ")]
+        for scenario in SCENARIO_ROWS:
+            assert any(row.startswith(f"| sqlite | {workers} | {scenario}") for row in rows), (
+                f"no row for {scenario!r} with {workers} worker(s) in:\n{proc.stdout}"
+            )
+    # (s): one round of 1 worker against 2, side by side, and its target from the median.
+    section = proc.stdout.split("## s. /auth/me, 1 worker against 2, alternating", 1)[1]
+    (round_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | 1 | ")]
+    one, two, ratio = (float(x.strip().replace(",", "")) for x in round_row.split("|")[3:6])
+    assert one > 0 and two > 0 and ratio == pytest.approx(two / one, abs=0.01)
+    target = [line for line in lines if line.startswith("| sqlite s: /auth/me with 2 workers")]
+    assert len(target) == 1 and f"| {ratio:.2f} |" in target[0]
     assert "## Targets" in proc.stdout
     assert out.read_text().startswith(proc.stdout)
     assert "Traceback" not in proc.stderr

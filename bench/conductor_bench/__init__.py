@@ -11,6 +11,7 @@ through the registration endpoint, and measures:
                                            against the Argon2id hash bound of this machine
   e. GET /health/live at a low steady rate while (d) floods the same server
   f. mixed load, then the RSS of each worker
+  s. GET /api/v1/auth/me on a 1-worker and a 2-worker server side by side, alternating
 
 It prints a Markdown table (and writes it with --out). Targets that are not met are reported,
 not treated as failures; anything that stops a measurement exits non-zero with one line.
@@ -25,6 +26,7 @@ Read it one module at a time, in this order:
   load.py        wrk and its Lua scenarios (bench/lua/) -> Result; the latency Probe
   hashbound.py   Argon2id verifies per second with the server's own parameters
   scenarios.py   one configuration (database, workers): scenarios (a) to (f)
+  scaling.py     (s): one worker against two, in alternating rounds
   report.py      the Markdown report, and RESULTS.md's hand-written part
   cli.py         flags, every configuration, the report; `bench/run.py` calls its main()
 

@@ -26,6 +26,7 @@ from conductor_bench.common import (
 )
 from conductor_bench.load import Load, wrk_version
 from conductor_bench.report import keep_note, report, write_report
+from conductor_bench.scaling import measure_scaling
 from conductor_bench.scenarios import Options, run_config
 from conductor_bench.servers import Setup, server_versions, set_up
 from conductor_bench.system import cores, cpu_model
@@ -111,6 +112,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an extra environment variable for the server (repeatable), for experiments",
     )
+    p.add_argument(
+        "--scaling-rounds",
+        type=int,
+        default=7,
+        help="(s) rounds of /auth/me on 1 worker then 2, alternating (7; 0: none)",
+    )
+    p.add_argument(
+        "--scaling-seconds", type=int, default=4, help="(s) seconds per server per round (4)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, pools)")
     args = p.parse_args(argv)
     try:
@@ -126,7 +136,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.hash_rounds = min(args.hash_rounds, 5)
         args.quiet_wait = 0.0
         args.retries = 0
-    for name in ("duration", "mixed_duration", "connections", "threads", "timeout"):
+        args.scaling_rounds = min(args.scaling_rounds, 1)
+        args.scaling_seconds = 1
+    if args.scaling_rounds < 0:
+        p.error("--scaling-rounds must not be negative")
+    for name in (
+        "duration",
+        "mixed_duration",
+        "connections",
+        "threads",
+        "timeout",
+        "scaling_seconds",
+    ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads > args.connections:
@@ -201,6 +222,14 @@ def main(argv: list[str]) -> int:
                         db, workers, opts, server_bin, server_python, postgres, load_tool, workdir
                     )
                 )
+        scalings = []
+        if args.scaling_rounds and {1, 2} <= set(args.worker_counts):
+            for db in dbs:
+                scaling = measure_scaling(
+                    db, opts, args.scaling_rounds, args.scaling_seconds, server_bin, postgres,
+                    load_tool, workdir,
+                )  # fmt: skip
+                scalings.append(scaling)
         elapsed = (datetime.now(UTC) - started).total_seconds()
 
         header = {
@@ -217,7 +246,7 @@ def main(argv: list[str]) -> int:
             f"hash bound: {args.hash_rounds} verifies at once through the server's own "
             "hasher and pool" + (" (--quick: figures are not meaningful)" if args.quick else ""),
         }
-        text, _checks = report(configs, header, opts)
+        text, _checks = report(configs, scalings, header, opts)
         print(text, end="", flush=True)
         if args.out:
             write_report(args.out, text)

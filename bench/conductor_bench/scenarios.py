@@ -53,6 +53,21 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def server_env(opts: Options, data: Path) -> dict[str, str]:
+    """The server's settings: a fresh data directory `data` (made here), and room for the
+    seeding, which registers every user from one address."""
+    data.mkdir(parents=True)
+    env = {
+        "CONDUCTOR_DATA_DIR": str(data),
+        "ALLOW_REGISTRATION": "true",
+        "MAX_REGISTRATIONS_PER_IP": "1000000",
+    }
+    if opts.server_log_level:
+        env["LOG_LEVEL"] = opts.server_log_level
+    env.update(opts.server_env)
+    return env
+
+
 def run_config(
     db: str,
     workers: int,
@@ -65,16 +80,7 @@ def run_config(
 ) -> ConfigResult:
     tag = f"{db}-w{workers}"
     cfg_dir = workdir / tag
-    (cfg_dir / "data").mkdir(parents=True)
-    # The seeding registers every user from one address: out of the registration throttle.
-    env = {
-        "CONDUCTOR_DATA_DIR": str(cfg_dir / "data"),
-        "ALLOW_REGISTRATION": "true",
-        "MAX_REGISTRATIONS_PER_IP": "1000000",
-    }
-    if opts.server_log_level:
-        env["LOG_LEVEL"] = opts.server_log_level
-    env.update(opts.server_env)
+    env = server_env(opts, cfg_dir / "data")
     dbname = ""
     with contextlib.ExitStack() as stack:
         if db == "postgres":
