@@ -114,8 +114,15 @@ class SqlitePrincipalLoader:
 
 
 class PostgresPrincipalLoader:
-    """Lookups on a small asyncpg pool, coalesced: the requests that reach the check in the
-    same turn of the event loop share one `WHERE s.id = ANY($1)` query.
+    """Lookups on a small asyncpg pool, coalesced: the requests that arrive while a query is
+    out share the next one, a single `WHERE s.id = ANY($1)` query.
+
+    At most `in_flight` queries are out at once; a request that finds them all out waits
+    for the first to come back, with every other request that arrived meanwhile, and they go
+    together. Idle, a request's query is sent in the same turn of the event loop; under
+    load, one round trip to the database serves a whole batch, so the database's work and
+    the wake-ups per request shrink as load grows (on a machine whose cores the database
+    shares, that is what lets a second worker add throughput).
 
     A request only joins a query that has not been sent yet, so every answer is read after
     the request arrived: a revocation committed before it is always seen. The pool is made
@@ -123,10 +130,12 @@ class PostgresPrincipalLoader:
     process that will not start.
     """
 
-    def __init__(self, dsn: str, timeout: float, max_size: int = 8) -> None:
+    def __init__(self, dsn: str, timeout: float, max_size: int = 8, in_flight: int = 1) -> None:
         self._dsn = dsn
         self._timeout = timeout
         self._max_size = max_size
+        self._max_in_flight = in_flight
+        self._in_flight = 0
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         self._sql = POSTGRES_SQL
@@ -151,7 +160,7 @@ class PostgresPrincipalLoader:
         """See `PrincipalLoader.load`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._waiting:
+        if not self._waiting and self._in_flight < self._max_in_flight:
             loop.call_soon(self._dispatch)
         self._waiting.setdefault(session_id, []).append(future)
         row = await future
@@ -163,17 +172,33 @@ class PostgresPrincipalLoader:
         )
 
     def _dispatch(self) -> None:
+        # Nothing left (a returning query took the batch first), or every query out: the
+        # next one to come back sends what is waiting.
+        if not self._waiting or self._in_flight >= self._max_in_flight:
+            return
         batch, self._waiting = self._waiting, {}
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._query(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _query(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
         try:
+            await self._answer(batch)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _answer(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
+        try:
             pool = await self._get_pool()
             rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # Those that waited for this query waited for the database as long as it may
+            # take: they are answered now, not after a query of their own times out too.
+            waited, self._waiting = self._waiting, {}
             self._fail(batch, ServiceUnavailable())
+            self._fail(waited, ServiceUnavailable())
             return
         except BaseException as e:
             # Whatever happens, no request may be left waiting on this batch.
