@@ -206,6 +206,9 @@ class TestResourceRefusals:
             "wrong htu": {"DPoP": phone.proof("GET", API + "/sessions", t, token=token)},
             "stale iat": {"DPoP": phone.proof("GET", API + "/me", t - 120, token=token)},
             "future iat": {"DPoP": phone.proof("GET", API + "/me", t + 120, token=token)},
+            "ath lone surrogate": {
+                "DPoP": phone.proof("GET", API + "/me", t, claims={"ath": "\ud800"})
+            },
             "wrong typ": {
                 "DPoP": phone.proof("GET", API + "/me", t, token=token, header={"typ": "JWT"})
             },
@@ -257,6 +260,9 @@ class TestSignInRefusals:
             "too large": phone.proof("POST", url, t, claims={"pad": "x" * 5000}),
             "future iat": phone.proof("POST", url, t + 61),
             "missing jti": phone.proof("POST", url, t, drop=("jti",)),
+            "iat NaN": phone.proof("POST", url, t, claims={"iat": float("nan")}),
+            "iat too large": phone.proof("POST", url, t, claims={"iat": 10**400}),
+            "jti lone surrogate": phone.proof("POST", url, t, jti="\ud800"),
             "alg none": unsigned(phone, url, t),
             "HS256": hmac_proof(url, t),
             "symmetric jwk": phone.proof("POST", url, t, header={"jwk": SYMMETRIC}),
