@@ -40,3 +40,18 @@ def test_list_rotate_revoke(tmp_path: Path) -> None:
 def test_rotate_in_hs256_mode_is_refused(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "data")
     one_line_error(cli("keys", "rotate", env={"JWT_ALGORITHM": "HS256"}), "JWT_ALGORITHM")
+
+
+def test_revoke_with_another_key_encryption_key_changes_nothing(tmp_path: Path) -> None:
+    # Revoking the current key makes a new one: sealed under the wrong key, it would leave a
+    # set that no KEY_ENCRYPTION_KEY opens whole, and no server could start.
+    cli = Cli(tmp_path / "data")
+    assert cli("keys", "rotate", "--now").returncode == 0
+    before = cli("keys", "list").stdout
+    current = next(x.split("\t")[0] for x in before.splitlines() if x.split("\t")[2] == "current")
+    wrong = cli("keys", "revoke", current, env={"KEY_ENCRYPTION_KEY": "w" * 43})
+    one_line_error(wrong, "KEY_ENCRYPTION_KEY")
+    assert wrong.returncode == 2
+    after = cli("keys", "list")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before
