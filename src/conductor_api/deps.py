@@ -168,7 +168,8 @@ async def current_principal(
             raise InvalidToken("This token is bound to a DPoP key: send it as DPoP", dpop=True)
     principal = await container.principals.load(claims.session_id, claims.user_id)
     if principal is None:
-        raise InvalidToken("The session of this token has ended")
+        # A bound token is only ever sent with the DPoP scheme: its challenge is DPoP's.
+        raise InvalidToken("The session of this token has ended", dpop=bool(claims.jkt))
     return principal
 
 

@@ -94,6 +94,13 @@ class TestBoundSession:
             headers=dpop_headers(container, phone, "POST", API + "/logout", new["access_token"]),
         )
         assert out.status_code == 204
+        # Its session ended, the token is refused in the scheme it was sent with (RFC 9449
+        # section 7.1): a DPoP challenge, not a Bearer one.
+        after = await client.get(
+            API + "/me",
+            headers=dpop_headers(container, phone, "GET", API + "/me", new["access_token"]),
+        )
+        assert_dpop_401(after, "invalid_token")
 
     async def test_eddsa_key(
         self, client: httpx.AsyncClient, container: Container, alice: Account
