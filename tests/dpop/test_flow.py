@@ -14,7 +14,7 @@ from sqlalchemy import select
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
-from tests.conftest import Account
+from tests.conftest import CLIENT_IP, Account
 from tests.dpop.conftest import (
     bound_login,
     claims_of,
@@ -176,6 +176,12 @@ class TestResourceRefusals:
             API + "/me", headers={"Authorization": f"Bearer {pair['access_token']}"}
         )
         assert_dpop_401(response, "invalid_token")
+        # Perhaps a copied token: visible to the user, like every other refusal of a bound one.
+        async with container.sessionmaker() as db:
+            events = (await db.scalars(select(SecurityEvent))).all()
+        assert [(e.type, e.ip_address) for e in events if e.type != "login_succeeded"] == [
+            ("dpop_proof_invalid", CLIENT_IP)
+        ]
 
     async def test_unbound_token_as_dpop(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
