@@ -165,10 +165,16 @@ async def current_principal(
         claims = await _claims(container, token)
         if claims.jkt:
             # A bound token is worth nothing without its key: never accepted as Bearer.
+            # Perhaps a copied token, so the user sees it, as with a missing proof.
+            await sessions.record_invalid_proof(
+                container.sessionmaker, claims,
+                client_info(request, container.settings.trusted_proxies), container.clock.now(),
+            )  # fmt: skip
             raise InvalidToken("This token is bound to a DPoP key: send it as DPoP", dpop=True)
     principal = await container.principals.load(claims.session_id, claims.user_id)
     if principal is None:
-        raise InvalidToken("The session of this token has ended")
+        # A bound token is only ever sent with the DPoP scheme: its challenge is DPoP's.
+        raise InvalidToken("The session of this token has ended", dpop=bool(claims.jkt))
     return principal
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
-from tests.conftest import Account
+from tests.conftest import CLIENT_IP, Account
 from tests.dpop.conftest import (
     bound_login,
     claims_of,
@@ -94,6 +94,13 @@ class TestBoundSession:
             headers=dpop_headers(container, phone, "POST", API + "/logout", new["access_token"]),
         )
         assert out.status_code == 204
+        # Its session ended, the token is refused in the scheme it was sent with (RFC 9449
+        # section 7.1): a DPoP challenge, not a Bearer one.
+        after = await client.get(
+            API + "/me",
+            headers=dpop_headers(container, phone, "GET", API + "/me", new["access_token"]),
+        )
+        assert_dpop_401(after, "invalid_token")
 
     async def test_eddsa_key(
         self, client: httpx.AsyncClient, container: Container, alice: Account
@@ -169,6 +176,12 @@ class TestResourceRefusals:
             API + "/me", headers={"Authorization": f"Bearer {pair['access_token']}"}
         )
         assert_dpop_401(response, "invalid_token")
+        # Perhaps a copied token: visible to the user, like every other refusal of a bound one.
+        async with container.sessionmaker() as db:
+            events = (await db.scalars(select(SecurityEvent))).all()
+        assert [(e.type, e.ip_address) for e in events if e.type != "login_succeeded"] == [
+            ("dpop_proof_invalid", CLIENT_IP)
+        ]
 
     async def test_unbound_token_as_dpop(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
@@ -206,6 +219,9 @@ class TestResourceRefusals:
             "wrong htu": {"DPoP": phone.proof("GET", API + "/sessions", t, token=token)},
             "stale iat": {"DPoP": phone.proof("GET", API + "/me", t - 120, token=token)},
             "future iat": {"DPoP": phone.proof("GET", API + "/me", t + 120, token=token)},
+            "ath lone surrogate": {
+                "DPoP": phone.proof("GET", API + "/me", t, claims={"ath": "\ud800"})
+            },
             "wrong typ": {
                 "DPoP": phone.proof("GET", API + "/me", t, token=token, header={"typ": "JWT"})
             },
@@ -257,6 +273,9 @@ class TestSignInRefusals:
             "too large": phone.proof("POST", url, t, claims={"pad": "x" * 5000}),
             "future iat": phone.proof("POST", url, t + 61),
             "missing jti": phone.proof("POST", url, t, drop=("jti",)),
+            "iat NaN": phone.proof("POST", url, t, claims={"iat": float("nan")}),
+            "iat too large": phone.proof("POST", url, t, claims={"iat": 10**400}),
+            "jti lone surrogate": phone.proof("POST", url, t, jti="\ud800"),
             "alg none": unsigned(phone, url, t),
             "HS256": hmac_proof(url, t),
             "symmetric jwk": phone.proof("POST", url, t, header={"jwk": SYMMETRIC}),

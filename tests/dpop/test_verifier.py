@@ -157,6 +157,30 @@ class TestRefused:
     def test_stale_or_future_iat(self, verifier: ProofVerifier, key: PhoneKey, iat: Any) -> None:
         assert "iat" in refused(verifier, key.proof("GET", URL, NOW, claims={"iat": iat}))
 
+    # Python's `json` also reads NaN, Infinity and integers of any size: each is refused as
+    # an invalid iat, not left to fail the clock comparison (a 500).
+    @pytest.mark.parametrize(
+        "iat", [float("nan"), float("inf"), 10**400, -(10**400)], ids=["nan", "inf", "big", "-big"]
+    )
+    def test_iat_that_is_no_finite_number(
+        self, verifier: ProofVerifier, key: PhoneKey, iat: Any
+    ) -> None:
+        assert "iat" in refused(verifier, key.proof("GET", URL, NOW, claims={"iat": iat}))
+
+    # JSON may escape a lone surrogate ("\ud800"), which is no text: refused, never a 500 when
+    # it is hashed or compared.
+    def test_lone_surrogates_in_jti_ath_and_nonce(
+        self, verifier: ProofVerifier, key: PhoneKey
+    ) -> None:
+        assert "jti" in refused(verifier, key.proof("GET", URL, NOW, jti="\ud800"))
+        proof = key.proof("GET", URL, NOW, claims={"ath": "\ud800"})
+        assert "ath" in refused(verifier, proof, access_token="t.o.k")
+        window = int(NOW) // 60
+        proof = key.proof("GET", URL, NOW, nonce=f"{window}.\ud800")
+        with pytest.raises(DPoPError) as e:
+            verifier.verify(proof, method="GET", url=URL, now=NOW, require_nonce=True)
+        assert e.value.nonce
+
     def test_missing_or_wrong_ath(self, verifier: ProofVerifier, key: PhoneKey) -> None:
         assert "ath" in refused(verifier, key.proof("GET", URL, NOW), access_token="t.o.k")
         other = key.proof("GET", URL, NOW, token="other.to.ken")

@@ -373,7 +373,13 @@ class TestDatabaseDownAtStart:
         application = create_app(down, FrozenClock())
         async with application.router.lifespan_context(application), make_client(application) as c:
             assert (await c.get("/health/live")).status_code == 200
-            assert (await c.get(JWKS)).json() == {"keys": []}
+            # Not an empty set that verifiers would cache for max-age and refuse every
+            # token with: the keys exist, this worker just cannot read them yet.
+            jwks = await c.get(JWKS)
+            assert jwks.status_code == 503, jwks.text
+            assert jwks.json()["code"] == "service_unavailable"
+            assert jwks.headers["Retry-After"]
+            assert "max-age" not in jwks.headers.get("Cache-Control", "")
             login = await c.post(
                 "/api/v1/auth/login",
                 json={"username": "alice", "password": "x" * 20, "device_name": "P"},

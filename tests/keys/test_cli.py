@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from tests.test_cli import Cli, one_line_error
@@ -40,3 +41,37 @@ def test_list_rotate_revoke(tmp_path: Path) -> None:
 def test_rotate_in_hs256_mode_is_refused(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "data")
     one_line_error(cli("keys", "rotate", env={"JWT_ALGORITHM": "HS256"}), "JWT_ALGORITHM")
+
+
+def test_revoke_with_another_key_encryption_key_changes_nothing(tmp_path: Path) -> None:
+    # Revoking the current key makes a new one: sealed under the wrong key, it would leave a
+    # set that no KEY_ENCRYPTION_KEY opens whole, and no server could start.
+    cli = Cli(tmp_path / "data")
+    assert cli("keys", "rotate", "--now").returncode == 0
+    before = cli("keys", "list").stdout
+    current = next(x.split("\t")[0] for x in before.splitlines() if x.split("\t")[2] == "current")
+    wrong = cli("keys", "revoke", current, env={"KEY_ENCRYPTION_KEY": "w" * 43})
+    one_line_error(wrong, "KEY_ENCRYPTION_KEY")
+    assert wrong.returncode == 2
+    after = cli("keys", "list")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before
+
+
+def test_serve_in_hs256_mode_with_another_key_encryption_key_stops_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # HS256 signs without the key set, but the stored keys must still open: switching back
+    # to EdDSA must not meet a set that this install's key cannot decrypt.
+    cli = Cli(tmp_path / "data")
+    assert cli("keys", "rotate").returncode == 0
+    with socket.socket() as taken:  # were the check passed, serve would stop here instead
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        wrong = cli(
+            "serve", "--port", port,
+            env={"JWT_ALGORITHM": "HS256", "KEY_ENCRYPTION_KEY": "w" * 43},
+        )  # fmt: skip
+    one_line_error(wrong, "KEY_ENCRYPTION_KEY")
+    assert wrong.returncode == 2

@@ -44,10 +44,9 @@ def serve(
     api_port = port or s.android_api_port
     if s.metrics_port is not None and s.metrics_port == api_port:
         raise CliError("METRICS_PORT: must differ from the API's port (--port)")
-    if s.asymmetric:
-        keys.prepare()  # migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line
-    else:
-        migrations.upgrade(s)
+    # Migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line. Also in the HS* modes,
+    # which sign without the key set: a set stored there must open when the mode changes back.
+    keys.prepare()
     check_stored_secrets()  # a wrong KEY_ENCRYPTION_KEY stops here, in one line
     from conductor_api.logs import configure_logging
     from conductor_api.serving.supervisor import ServeError, Supervisor

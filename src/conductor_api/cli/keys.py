@@ -52,8 +52,8 @@ def _line(row: SigningKey) -> str:
 
 
 def prepare() -> None:
-    """What `serve` runs before its workers: a current key exists and every stored key
-    opens, or one line naming KEY_ENCRYPTION_KEY."""
+    """What `serve` runs before its workers: a current key exists (in the asymmetric modes)
+    and every stored key opens, or one line naming KEY_ENCRYPTION_KEY."""
     run_keys(service.maintain)
 
 

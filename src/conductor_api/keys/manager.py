@@ -110,6 +110,12 @@ class KeyManager:
             return False
         return self._known(kid)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the key set has been read at least once (not while the database has been
+        down since this process started)."""
+        return self._loaded
+
     def _known(self, kid: str) -> bool:
         if not self._loaded and not self.ring.knows(kid):
             # Never loaded (the database was down at start): which kids are genuine is not

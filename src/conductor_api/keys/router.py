@@ -8,6 +8,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from conductor_api.deps import ContainerDep
+from conductor_api.errors import ServiceUnavailable
+from conductor_api.schemas import error_responses
 
 router = APIRouter(tags=["keys"])
 MAX_AGE_LIMIT = 300
@@ -36,13 +38,20 @@ class JwksOut(BaseModel):
     "/.well-known/jwks.json",
     summary="Public keys that verify access tokens",
     response_model=JwksOut,
-    responses={200: {"headers": {"Cache-Control": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"headers": {"Cache-Control": {"schema": {"type": "string"}}}},
+        **error_responses(503),
+    },
 )
 async def jwks(container: ContainerDep, response: Response) -> Any:
     """Every key that may have signed a still-valid access token, and the next key once it
     is published. Cacheable for less than the publish delay minus this server's own re-read
     interval, so a verifier that follows `max-age` sees a new key before any token uses it."""
     settings = container.settings
+    if container.keys is not None and not container.keys.loaded:
+        # The keys exist but this process could not read them yet: an empty set would be
+        # cached by verifiers for max-age and make them refuse every token.
+        raise ServiceUnavailable()
     lag = settings.key_publish_seconds - int(settings.key_refresh_seconds)
     max_age = max(0, min(MAX_AGE_LIMIT, lag))
     response.headers["Cache-Control"] = f"public, max-age={max_age}"

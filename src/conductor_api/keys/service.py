@@ -195,9 +195,13 @@ async def revoke(
     db: AsyncSession, cipher: crypto.KeyCipher, policy: KeyPolicy, kid: str, now: datetime
 ) -> SigningKey | None:
     """Revoke a key (leaked): out of the JWKS, its tokens refused. A revoked current key
-    is replaced first. None when there is no such key."""
+    is replaced first. None when there is no such key; `KeyDecryptionError` (and nothing
+    changed) when `cipher` does not open the stored keys."""
     await repository.lock(db)
     rows = await repository.all_keys(db)
+    # Before anything changes: a new current key sealed under another KEY_ENCRYPTION_KEY
+    # would leave a set that no one key opens.
+    check_decrypts(rows, cipher)
     row = next((r for r in rows if r.kid == kid), None)
     if row is None or row.state == REVOKED:
         return row

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -106,6 +107,25 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canonical.encode()).digest())
 
 
+def _is_text(value: str) -> bool:
+    """Whether `value` encodes as UTF-8: JSON may escape a lone surrogate (`"\\ud800"`),
+    which Python decodes into a str that no hash or database accepts."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_finite(number: int | float) -> bool:
+    """Whether a JSON number is one a clock can be compared with: Python's `json` also reads
+    NaN, Infinity and integers too large for a float."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
 def _normalize_percent(path: str) -> str:
     """RFC 3986 section 6.2.2.2: hex digits upper case, unreserved characters decoded."""
 
@@ -176,7 +196,7 @@ class Nonces:
     def valid(self, nonce: object, now: float) -> bool:
         """Whether `nonce` was handed out in this window or the one before (at least one
         window of life), or the next (a few seconds of clock difference between instances)."""
-        if not isinstance(nonce, str) or len(nonce) > 64:
+        if not isinstance(nonce, str) or len(nonce) > 64 or not nonce.isascii():
             return False
         window_text, _, _ = nonce.partition(".")
         if not window_text.isascii() or not window_text.isdigit() or len(window_text) > 12:
@@ -232,21 +252,24 @@ class ProofVerifier:
         if not isinstance(claims, dict):
             raise DPoPError("the payload is not a JSON object")
         jti, htm, htu, iat = (claims.get(k) for k in ("jti", "htm", "htu", "iat"))
-        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH or not _is_text(jti):
             raise DPoPError("jti missing or invalid")
         if htm != method:
             raise DPoPError("htm does not match the request's method")
         expected = normalize_htu(url)
         if not isinstance(htu, str) or expected is None or normalize_htu(htu) != expected:
             raise DPoPError("htu does not match the request's URL")
-        if not isinstance(iat, int | float) or isinstance(iat, bool):
+        if not isinstance(iat, int | float) or isinstance(iat, bool) or not _is_finite(iat):
             raise DPoPError("iat missing or invalid")
         if abs(now - iat) > self.max_skew:
             raise DPoPError("iat is too far from the server's time")
         if access_token is not None:
             ath = claims.get("ath")
-            if not isinstance(ath, str) or not hmac.compare_digest(
-                ath.encode(), access_token_hash(access_token).encode()
+            # ASCII first: a base64url hash is, and a lone surrogate would not encode.
+            if (
+                not isinstance(ath, str)
+                or not ath.isascii()
+                or not hmac.compare_digest(ath.encode(), access_token_hash(access_token).encode())
             ):
                 raise DPoPError("ath missing or not the hash of this access token")
         if require_nonce and not self.nonces.valid(claims.get("nonce"), now):
