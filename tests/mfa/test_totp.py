@@ -280,6 +280,28 @@ class TestSignIn:
         types = await event_types(container)
         assert types.count("mfa_failed") == 5 and "account_locked" in types
 
+    async def test_a_right_password_does_not_forgive_wrong_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        # Whoever knows the password must not get fresh guesses at the code by signing in
+        # again: only a finished sign-in resets the count.
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        clock.advance(seconds=30)
+        token = await pending_login(client)
+        for _ in range(4):
+            assert (await verify(client, token, code="000000")).status_code == 401
+        token = await pending_login(client)
+        assert await failures(container) == 4
+        wrong = await verify(client, token, code="000000")
+        assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        locked = await login(client)
+        assert locked.status_code == 429 and locked.json()["code"] == "account_locked"
+        # Once the lock is over, a finished sign-in resets the count.
+        clock.advance(minutes=15)
+        token = await pending_login(client)
+        assert (await verify(client, token, code=code_at(secret, clock.now()))).status_code == 200
+        assert await failures(container) == 0
+
     async def test_mfa_token_expires_after_five_minutes(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
     ) -> None:
