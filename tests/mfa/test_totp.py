@@ -380,6 +380,21 @@ class TestDisableAndRegenerate:
         )
         assert again.status_code == 409 and again.json()["code"] == "mfa_not_enabled"
 
+    async def test_a_right_password_at_disable_does_not_forgive_wrong_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        body = {"current_password": PASSWORD, "code": "000000"}
+        for _ in range(5):
+            wrong = await client.post(f"{MFA}/totp/disable", json=body, headers=bearer(at))
+            assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        assert await failures(container) == 5
+        locked = await client.post(f"{MFA}/totp/disable", json=body, headers=bearer(at))
+        assert locked.status_code == 429 and locked.json()["code"] == "account_locked"
+        assert (await mfa_status(client, at))["totp"] is True
+
     async def test_regenerate_voids_the_old_codes(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
     ) -> None:
