@@ -14,6 +14,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.sessions.models import DeviceSession
+from conductor_api.users import service as users
 from tests.conftest import PASSWORD, Account, add_user, bearer, login, tokens
 from tests.mfa.helpers import (
     MFA,
@@ -443,3 +444,33 @@ class TestPasswordChange:
         )
         assert ok.status_code == 204, ok.text
         assert (await login(client, password=new)).status_code == 403  # still two steps
+
+    async def test_a_pending_sign_in_dies_with_the_password_it_was_started_with(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, codes = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        started = await pending_login(client)
+        new = "a brand new passphrase here"
+        changed = await client.post(
+            "/api/v1/auth/password",
+            json={"current_password": PASSWORD, "new_password": new, "code": codes[0]},
+            headers=bearer(at),
+        )
+        assert changed.status_code == 204, changed.text
+        late = await verify(client, started, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+        # The operator's set-password and disable void them too.
+        for act in ("set_password", "disable"):
+            started = await pending_login(client, password=new)
+            async with container.sessionmaker.begin() as db:
+                user = await users.require_user(db, "alice")
+                if act == "set_password":
+                    await users.set_password(db, user, user.password_hash, now=clock.now())
+                else:
+                    await users.set_active(db, user, False, clock.now())
+                    await users.set_active(db, user, True, clock.now())
+            clock.advance(seconds=30)
+            late = await verify(client, started, code=code_at(secret, clock.now()))
+            assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token", act
