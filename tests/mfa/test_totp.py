@@ -168,6 +168,7 @@ class TestSignIn:
         assert response.status_code == 403, response.text
         body = response.json()
         assert set(body) == {"detail", "code", "mfa_token", "methods", "expires_in"}
+        assert response.headers["cache-control"] == "no-store"
         assert body["methods"] == ["totp", "recovery_code"]
         assert body["expires_in"] == 300
         async with container.sessionmaker() as db:
@@ -215,6 +216,7 @@ class TestSignIn:
         assert response.status_code == 403, response.text
         body = response.json()
         assert body["error"] == "mfa_required" and body["code"] == "mfa_required"
+        assert response.headers["cache-control"] == "no-store"
         assert body["expires_in"] == 300 and body["methods"] == ["totp", "recovery_code"]
         ok = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
         assert ok.status_code == 200, ok.text
