@@ -31,8 +31,8 @@ CodeKind = Literal["totp", "recovery_code"]
 
 
 async def void_pending(db: AsyncSession, user_id: uuid.UUID) -> None:
-    """Drop a user's pending sign-ins (a password change, a disable): their password was
-    checked before it, and must not finish into a session after it."""
+    """Drop a user's pending sign-ins (a password change): their password was checked
+    before the change, and must not finish into a session after it."""
     await repository.delete_pending_for_user(db, user_id)
 
 

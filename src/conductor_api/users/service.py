@@ -199,7 +199,6 @@ async def set_active(db: AsyncSession, user: User, active: bool, now: datetime) 
     if active:
         return []
     await devices.revoke_all(db, user.id, now)
-    await void_pending(db, user.id)
     return await revoke_many(db, user, now, None, reason="account_disabled")
 
 
