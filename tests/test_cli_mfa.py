@@ -32,6 +32,8 @@ class TestResetMfa:
         reset = cli(data, "users", "reset-mfa", "ALICE")
         assert reset.returncode == 0, reset.stderr
         assert reset.stdout.strip() == "alice second factor reset; 1 sessions revoked"
+        # Standard error is for errors: the event is in the database, not a stray log line.
+        assert reset.stderr == ""
         assert cli(data, "users", "list").stdout.splitlines() == [
             "alice\tactive\tnot locked\t0 sessions\tno second factor\t0 passkeys"
         ]

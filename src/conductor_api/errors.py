@@ -88,7 +88,9 @@ class MfaRequired(AppError):
     status, code, detail = 403, "mfa_required", "A second factor is required"
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
-        super().__init__(detail)
+        # The pending sign-in's mfa_token is a credential: never cached, like a token pair
+        # (and like this answer on /auth/token).
+        super().__init__(detail, {"Cache-Control": "no-store", "Pragma": "no-cache"})
         self.extra = extra
 
 

@@ -270,3 +270,17 @@ class TestSecondStep:
         token = (await login_with(client, None)).json()["mfa_token"]
         ok = await verify(client, token, code=code_at(secret, clock.now()))
         assert ok.status_code == 200 and ok.json()["device_token"]
+
+    async def test_a_right_password_does_not_forgive_the_tokens_wrong_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
+    ) -> None:
+        pair = await tokens(client)
+        await enable_totp(client, pair["access_token"], clock.now())
+        clock.advance(seconds=30)
+        token = (await login_with(client, pair["device_token"])).json()["mfa_token"]
+        for _ in range(4):
+            assert (await verify(client, token, code="000000")).status_code == 401
+        again = await login_with(client, pair["device_token"])
+        assert again.status_code == 403, again.text
+        assert (await verify(client, again.json()["mfa_token"], code="000000")).status_code == 401
+        assert_locked(await login_with(client, pair["device_token"]))

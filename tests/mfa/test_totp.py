@@ -14,6 +14,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.sessions.models import DeviceSession
+from conductor_api.users import service as users
 from tests.conftest import PASSWORD, Account, add_user, bearer, login, tokens
 from tests.mfa.helpers import (
     MFA,
@@ -167,6 +168,7 @@ class TestSignIn:
         assert response.status_code == 403, response.text
         body = response.json()
         assert set(body) == {"detail", "code", "mfa_token", "methods", "expires_in"}
+        assert response.headers["cache-control"] == "no-store"
         assert body["methods"] == ["totp", "recovery_code"]
         assert body["expires_in"] == 300
         async with container.sessionmaker() as db:
@@ -214,6 +216,7 @@ class TestSignIn:
         assert response.status_code == 403, response.text
         body = response.json()
         assert body["error"] == "mfa_required" and body["code"] == "mfa_required"
+        assert response.headers["cache-control"] == "no-store"
         assert body["expires_in"] == 300 and body["methods"] == ["totp", "recovery_code"]
         ok = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
         assert ok.status_code == 200, ok.text
@@ -279,6 +282,28 @@ class TestSignIn:
         assert dead.status_code == 401 and dead.json()["code"] == "invalid_mfa_token"
         types = await event_types(container)
         assert types.count("mfa_failed") == 5 and "account_locked" in types
+
+    async def test_a_right_password_does_not_forgive_wrong_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        # Whoever knows the password must not get fresh guesses at the code by signing in
+        # again: only a finished sign-in resets the count.
+        secret, _ = await enable_totp(client, (await tokens(client))["access_token"], clock.now())
+        clock.advance(seconds=30)
+        token = await pending_login(client)
+        for _ in range(4):
+            assert (await verify(client, token, code="000000")).status_code == 401
+        token = await pending_login(client)
+        assert await failures(container) == 4
+        wrong = await verify(client, token, code="000000")
+        assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        locked = await login(client)
+        assert locked.status_code == 429 and locked.json()["code"] == "account_locked"
+        # Once the lock is over, a finished sign-in resets the count.
+        clock.advance(minutes=15)
+        token = await pending_login(client)
+        assert (await verify(client, token, code=code_at(secret, clock.now()))).status_code == 200
+        assert await failures(container) == 0
 
     async def test_mfa_token_expires_after_five_minutes(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
@@ -358,6 +383,21 @@ class TestDisableAndRegenerate:
         )
         assert again.status_code == 409 and again.json()["code"] == "mfa_not_enabled"
 
+    async def test_a_right_password_at_disable_does_not_forgive_wrong_codes(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        body = {"current_password": PASSWORD, "code": "000000"}
+        for _ in range(5):
+            wrong = await client.post(f"{MFA}/totp/disable", json=body, headers=bearer(at))
+            assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_mfa_code"
+        assert await failures(container) == 5
+        locked = await client.post(f"{MFA}/totp/disable", json=body, headers=bearer(at))
+        assert locked.status_code == 429 and locked.json()["code"] == "account_locked"
+        assert (await mfa_status(client, at))["totp"] is True
+
     async def test_regenerate_voids_the_old_codes(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
     ) -> None:
@@ -406,3 +446,28 @@ class TestPasswordChange:
         )
         assert ok.status_code == 204, ok.text
         assert (await login(client, password=new)).status_code == 403  # still two steps
+
+    async def test_a_pending_sign_in_dies_with_the_password_it_was_started_with(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, codes = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        started = await pending_login(client)
+        new = "a brand new passphrase here"
+        changed = await client.post(
+            "/api/v1/auth/password",
+            json={"current_password": PASSWORD, "new_password": new, "code": codes[0]},
+            headers=bearer(at),
+        )
+        assert changed.status_code == 204, changed.text
+        late = await verify(client, started, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+        # The operator's set-password voids them too.
+        started = await pending_login(client, password=new)
+        async with container.sessionmaker.begin() as db:
+            user = await users.require_user(db, "alice")
+            await users.set_password(db, user, user.password_hash, now=clock.now())
+        clock.advance(seconds=30)
+        late = await verify(client, started, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"

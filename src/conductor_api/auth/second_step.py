@@ -100,15 +100,23 @@ class SecondStep:
         client: ClientInfo,
         check: Callable[[AsyncSession, Owner], Awaitable[bool]],
         then: Callable[[AsyncSession, Owner], Awaitable[T]],
+        *,
+        password: str | None = None,
     ) -> T:
         """A signed-in user's code (confirm, disable, new recovery codes) under the same
-        limits as a sign-in: `check` decides and spends it, `then` acts once it was right."""
+        limits as a sign-in: `check` decides and spends it, `then` acts once it was right.
+        With `password`, the password is checked first in the same attempt, so that a right
+        one forgives nothing unless the code is right too."""
         owner = owner_of(principal, client)
         async with SignIn(self.steps, principal.username, client) as attempt:
             await attempt.limits(*self.signin.limits(attempt))
-            user = await self._user(principal)
-            await attempt.code(user, lambda db: check(db, owner))
-            async with attempt.finish(Verified.of(user)) as db:
+            verified = (
+                await attempt.password(password)
+                if password is not None
+                else Verified.of(await self._user(principal))
+            )
+            await attempt.code(verified.user, lambda db: check(db, owner))
+            async with attempt.finish(verified) as db:
                 return await then(db, owner)
 
     async def _user(self, principal: Principal) -> User:

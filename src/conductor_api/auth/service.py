@@ -128,7 +128,8 @@ class SignInService:
                 user = verified.user
                 if await self.mfa.is_on(db, user.id):
                     # 4. the second factor: a pending sign-in, finished by `SecondStep.verify`
-                    # (the password's slots are settled as a success here).
+                    # (the password's slots are given back, not settled as a success).
+                    attempt.second_step_follows()
                     outcome: TokenPair | MfaRequired = MfaRequired(
                         mfa_token=await self.mfa.start_pending(
                             db, user.id, self.steps.clock.now(), device_name=device.name,

@@ -110,6 +110,8 @@ class SignIn:
         self.client = client
         self._held: list[Slot] = []
         self._settled: list[Slot] = []
+        # Set by `second_step_follows`: `finish` then gives the slots back uncounted.
+        self._unfinished = False
 
     async def __aenter__(self) -> SignIn:
         return self
@@ -243,7 +245,8 @@ class SignIn:
                 # The slots last, just before the commit: the address's row is one that
                 # every attempt from that address needs.
                 for slot in self._held:
-                    await slot.limit.succeeded(db, slot)
+                    settle = slot.limit.released if self._unfinished else slot.limit.succeeded
+                    await settle(db, slot)
         self._committed()
         if refusal is not None:
             raise refusal
@@ -258,6 +261,13 @@ class SignIn:
                     )
             except SQLAlchemyError as error:
                 log.warning("password hash upgrade failed: %s", type(error).__name__)
+
+    def second_step_follows(self) -> None:
+        """Called inside `finish` when the credential was right but the sign-in waits for a
+        second factor: the slots go back without forgiving the failures before them, so
+        that a known password cannot wipe out the wrong codes (only the second step's
+        success, as a sign-in's, does)."""
+        self._unfinished = True
 
     def record(
         self,

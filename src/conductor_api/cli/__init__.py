@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sys
 from typing import Annotated
@@ -17,6 +18,7 @@ from conductor_api.cli import keys, prune, sessions, users
 from conductor_api.cli.common import CliError, check_stored_secrets, settings
 from conductor_api.config import ConfigError, Settings
 from conductor_api.errors import AppError
+from conductor_api.logs import SECURITY
 
 app = typer.Typer(
     help="Conductor API: the authentication backend.",
@@ -89,6 +91,10 @@ def _fail(message: str, status: int = 1) -> None:
 
 def main() -> None:
     """Run the command line; never show a traceback."""
+    # A command's security events (`users reset-mfa`: mfa_disabled) are in the database;
+    # without this, logging's last resort would print them on standard error, which is
+    # for errors. `serve` configures real handlers, which still get them.
+    SECURITY.addHandler(logging.NullHandler())
     command = typer.main.get_command(app)
     try:
         result = command.main(prog_name="conductor-api", standalone_mode=False)

@@ -56,7 +56,6 @@ async def disable(
     """Turn TOTP off: the password, then a code (TOTP or recovery)."""
     async with c.sessionmaker() as db:
         await c.mfa.require_on(db, principal.user_id)
-    await c.signin.check_password(principal, password, client)
 
     async def right(db: AsyncSession, owner: Owner) -> bool:
         return await c.mfa.check(db, owner, c.clock.now(), either=code) is not None
@@ -64,7 +63,7 @@ async def disable(
     async def off(db: AsyncSession, owner: Owner) -> None:
         await c.mfa.turn_off(db, owner, c.clock.now())
 
-    await c.second_step.with_code(principal, client, right, off)
+    await c.second_step.with_code(principal, client, right, off, password=password)
 
 
 async def regenerate(

@@ -30,6 +30,12 @@ MAX_MFA_TOKEN_LENGTH = 256
 CodeKind = Literal["totp", "recovery_code"]
 
 
+async def void_pending(db: AsyncSession, user_id: uuid.UUID) -> None:
+    """Drop a user's pending sign-ins (a password change): their password was checked
+    before the change, and must not finish into a session after it."""
+    await repository.delete_pending_for_user(db, user_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who a factor belongs to, and who is asking (for events)."""

@@ -17,7 +17,7 @@ from conductor_api.devices import service as devices
 from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
-from conductor_api.mfa.service import Owner, SecondFactor
+from conductor_api.mfa.service import Owner, SecondFactor, void_pending
 from conductor_api.security.passwords import PasswordHasher, check_password_rules
 from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
@@ -181,8 +181,10 @@ async def set_password(
         ip_address=client.ip_address if client else None,
         user_agent=client.user_agent if client else None, session_id=keep_session,
     )  # fmt: skip
-    # A device token vouches for a device that knew the old password: it goes with it.
+    # A device token vouches for a device that knew the old password: it goes with it, and
+    # so do the sign-ins waiting for their second step after the old password.
     await devices.revoke_all(db, user.id, now)
+    await void_pending(db, user.id)
     return await revoke_many(
         db, user, now, client, reason="password_changed", except_id=keep_session
     )
