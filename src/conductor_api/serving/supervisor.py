@@ -120,9 +120,11 @@ class Supervisor:
         from conductor_api.metrics.exposition import MetricsListener
         from conductor_api.metrics.service import Metrics
 
-        Metrics()  # every metric at 0 in the files before any worker has started
+        metrics = Metrics()  # every metric at 0 in the files before any worker has started
         try:
-            listener = MetricsListener(s.metrics_host, s.metrics_port, self.metrics_dir)
+            listener = MetricsListener(
+                s.metrics_host, s.metrics_port, self.metrics_dir, metrics.declared()
+            )
         except OSError as e:
             raise ServeError(
                 f"METRICS_PORT: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
