@@ -124,6 +124,18 @@ class TestLife:
         assert len(await passkeys_of(container)) == 1
         assert (await client.get(PASSKEYS, headers=bearer(bobs["access_token"]))).json() == []
 
+    async def test_an_id_that_is_not_a_uuid_is_not_found(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        auth = bearer((await tokens(client))["access_token"])
+        for path in ("not-a-uuid", "1", "%00", "..%2F..%2Fetc"):
+            gone = await client.delete(f"{PASSKEYS}/{path}", headers=auth)
+            assert gone.status_code == 404, (path, gone.text)
+            assert gone.json()["code"] == "not_found"
+            renamed = await client.patch(f"{PASSKEYS}/{path}", json={"name": "x"}, headers=auth)
+            assert renamed.status_code == 404, (path, renamed.text)
+            assert renamed.json()["code"] == "not_found"
+
     async def test_a_synced_passkey_signs_in_on_a_new_phone_without_a_device_token(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

@@ -47,6 +47,14 @@ def _out(view: PasskeyView) -> PasskeyOut:
     )
 
 
+def _passkey_id(text: str) -> uuid.UUID:
+    """The id in a path; one that is not a UUID is an unknown passkey like any other."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise NotFound("No such passkey") from None
+
+
 def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
     body = OptionsOut(challenge_id=challenge_id, options=options)
     return Response(body.model_dump_json(), media_type="application/json", headers=NO_STORE)
@@ -107,23 +115,23 @@ async def list_passkeys(principal: CurrentPrincipal, c: ContainerDep) -> list[Pa
     summary="Rename a passkey",
 )
 async def rename_passkey(
-    passkey_id: uuid.UUID, body: RenameIn, principal: CurrentPrincipal, c: ContainerDep
+    passkey_id: str, body: RenameIn, principal: CurrentPrincipal, c: ContainerDep
 ) -> PasskeyOut:
     """Give one of the caller's passkeys a new name."""
-    return _out(await c.passkeys.rename(principal.user_id, passkey_id, body.name))
+    return _out(await c.passkeys.rename(principal.user_id, _passkey_id(passkey_id), body.name))
 
 
 @router.delete(
     "/{passkey_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 404, 503),
     summary="Delete a passkey",
 )
 async def delete_passkey(
-    passkey_id: uuid.UUID, principal: CurrentPrincipal, c: ContainerDep, client: Client
+    passkey_id: str, principal: CurrentPrincipal, c: ContainerDep, client: Client
 ) -> Response:
     """Delete one of the caller's passkeys; 404 for an unknown id or anyone else's."""
-    await c.passkeys.delete(principal.user_id, passkey_id, client)
+    await c.passkeys.delete(principal.user_id, _passkey_id(passkey_id), client)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
