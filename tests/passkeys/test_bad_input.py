@@ -401,6 +401,21 @@ class TestOff:
             assert response.status_code == 404, (method, path, response.text)
             assert response.json()["code"] == "not_found"
 
+    @pytest.mark.parametrize("settings_overrides", [{}])
+    @pytest.mark.parametrize("body", [b"{", b"[1]", b'{"challenge_id": 1}'])
+    async def test_a_body_that_does_not_parse_is_not_found_while_off(
+        self, client: httpx.AsyncClient, alice: Account, body: bytes
+    ) -> None:
+        # Off means the paths are not there: nothing is read before that is said.
+        auth = bearer((await tokens(client))["access_token"])
+        for path in ("/register/options", "/register", "/login/options", "/login"):
+            response = await client.post(
+                f"{PASSKEYS}{path}", content=body,
+                headers={**auth, "Content-Type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 404, (path, response.text)
+            assert response.json()["code"] == "not_found"
+
     @pytest.mark.parametrize(
         "settings_overrides",
         [{k: v for k, v in ON.items() if not k.startswith("android")}],

@@ -4,10 +4,12 @@ Digital Asset Links statement that Android's Credential Manager checks."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import TokenPairOut
@@ -31,13 +33,23 @@ _NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def passkeys_on(c: ContainerDep) -> None:
-    """404 for every passkey path while WEBAUTHN_RP_ID is unset."""
-    if not c.settings.passkeys_on:
-        raise NotFound()
+class PasskeyRoute(APIRoute):
+    """404 for every passkey path while WEBAUTHN_RP_ID is unset, said before the body is
+    read: a dependency would come after FastAPI parsed it (a 422 for bad JSON)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The endpoint's handler, behind the check."""
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            if not request.app.state.container.settings.passkeys_on:
+                raise NotFound()
+            return await handler(request)
+
+        return route
 
 
-router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], dependencies=[Depends(passkeys_on)])
+router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], route_class=PasskeyRoute)
 well_known = APIRouter(tags=["passkeys"])
 
 
