@@ -32,6 +32,8 @@ ANDROID_ORIGIN_PREFIX = "android:apk-key-hash:"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
 _PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+# 32 bytes in unpadded base64url: 42 characters, then one whose low 2 bits are 0.
+_APK_KEY_HASH = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}")
 
 
@@ -166,7 +168,9 @@ class Settings(BaseSettings):
     def _check_webauthn_origins(cls, origins: list[str]) -> list[str]:
         for origin in origins:
             if origin.startswith(ANDROID_ORIGIN_PREFIX):
-                if len(decode_kek(origin.removeprefix(ANDROID_ORIGIN_PREFIX)) or b"") != 32:
+                # Exactly as Credential Manager spells it (unpadded base64url; origins are
+                # compared as strings): another spelling of the hash would never match.
+                if not _APK_KEY_HASH.fullmatch(origin.removeprefix(ANDROID_ORIGIN_PREFIX)):
                     raise ValueError(
                         "an Android origin is android:apk-key-hash: and the base64url "
                         "SHA-256 of the app's signing certificate"

@@ -4,6 +4,7 @@ bad passkey setting stops the process with one line naming it."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.e2e.server import clean_env, cli_path
 from tests.mfa.helpers import enable_totp
 from tests.operator import cli, login, server_on
 from tests.passkeys.authenticator import Authenticator
-from tests.passkeys.helpers import ON, add_passkey, passkey_login
+from tests.passkeys.helpers import ANDROID_ORIGIN, ON, add_passkey, passkey_login
 
 
 class TestOperator:
@@ -62,6 +63,16 @@ BAD = [
     ),
     ({"webauthn_origins": "http://conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
     ({"webauthn_origins": "android:apk-key-hash:abc"}, "WEBAUTHN_ORIGINS: an Android origin"),
+    # Credential Manager sends the hash in unpadded base64url: any other spelling of the
+    # same 32 bytes would never match it.
+    *[
+        ({"webauthn_origins": "android:apk-key-hash:" + hash_}, "WEBAUTHN_ORIGINS: an Android")
+        for hash_ in (
+            base64.b64encode(b"\xfb" * 32).decode().rstrip("="),  # standard base64: + and /
+            ANDROID_ORIGIN.removeprefix("android:apk-key-hash:") + "=",  # padded
+            ANDROID_ORIGIN.removeprefix("android:apk-key-hash:")[:-1] + "_",  # not canonical
+        )
+    ],
     ({"android_cert_fingerprints": "AB:CD"}, "ANDROID_CERT_FINGERPRINTS: each must be"),
     ({"android_cert_fingerprints": ":".join(["GG"] * 32)}, "ANDROID_CERT_FINGERPRINTS"),
     ({"android_package_name": "1com.example"}, "ANDROID_PACKAGE_NAME: not an Android package"),
