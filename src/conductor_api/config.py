@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     @field_validator("webauthn_origins")
     @classmethod
     def _check_webauthn_origins(cls, origins: list[str]) -> list[str]:
+        checked: list[str] = []
         for origin in origins:
             if origin.startswith(ANDROID_ORIGIN_PREFIX):
                 # Exactly as Credential Manager spells it (unpadded base64url; origins are
@@ -175,11 +176,13 @@ class Settings(BaseSettings):
                         "an Android origin is android:apk-key-hash: and the base64url "
                         "SHA-256 of the app's signing certificate"
                     )
+                checked.append(origin)
                 continue
             parts = urlsplit(origin)
             if (
                 parts.scheme != "https"
                 or not parts.hostname
+                or parts.username is not None
                 or parts.path not in ("", "/")
                 or parts.query
                 or parts.fragment
@@ -188,7 +191,12 @@ class Settings(BaseSettings):
                     "each must be an origin like https://example.com or "
                     "android:apk-key-hash:<base64url SHA-256>"
                 )
-        return [o if o.startswith(ANDROID_ORIGIN_PREFIX) else o.rstrip("/") for o in origins]
+            # As a browser serializes it (origins are compared as strings): the host in
+            # lower case, no default port, no trailing slash.
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            port = "" if parts.port in (None, 443) else f":{parts.port}"
+            checked.append(f"https://{host}{port}")
+        return checked
 
     @field_validator("android_package_name")
     @classmethod

@@ -62,6 +62,7 @@ BAD = [
         "WEBAUTHN_ORIGINS: https://evil.example is not on WEBAUTHN_RP_ID",
     ),
     ({"webauthn_origins": "http://conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
+    ({"webauthn_origins": "https://me@conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
     ({"webauthn_origins": "android:apk-key-hash:abc"}, "WEBAUTHN_ORIGINS: an Android origin"),
     # Credential Manager sends the hash in unpadded base64url: any other spelling of the
     # same 32 bytes would never match it.
@@ -100,6 +101,16 @@ class TestSettings:
         assert settings.passkeys_on
         assert settings.android_cert_fingerprints == [ON["android_cert_fingerprints"].upper()]
         assert load_settings(_env_file=None, conductor_data_dir=tmp_path).passkeys_on is False
+
+    def test_https_origins_are_spelled_as_a_browser_sends_them(self, tmp_path: Path) -> None:
+        # Origins are compared as strings: lower case, no default port, no trailing slash.
+        origins = "https://Conductor.EXAMPLE:443/,HTTPS://app.conductor.example:8443"
+        settings = load_settings(
+            _env_file=None, conductor_data_dir=tmp_path, **{**ON, "webauthn_origins": origins}
+        )
+        assert settings.webauthn_origins == [
+            "https://conductor.example", "https://app.conductor.example:8443"
+        ]  # fmt: skip
 
     def test_serve_stops_at_start_with_the_line(self, tmp_path: Path) -> None:
         import subprocess
