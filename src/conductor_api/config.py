@@ -154,8 +154,9 @@ class Settings(BaseSettings):
     @field_validator("webauthn_rp_id")
     @classmethod
     def _check_rp_id(cls, value: str | None) -> str | None:
-        if value is not None and not _DOMAIN.fullmatch(value):
-            raise ValueError("not a domain like example.com (no scheme, port or path)")
+        # An IPv4 address matches the pattern; no top-level domain is all digits.
+        if value is not None and (not _DOMAIN.fullmatch(value) or value.rsplit(".")[-1].isdigit()):
+            raise ValueError("not a domain like example.com (no scheme, port, path or IP address)")
         return value
 
     @field_validator("webauthn_origins", "android_cert_fingerprints", mode="before")
