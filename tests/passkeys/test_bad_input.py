@@ -438,6 +438,15 @@ class TestOff:
             assert response.status_code == 404, (path, response.text)
             assert response.json()["code"] == "not_found"
 
+    @pytest.mark.parametrize("settings_overrides", [{}])
+    async def test_another_method_is_not_found_while_off(self, client: httpx.AsyncClient) -> None:
+        # A 405 would say the path is there.
+        for method, path in [("GET", "/login"), ("PUT", "/register"), ("POST", ""),
+                             ("GET", f"/{uuid.uuid4()}")]:  # fmt: skip
+            response = await client.request(method, f"{PASSKEYS}{path}")
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["code"] == "not_found"
+
     @pytest.mark.parametrize(
         "settings_overrides",
         [{k: v for k, v in ON.items() if not k.startswith("android")}],

@@ -4,12 +4,12 @@ Digital Asset Links statement that Android's Credential Manager checks."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import TokenPairOut
@@ -34,19 +34,15 @@ _NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
 
 
 class PasskeyRoute(APIRoute):
-    """404 for every passkey path while WEBAUTHN_RP_ID is unset, said before the body is
-    read: a dependency would come after FastAPI parsed it (a 422 for bad JSON)."""
+    """404 for every passkey path while WEBAUTHN_RP_ID is unset, said before anything else:
+    a dependency would come after FastAPI parsed the body (a 422 for bad JSON), and a
+    method the path does not take would be a 405; either would say the path is there."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The endpoint's handler, behind the check."""
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            if not request.app.state.container.settings.passkeys_on:
-                raise NotFound()
-            return await handler(request)
-
-        return route
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route, or `NotFound` while passkeys are off."""
+        if not scope["app"].state.container.settings.passkeys_on:
+            raise NotFound()
+        await super().handle(scope, receive, send)
 
 
 router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], route_class=PasskeyRoute)
