@@ -441,9 +441,10 @@ class TestOff:
     @pytest.mark.parametrize("settings_overrides", [{}])
     async def test_another_method_is_not_found_while_off(self, client: httpx.AsyncClient) -> None:
         # A 405 would say the path is there.
-        for method, path in [("GET", "/login"), ("PUT", "/register"), ("POST", ""),
-                             ("GET", f"/{uuid.uuid4()}")]:  # fmt: skip
-            response = await client.request(method, f"{PASSKEYS}{path}")
+        for method, path in [("GET", f"{PASSKEYS}/login"), ("PUT", f"{PASSKEYS}/register"),
+                             ("POST", PASSKEYS), ("GET", f"{PASSKEYS}/{uuid.uuid4()}"),
+                             ("POST", "/.well-known/assetlinks.json")]:  # fmt: skip
+            response = await client.request(method, path)
             assert response.status_code == 404, (method, path, response.text)
             assert response.json()["code"] == "not_found"
 

@@ -46,7 +46,7 @@ class PasskeyRoute(APIRoute):
 
 
 router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], route_class=PasskeyRoute)
-well_known = APIRouter(tags=["passkeys"])
+well_known = APIRouter(tags=["passkeys"], route_class=PasskeyRoute)
 
 
 def _out(view: PasskeyView) -> PasskeyOut:
