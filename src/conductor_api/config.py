@@ -32,6 +32,8 @@ ANDROID_ORIGIN_PREFIX = "android:apk-key-hash:"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
 _PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+# 32 bytes in unpadded base64url: 42 characters, then one whose low 2 bits are 0.
+_APK_KEY_HASH = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
 _FINGERPRINT = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){31}")
 
 
@@ -152,8 +154,9 @@ class Settings(BaseSettings):
     @field_validator("webauthn_rp_id")
     @classmethod
     def _check_rp_id(cls, value: str | None) -> str | None:
-        if value is not None and not _DOMAIN.fullmatch(value):
-            raise ValueError("not a domain like example.com (no scheme, port or path)")
+        # An IPv4 address matches the pattern; no top-level domain is all digits.
+        if value is not None and (not _DOMAIN.fullmatch(value) or value.rsplit(".")[-1].isdigit()):
+            raise ValueError("not a domain like example.com (no scheme, port, path or IP address)")
         return value
 
     @field_validator("webauthn_origins", "android_cert_fingerprints", mode="before")
@@ -164,18 +167,23 @@ class Settings(BaseSettings):
     @field_validator("webauthn_origins")
     @classmethod
     def _check_webauthn_origins(cls, origins: list[str]) -> list[str]:
+        checked: list[str] = []
         for origin in origins:
             if origin.startswith(ANDROID_ORIGIN_PREFIX):
-                if len(decode_kek(origin.removeprefix(ANDROID_ORIGIN_PREFIX)) or b"") != 32:
+                # Exactly as Credential Manager spells it (unpadded base64url; origins are
+                # compared as strings): another spelling of the hash would never match.
+                if not _APK_KEY_HASH.fullmatch(origin.removeprefix(ANDROID_ORIGIN_PREFIX)):
                     raise ValueError(
                         "an Android origin is android:apk-key-hash: and the base64url "
                         "SHA-256 of the app's signing certificate"
                     )
+                checked.append(origin)
                 continue
             parts = urlsplit(origin)
             if (
                 parts.scheme != "https"
                 or not parts.hostname
+                or parts.username is not None
                 or parts.path not in ("", "/")
                 or parts.query
                 or parts.fragment
@@ -184,7 +192,12 @@ class Settings(BaseSettings):
                     "each must be an origin like https://example.com or "
                     "android:apk-key-hash:<base64url SHA-256>"
                 )
-        return [o if o.startswith(ANDROID_ORIGIN_PREFIX) else o.rstrip("/") for o in origins]
+            # As a browser serializes it (origins are compared as strings): the host in
+            # lower case, no default port, no trailing slash.
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            port = "" if parts.port in (None, 443) else f":{parts.port}"
+            checked.append(f"https://{host}{port}")
+        return checked
 
     @field_validator("android_package_name")
     @classmethod

@@ -6,6 +6,7 @@ directory the workers wrote their figures to."""
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.e2e.server import Server, create_user, free_port
+from tests.e2e.server import Server, cli_path, create_user, free_port
 from tests.metrics.scrape import LOGIN_RESULT, REFRESH_RESULT, Scrape
 
 pytestmark = pytest.mark.e2e
@@ -138,6 +139,50 @@ class TestTwoWorkers:
         assert not list((tmp_path / "tmp").glob("conductor-metrics-*"))
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    def test_every_metric_is_there_before_the_first_request(self, tmp_path: Path) -> None:
+        metrics_port = free_port()
+        env = metrics_env(tmp_path, metrics_port)
+        (tmp_path / "tmp").mkdir()
+        server = Server(tmp_path, env, workers=2)
+        # Started by hand: `Server.start` asks /health/ready, and no request may come first.
+        log = server.log_path.open("ab")
+        proc = subprocess.Popen(
+            [cli_path(), "serve", "--port", str(server.port), "--workers", "2"],
+            cwd=tmp_path, env=server.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        server.proc = proc
+        try:
+            deadline = time.monotonic() + 60
+            s = None
+            while time.monotonic() < deadline:
+                try:
+                    s = scrape(metrics_port)
+                except httpx.HTTPError:
+                    s = None
+                # Each worker computes its dummy hash as it starts: both are up.
+                if s is not None and s.value("conductor_password_hash_seconds_count") >= 2:
+                    break
+                time.sleep(0.2)
+            assert s is not None, server.log()
+            assert s.types == {
+                "conductor_http_requests": "counter",
+                "conductor_http_request_duration_seconds": "histogram",
+                "conductor_logins": "counter",
+                "conductor_refreshes": "counter",
+                "conductor_password_hash_seconds": "histogram",
+                "conductor_password_hash_queue": "gauge",
+                "conductor_database_errors": "counter",
+            }
+            assert not s.has("conductor_http_requests_total")
+            # The first request's sample replaces the empty family, not beside it.
+            assert httpx.get(server.url + "/health/live").status_code == 200
+            s = scrape(metrics_port)
+            assert s.value("conductor_http_requests_total", route="/health/live") == 1
+            assert s.text.count("# TYPE conductor_http_requests_total counter") == 1
+        finally:
+            server.stop()
 
     def test_metrics_are_off_by_default(self, tmp_path: Path) -> None:
         env = {**SECRETS, "TMPDIR": str(tmp_path / "tmp")}

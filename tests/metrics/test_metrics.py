@@ -103,6 +103,16 @@ class TestHttp:
         )
         assert sid not in s.text
 
+    async def test_the_documentation_routes_are_routes(
+        self, client: httpx.AsyncClient, container: Container
+    ) -> None:
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            assert (await client.get(path)).status_code == 200
+        s = scrape(container)
+        for path in ("/docs", "/openapi.json", "/redoc"):
+            assert s.value("conductor_http_requests_total", route=path, status="200") == 1
+        assert not s.has("conductor_http_requests_total", route="unmatched")
+
     async def test_body_refused_before_routing_is_labelled_with_its_route(
         self, client: httpx.AsyncClient, container: Container
     ) -> None:

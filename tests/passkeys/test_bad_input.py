@@ -9,9 +9,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import cbor2
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from conductor_api.clock import FrozenClock
@@ -237,6 +238,20 @@ class TestSignIn:
         assert "retry-after" in refused.headers
 
 
+def _cose(key: dict[int, Any]) -> dict[str, Any]:
+    return {"public_key": cbor2.dumps(key)}
+
+
+def _p256_xy() -> dict[int, bytes]:
+    numbers = _other_key().public_key().public_numbers()
+    return {-2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
+
+
+def _rsa_n(bits: int) -> bytes:
+    n = rsa.generate_private_key(65537, bits).public_key().public_numbers().n
+    return n.to_bytes(bits // 8, "big")
+
+
 # name -> the one field an otherwise valid registration gets wrong
 REGISTRATION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "credential for another challenge": lambda: {"challenge": b64url(os.urandom(32))},
@@ -251,6 +266,13 @@ REGISTRATION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "packed attestation without a statement": lambda: {"fmt": "packed"},
     "none attestation with a statement": lambda: {"att_stmt": {"sig": b"x"}},
     "public key not COSE": lambda: {"public_key": b"\x01\x02"},
+    # Keys that no signature could ever verify with, of an offered algorithm all the same.
+    "public key off its curve": lambda: _cose({1: 2, 3: -7, -1: 1, -2: b"\x01" * 32, -3: b"\x01"}),
+    "EC2 key that says EdDSA": lambda: _cose({1: 2, 3: -8, -1: 1, **_p256_xy()}),
+    "OKP key on another curve": lambda: _cose({1: 1, 3: -8, -1: 99, -2: b"\x00" * 32}),
+    "EC2 coordinates not bytes": lambda: _cose({1: 2, 3: -7, -1: 1, -2: 5, -3: "y"}),
+    "RSA key of 24 bits": lambda: _cose({1: 3, 3: -257, -1: b"\xff\xff\xfb", -2: b"\x03"}),
+    "RSA key of 1024 bits": lambda: _cose({1: 3, 3: -257, -1: _rsa_n(1024), -2: b"\x01\x00\x01"}),
     "oversized credential id": lambda: {"credential_id": os.urandom(1500)},
 }
 
@@ -398,6 +420,31 @@ class TestOff:
         ]
         for method, path, body in calls:
             response = await client.request(method, path, json=body, headers=auth)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["code"] == "not_found"
+
+    @pytest.mark.parametrize("settings_overrides", [{}])
+    @pytest.mark.parametrize("body", [b"{", b"[1]", b'{"challenge_id": 1}'])
+    async def test_a_body_that_does_not_parse_is_not_found_while_off(
+        self, client: httpx.AsyncClient, alice: Account, body: bytes
+    ) -> None:
+        # Off means the paths are not there: nothing is read before that is said.
+        auth = bearer((await tokens(client))["access_token"])
+        for path in ("/register/options", "/register", "/login/options", "/login"):
+            response = await client.post(
+                f"{PASSKEYS}{path}", content=body,
+                headers={**auth, "Content-Type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 404, (path, response.text)
+            assert response.json()["code"] == "not_found"
+
+    @pytest.mark.parametrize("settings_overrides", [{}])
+    async def test_another_method_is_not_found_while_off(self, client: httpx.AsyncClient) -> None:
+        # A 405 would say the path is there.
+        for method, path in [("GET", f"{PASSKEYS}/login"), ("PUT", f"{PASSKEYS}/register"),
+                             ("POST", PASSKEYS), ("GET", f"{PASSKEYS}/{uuid.uuid4()}"),
+                             ("POST", "/.well-known/assetlinks.json")]:  # fmt: skip
+            response = await client.request(method, path)
             assert response.status_code == 404, (method, path, response.text)
             assert response.json()["code"] == "not_found"
 

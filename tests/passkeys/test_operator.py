@@ -4,6 +4,7 @@ bad passkey setting stops the process with one line naming it."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.e2e.server import clean_env, cli_path
 from tests.mfa.helpers import enable_totp
 from tests.operator import cli, login, server_on
 from tests.passkeys.authenticator import Authenticator
-from tests.passkeys.helpers import ON, add_passkey, passkey_login
+from tests.passkeys.helpers import ANDROID_ORIGIN, ON, add_passkey, passkey_login
 
 
 class TestOperator:
@@ -55,13 +56,26 @@ class TestOperator:
 
 BAD = [
     ({"webauthn_rp_id": "https://conductor.example"}, "WEBAUTHN_RP_ID: not a domain"),
+    # WebAuthn and Credential Manager take no IP address for an RP ID.
+    ({"webauthn_rp_id": "192.0.2.1"}, "WEBAUTHN_RP_ID: not a domain"),
     ({"webauthn_rp_id": "conductor.example"}, "WEBAUTHN_ORIGINS: required"),
     (
         {"webauthn_rp_id": "conductor.example", "webauthn_origins": "https://evil.example"},
         "WEBAUTHN_ORIGINS: https://evil.example is not on WEBAUTHN_RP_ID",
     ),
     ({"webauthn_origins": "http://conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
+    ({"webauthn_origins": "https://me@conductor.example"}, "WEBAUTHN_ORIGINS: each must be"),
     ({"webauthn_origins": "android:apk-key-hash:abc"}, "WEBAUTHN_ORIGINS: an Android origin"),
+    # Credential Manager sends the hash in unpadded base64url: any other spelling of the
+    # same 32 bytes would never match it.
+    *[
+        ({"webauthn_origins": "android:apk-key-hash:" + hash_}, "WEBAUTHN_ORIGINS: an Android")
+        for hash_ in (
+            base64.b64encode(b"\xfb" * 32).decode().rstrip("="),  # standard base64: + and /
+            ANDROID_ORIGIN.removeprefix("android:apk-key-hash:") + "=",  # padded
+            ANDROID_ORIGIN.removeprefix("android:apk-key-hash:")[:-1] + "_",  # not canonical
+        )
+    ],
     ({"android_cert_fingerprints": "AB:CD"}, "ANDROID_CERT_FINGERPRINTS: each must be"),
     ({"android_cert_fingerprints": ":".join(["GG"] * 32)}, "ANDROID_CERT_FINGERPRINTS"),
     ({"android_package_name": "1com.example"}, "ANDROID_PACKAGE_NAME: not an Android package"),
@@ -89,6 +103,16 @@ class TestSettings:
         assert settings.passkeys_on
         assert settings.android_cert_fingerprints == [ON["android_cert_fingerprints"].upper()]
         assert load_settings(_env_file=None, conductor_data_dir=tmp_path).passkeys_on is False
+
+    def test_https_origins_are_spelled_as_a_browser_sends_them(self, tmp_path: Path) -> None:
+        # Origins are compared as strings: lower case, no default port, no trailing slash.
+        origins = "https://Conductor.EXAMPLE:443/,HTTPS://app.conductor.example:8443"
+        settings = load_settings(
+            _env_file=None, conductor_data_dir=tmp_path, **{**ON, "webauthn_origins": origins}
+        )
+        assert settings.webauthn_origins == [
+            "https://conductor.example", "https://app.conductor.example:8443"
+        ]  # fmt: skip
 
     def test_serve_stops_at_start_with_the_line(self, tmp_path: Path) -> None:
         import subprocess

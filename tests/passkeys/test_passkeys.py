@@ -5,6 +5,7 @@ delete; the options Credential Manager gets; the asset-links statement."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import httpx
@@ -123,6 +124,18 @@ class TestLife:
         assert len(await passkeys_of(container)) == 1
         assert (await client.get(PASSKEYS, headers=bearer(bobs["access_token"]))).json() == []
 
+    async def test_an_id_that_is_not_a_uuid_is_not_found(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        auth = bearer((await tokens(client))["access_token"])
+        for path in ("not-a-uuid", "1", "%00", "..%2F..%2Fetc"):
+            gone = await client.delete(f"{PASSKEYS}/{path}", headers=auth)
+            assert gone.status_code == 404, (path, gone.text)
+            assert gone.json()["code"] == "not_found"
+            renamed = await client.patch(f"{PASSKEYS}/{path}", json={"name": "x"}, headers=auth)
+            assert renamed.status_code == 404, (path, renamed.text)
+            assert renamed.json()["code"] == "not_found"
+
     async def test_a_synced_passkey_signs_in_on_a_new_phone_without_a_device_token(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:
@@ -150,6 +163,22 @@ class TestLife:
         again = await passkey_login(client, phone, extra={"device_token": pair["device_token"]})
         assert again.status_code == 200
         assert again.json()["device_token"] == pair["device_token"]
+
+    @pytest.mark.parametrize("token", ["\\ud800", "x\\udfff\\ud800", "\\u00e9t\\u00e9"])
+    async def test_a_device_token_that_was_not_made_here_counts_as_none(
+        self, client: httpx.AsyncClient, alice: Account, token: str
+    ) -> None:
+        # JSON escapes: a lone surrogate cannot even be hashed; no token made here has one.
+        _, phone = await with_passkey(client)
+        started = await login_options(client)
+        credential = json.dumps(phone.sign_in(started["options"]))
+        body = (f'{{"challenge_id": "{started["challenge_id"]}", "credential": {credential}, '
+                f'"device_name": "Pixel 8", "device_token": "{token}"}}')  # fmt: skip
+        response = await client.post(
+            f"{PASSKEYS}/login", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["device_token"]
 
 
 class TestOptions:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 StartResponse = Callable[..., Any]
@@ -35,12 +36,32 @@ def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable
     return wsgi
 
 
-class MetricsListener:
-    """A threaded HTTP server for the summed metrics of `directory`."""
+class _Declared:
+    """The workers' summed figures, plus every declared metric that has none yet: the files
+    hold samples only, so a labelled metric would be missing until its first one."""
 
-    def __init__(self, host: str, port: int, directory: str) -> None:
+    def __init__(self, directory: str, declared: list[Metric]) -> None:
+        self.summed = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+        self.declared = declared
+
+    def collect(self) -> Iterator[Metric]:
+        """The summed families, then the declared ones without samples."""
+        seen = set()
+        for family in self.summed.collect():  # type: ignore[no-untyped-call]
+            seen.add(family.name)
+            yield family
+        for family in self.declared:
+            if family.name not in seen:
+                yield Metric(family.name, family.documentation, family.type)
+
+
+class MetricsListener:
+    """A threaded HTTP server for the summed metrics of `directory`; `declared` are the
+    metrics shown (without samples) before any worker has counted one."""
+
+    def __init__(self, host: str, port: int, directory: str, declared: list[Metric]) -> None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        registry.register(_Declared(directory, declared))
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         server_class = type("_MetricsServer", (_Server,), {"address_family": family})
         self._server: WSGIServer = make_server(

@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from starlette.routing import compile_path
+from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_api.metrics.service import Metrics
@@ -34,7 +34,8 @@ def route_of(scope: Scope, status: int) -> str:
         path = getattr(route, "path", None)
         return path if isinstance(path, str) else UNMATCHED
     if status != 404:
-        # Refused before routing (a 413 by the edge middleware): find the route it was for.
+        # Refused before routing (a 413 by the edge middleware), or a plain Starlette route
+        # (the interactive docs), which leaves no trace in the scope: find the route.
         for pattern, template in _templates(scope["app"]):
             if pattern.match(scope["path"]):
                 return template
@@ -42,10 +43,15 @@ def route_of(scope: Scope, status: int) -> str:
 
 
 def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
-    """The documented paths as patterns, computed once per application."""
+    """The documented paths and the application's own plain routes (`/docs`,
+    `/openapi.json`) as patterns, computed once per application."""
     cached: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_templates", None)
     if cached is None:
-        cached = [(compile_path(t)[0], t) for t in app.openapi().get("paths", {})]
+        templates = list(app.openapi().get("paths", {}))
+        templates += [
+            r.path for r in app.routes if isinstance(r, Route) and r.path not in templates
+        ]
+        cached = [(compile_path(t)[0], t) for t in templates]
         app.state.route_templates = cached
     return cached
 

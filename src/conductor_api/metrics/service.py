@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 from conductor_api.errors import AppError
 from conductor_api.values import TokenPair
@@ -78,6 +79,15 @@ class Metrics:
                 self.logins.labels(method, result)
         for result in REFRESH_RESULTS:
             self.refreshes.labels(result)
+
+    def declared(self) -> list[Metric]:
+        """Every metric's name, help and type, without samples: what a scrape shows of a
+        labelled metric before its first sample."""
+        collectors = (
+            self.http_requests, self.http_duration, self.logins, self.refreshes,
+            self.hash_seconds, self.hash_queue, self.database_errors,
+        )  # fmt: skip
+        return [family for collector in collectors for family in collector.describe()]
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import TokenPairOut
@@ -31,20 +33,34 @@ _NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def passkeys_on(c: ContainerDep) -> None:
-    """404 for every passkey path while WEBAUTHN_RP_ID is unset."""
-    if not c.settings.passkeys_on:
-        raise NotFound()
+class PasskeyRoute(APIRoute):
+    """404 for every passkey path while WEBAUTHN_RP_ID is unset, said before anything else:
+    a dependency would come after FastAPI parsed the body (a 422 for bad JSON), and a
+    method the path does not take would be a 405; either would say the path is there."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route, or `NotFound` while passkeys are off."""
+        if not scope["app"].state.container.settings.passkeys_on:
+            raise NotFound()
+        await super().handle(scope, receive, send)
 
 
-router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], dependencies=[Depends(passkeys_on)])
-well_known = APIRouter(tags=["passkeys"])
+router = APIRouter(prefix="/auth/passkeys", tags=["passkeys"], route_class=PasskeyRoute)
+well_known = APIRouter(tags=["passkeys"], route_class=PasskeyRoute)
 
 
 def _out(view: PasskeyView) -> PasskeyOut:
     return PasskeyOut(
         id=view.id, name=view.name, created_at=view.created_at, last_used_at=view.last_used_at
     )
+
+
+def _passkey_id(text: str) -> uuid.UUID:
+    """The id in a path; one that is not a UUID is an unknown passkey like any other."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise NotFound("No such passkey") from None
 
 
 def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
@@ -107,23 +123,23 @@ async def list_passkeys(principal: CurrentPrincipal, c: ContainerDep) -> list[Pa
     summary="Rename a passkey",
 )
 async def rename_passkey(
-    passkey_id: uuid.UUID, body: RenameIn, principal: CurrentPrincipal, c: ContainerDep
+    passkey_id: str, body: RenameIn, principal: CurrentPrincipal, c: ContainerDep
 ) -> PasskeyOut:
     """Give one of the caller's passkeys a new name."""
-    return _out(await c.passkeys.rename(principal.user_id, passkey_id, body.name))
+    return _out(await c.passkeys.rename(principal.user_id, _passkey_id(passkey_id), body.name))
 
 
 @router.delete(
     "/{passkey_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 404, 503),
     summary="Delete a passkey",
 )
 async def delete_passkey(
-    passkey_id: uuid.UUID, principal: CurrentPrincipal, c: ContainerDep, client: Client
+    passkey_id: str, principal: CurrentPrincipal, c: ContainerDep, client: Client
 ) -> Response:
     """Delete one of the caller's passkeys; 404 for an unknown id or anyone else's."""
-    await c.passkeys.delete(principal.user_id, passkey_id, client)
+    await c.passkeys.delete(principal.user_id, _passkey_id(passkey_id), client)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

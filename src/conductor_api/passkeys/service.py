@@ -114,6 +114,33 @@ def _parse_assertion(credential: dict[str, Any]) -> AuthenticationCredential | N
     return parsed
 
 
+# The smallest RSA key accepted (what Windows Hello and security keys make).
+MIN_RSA_BITS = 2048
+
+
+def _usable_key(public_key: bytes) -> bool:
+    """Whether a registration's COSE public key is one a signature can verify with: a key
+    of an offered algorithm, of that algorithm's type and curve, on its curve. Attestation
+    `none` vouches for nothing, so nothing else would refuse one that never verifies."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from webauthn.helpers import decode_credential_public_key, decoded_public_key_to_cryptography
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier as Alg
+
+    try:
+        decoded = decode_credential_public_key(public_key)
+        key = decoded_public_key_to_cryptography(decoded)
+    except Exception:
+        return False
+    if decoded.alg == Alg.ECDSA_SHA_256:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if decoded.alg == Alg.RSASSA_PKCS1_v1_5_SHA_256:
+        return isinstance(key, RSAPublicKey) and key.key_size >= MIN_RSA_BITS
+    if decoded.alg == Alg.EDDSA:
+        return isinstance(key, ed25519.Ed25519PublicKey)
+    return False
+
+
 def user_handle(user_id: uuid.UUID) -> bytes:
     """The WebAuthn user handle of a user: the 16 bytes of its id (no name, no email)."""
     return user_id.bytes
@@ -228,7 +255,9 @@ class PasskeyService:
             )
         except Exception:
             raise InvalidPasskey() from None
-        if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES:
+        if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES or not _usable_key(
+            verified.credential_public_key
+        ):
             raise InvalidPasskey()
         transports = ",".join(t.value for t in parsed.response.transports or [])[:200]
         row = Passkey(

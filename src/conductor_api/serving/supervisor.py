@@ -7,6 +7,7 @@ starts, and a restarted worker takes over its predecessor's socket."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -120,12 +121,18 @@ class Supervisor:
         from conductor_api.metrics.exposition import MetricsListener
         from conductor_api.metrics.service import Metrics
 
-        Metrics()  # every metric at 0 in the files before any worker has started
+        metrics = Metrics()  # every metric at 0 in the files before any worker has started
         try:
-            listener = MetricsListener(s.metrics_host, s.metrics_port, self.metrics_dir)
+            listener = MetricsListener(
+                s.metrics_host, s.metrics_port, self.metrics_dir, metrics.declared()
+            )
         except OSError as e:
+            # A name that does not resolve, or an address not of this machine, is the host's
+            # fault; anything else (a port in use, or one below 1024) the port's.
+            host_fault = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+            name = "METRICS_HOST" if host_fault else "METRICS_PORT"
             raise ServeError(
-                f"METRICS_PORT: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
+                f"{name}: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
             ) from None
         listener.start()
         log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
