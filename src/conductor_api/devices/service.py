@@ -32,7 +32,8 @@ async def find(
 ) -> TrustedDevice | None:
     """The device token if it is live and belongs to `user_id`; otherwise None, because an
     unknown, forged, expired, revoked or other user's token counts as no token at all."""
-    if not token or user_id is None or len(token) > MAX_DEVICE_TOKEN_LENGTH:
+    # Tokens made here are ASCII; JSON may carry a lone surrogate, which would not encode.
+    if not token or user_id is None or len(token) > MAX_DEVICE_TOKEN_LENGTH or not token.isascii():
         return None
     row = await repository.find_live(db, token_digest(token), now)
     if row is None or row.user_id != user_id:
