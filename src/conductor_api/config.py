@@ -293,11 +293,27 @@ class Settings(BaseSettings):
             raise ValueError("unknown scheme; use sqlite:///path or postgresql://user@host/db")
         try:
             parsed = make_url(value)
-            _ = parsed.port  # a port that is not a number fails here, not at the first query
+            port = parsed.port  # a port that is not a number fails here, not at the first query
         except (ArgumentError, ValueError):
             raise ValueError(
                 "not a valid URL; use postgresql://user:password@host:5432/db"
             ) from None
+        if scheme.startswith("sqlite"):
+            # The file is opened by path in more than one place: parameters would name another.
+            if parsed.query:
+                raise ValueError("a SQLite URL takes no parameters; use sqlite:///path")
+            if not parsed.database or parsed.database.startswith((":memory:", "file:")):
+                raise ValueError("needs the path of a file; use sqlite:///path")
+            return value
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("the port must be 1 to 65535")
+        unknown = sorted(set(parsed.query) - _POSTGRES_PARAMETERS)
+        if unknown:
+            # Every parameter is passed to asyncpg.connect(): an unknown one fails there.
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r}; the driver (asyncpg) takes "
+                f"{', '.join(sorted(_POSTGRES_PARAMETERS))} (ssl=require, not sslmode)"
+            )
         return value
 
     @field_validator("metrics_port", mode="before")
@@ -362,6 +378,9 @@ class Settings(BaseSettings):
         assert self.jwt_refresh_secret_key is not None, "load_settings() resolves the secrets"
         return self.jwt_refresh_secret_key.get_secret_value()
 
+
+# Query parameters of a PostgreSQL URL that asyncpg.connect() takes as text.
+_POSTGRES_PARAMETERS = frozenset({"ssl", "host", "passfile", "target_session_attrs"})
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
