@@ -513,4 +513,12 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
         raise ConfigError(_first_error(e)) from None
+    except UnicodeDecodeError as e:
+        # Only the .env file is read as bytes: the environment is already text.
+        raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return _resolve_secrets(settings)
+
+
+def config_error(error: ValidationError) -> ConfigError:
+    """The one-line `ConfigError` for settings that failed validation."""
+    return ConfigError(_first_error(error))
