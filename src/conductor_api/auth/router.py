@@ -6,6 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import (
@@ -228,16 +231,33 @@ async def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post(
-    "/register",
-    status_code=status.HTTP_201_CREATED,
-    response_model=UserOut,
-    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
-    summary="Create an account (only with ALLOW_REGISTRATION=true)",
-)
+class _RegistrationRoute(APIRoute):
+    """While registration is off, the path answers 404 exactly as an unknown path does,
+    whatever the method or body: FastAPI would otherwise validate the body first, and a 422
+    (or a 405 for another method) would tell that the path exists."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """404 unless ALLOW_REGISTRATION; else the endpoint."""
+        if not scope["app"].state.container.settings.allow_registration:
+            raise StarletteHTTPException(status.HTTP_404_NOT_FOUND)
+        await super().handle(scope, receive, send)
+
+
 async def register(
     body: RegisterRequest, db: DbSession, c: ContainerDep, client: Client
 ) -> UserOut:
     """Create an account; 404 unless registration is enabled."""
     user = await c.signin.register(db, body.username, body.password, client)
     return UserOut(id=user.id, username=user.username, created_at=user.created_at, is_active=True)
+
+
+router.add_api_route(
+    "/register",
+    register,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
+    summary="Create an account (only with ALLOW_REGISTRATION=true)",
+    route_class_override=_RegistrationRoute,
+)
