@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -104,18 +105,25 @@ def _oauth_error(
     )
 
 
-@router.post(
-    "/token",
-    response_model=TokenPairOut,
-    responses={
-        **_TOKEN_DOC,
-        400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
-        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
-        **error_responses(413, 422, 429, 503),
-    },
-    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
-    openapi_extra=DPOP_TOKEN_REQUEST,
-)
+class _OAuthRoute(APIRoute):
+    """The token endpoint's route: a 400 raised before the endpoint runs (a form that cannot
+    be read: too many fields, broken multipart) keeps RFC 6749 section 5.2's shape too."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The endpoint's handler, answering its 400s as `invalid_request`."""
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as e:
+                if e.status_code != status.HTTP_400_BAD_REQUEST:
+                    raise
+                return _oauth_error("invalid_request", str(e.detail), "invalid_request")
+
+        return route
+
+
 async def token(
     c: ContainerDep,
     client: Client,
@@ -167,6 +175,23 @@ async def token(
             return _oauth_error("invalid_grant", e.detail, e.code)
         raise
     return _token_response(pair)
+
+
+router.add_api_route(
+    "/token",
+    token,
+    methods=["POST"],
+    response_model=TokenPairOut,
+    responses={
+        **_TOKEN_DOC,
+        400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
+        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
+        **error_responses(413, 422, 429, 503),
+    },
+    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+    openapi_extra=DPOP_TOKEN_REQUEST,
+    route_class_override=_OAuthRoute,
+)
 
 
 @router.post(
