@@ -233,7 +233,7 @@ class Settings(BaseSettings):
         parts = _split_csv(value)
         if isinstance(parts, list):
             try:
-                return [ipaddress.ip_network(str(p), strict=False) for p in parts]
+                return [_unmapped(ipaddress.ip_network(str(p), strict=False)) for p in parts]
             except ValueError as e:
                 raise ValueError(f"not an address or network: {e}") from None
         return parts
@@ -389,6 +389,22 @@ _DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it maps: client addresses are read
+    that way (`auth.client`), so ::ffff:10.0.0.1 in TRUSTED_PROXIES still matches its proxy.
+    The whole mapped range stays as it is, for the check that refuses trusting everyone."""
+    if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen <= 96:
+        return network
+    if not network.subnet_of(_IPV4_MAPPED):
+        return network
+    mapped = network.network_address.ipv4_mapped
+    assert mapped is not None
+    return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
 
 
 def decode_kek(value: str) -> bytes | None:

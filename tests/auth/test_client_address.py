@@ -284,3 +284,16 @@ class TestTrustedProxy:
         async with make_client(app, OTHER_IP) as outsider:
             pair = await tokens(outsider, **{"X-Forwarded-For": "198.51.100.50"})
         assert await session_address(container, pair["session_id"]) == OTHER_IP
+
+
+class TestTrustedProxyWrittenAsIpv4Mapped:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        # As an operator may copy it from a dual-stack server's log.
+        return {**LIMITS, "trusted_proxies": "::ffff:203.0.113.0/120"}
+
+    async def test_still_matches_its_proxy(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client, **{"X-Forwarded-For": "198.51.100.90"})
+        assert await session_address(container, pair["session_id"]) == "198.51.100.90"
