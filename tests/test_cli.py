@@ -204,6 +204,13 @@ class TestCommand:
     def test_a_host_that_is_no_name_is_one_line(self, cli: Cli) -> None:
         one_line_error(cli("serve", "--host", "a" * 64 + ".example", "--port", "1"), "host")
 
+    def test_a_group_without_its_command_is_one_line_after_the_help(self, cli: Cli) -> None:
+        for args, listed in (((), "migrate"), (("users",), "set-password")):
+            result = cli(*args)
+            one_line_error(result, "missing command")
+            assert result.returncode == 2
+            assert listed in result.stdout
+
     def test_help_exits_zero(self, cli: Cli) -> None:
         result = cli("--help")
         assert result.returncode == 0

@@ -114,6 +114,11 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted")
     except TyperException as e:
+        context = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and context is not None:
+            # A group without its command: the help on stdout, what is wrong in one line.
+            typer.echo(context.get_help())
+            _fail("missing command (the commands are listed above)", e.exit_code)
         _fail(e.format_message().replace("\n", " "), e.exit_code)
     except ConfigError as e:
         _fail(str(e), 2)
