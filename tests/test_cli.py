@@ -175,6 +175,42 @@ class TestCommand:
         result = cli("migrate", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
         one_line_error(result, "database")
 
+    def test_database_errors_are_one_line(self, cli: Cli, tmp_path: Path) -> None:
+        not_sqlite = tmp_path / "notes.db"
+        not_sqlite.write_text("not a database, just notes " * 20)
+        one_line_error(cli("migrate", env={"DATABASE_URL": f"sqlite:///{not_sqlite}"}), "database")
+        missing = "postgresql://postgres@127.0.0.1:5432/conductor_no_such_database"
+        one_line_error(cli("migrate", env={"DATABASE_URL": missing}), "database")
+        no_host = "postgresql://postgres@no-such-host.invalid/db"
+        one_line_error(cli("migrate", env={"DATABASE_URL": no_host}), "database")
+        beneath_a_file = "sqlite:////dev/null/conductor.db"
+        one_line_error(cli("users", "list", env={"DATABASE_URL": beneath_a_file}), "DATABASE_URL")
+
+    def test_text_that_is_not_utf8_is_one_line(self, cli: Cli) -> None:
+        assert cli("migrate").returncode == 0
+        for command in (["users", "disable"], ["users", "unlock"], ["sessions", "list"]):
+            # An argument in bytes that are not UTF-8 (Python hands it over with surrogates).
+            result = subprocess.run(
+                [cli_path(), *command, b"al\xffce"],
+                env=cli.env, cwd=cli.data_dir.parent, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            one_line_error(result, "UTF-8")
+        (cli.data_dir.parent / ".env").write_bytes(b"JWT_ISSUER=caf\xe9\n")
+        one_line_error(cli("users", "list"), ".env")
+
+    def test_openapi_with_a_bad_setting_is_one_line(self, cli: Cli) -> None:
+        one_line_error(cli("openapi", env={"DATABASE_URL": "mysql://root@db/prod"}), "DATABASE_URL")
+
+    def test_a_host_that_is_no_name_is_one_line(self, cli: Cli) -> None:
+        one_line_error(cli("serve", "--host", "a" * 64 + ".example", "--port", "1"), "host")
+
+    def test_a_group_without_its_command_is_one_line_after_the_help(self, cli: Cli) -> None:
+        for args, listed in (((), "migrate"), (("users",), "set-password")):
+            result = cli(*args)
+            one_line_error(result, "missing command")
+            assert result.returncode == 2
+            assert listed in result.stdout
+
     def test_help_exits_zero(self, cli: Cli) -> None:
         result = cli("--help")
         assert result.returncode == 0

@@ -25,6 +25,13 @@ BAD_VALUES = [
     ({"JWT_SECRET_KEY": GOOD_A}, "JWT_REFRESH_SECRET_KEY"),
     ({"DATABASE_URL": "mysql://root@localhost/db"}, "DATABASE_URL"),
     ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+    # A SQLite URL without a file, or with parameters (the file is opened by path in more
+    # than one place); a port out of range; a parameter asyncpg.connect() does not take.
+    ({"DATABASE_URL": "sqlite://"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "sqlite:///:memory:"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "sqlite:///data/conductor.db?timeout=5"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:99999/db"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/db?sslmode=require"}, "DATABASE_URL"),
     ({"ACCESS_TOKEN_EXPIRE_MINUTES": "-5"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
     ({"REFRESH_TOKEN_EXPIRE_DAYS": "-1"}, "REFRESH_TOKEN_EXPIRE_DAYS"),
     ({"SESSION_MAX_DAYS": "0"}, "SESSION_MAX_DAYS"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from fastapi import FastAPI
 
 
 class TestHealth:
@@ -29,3 +30,20 @@ class TestHealth:
         response = await client.get("/nowhere")
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"
+
+
+class TestInternalError:
+    async def test_a_500_carries_nosniff_and_the_request_id(self, app: FastAPI) -> None:
+        async def boom() -> None:
+            raise RuntimeError("a bug")
+
+        app.add_api_route("/boom", boom)
+        # The app's exception reaches the transport after the response: keep the response.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/boom", headers={"X-Request-ID": "req-500"})
+        assert response.status_code == 500
+        assert response.json() == {"detail": "Internal error", "code": "internal_error"}
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-request-id"] == "req-500"
+        assert "server" not in response.headers

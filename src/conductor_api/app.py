@@ -28,7 +28,7 @@ from conductor_api.keys.router import router as keys_router
 from conductor_api.logs import configure_logging
 from conductor_api.metrics.middleware import MetricsMiddleware
 from conductor_api.mfa.router import router as mfa_router
-from conductor_api.middleware import EdgeMiddleware
+from conductor_api.middleware import INTERNAL_ERROR, EdgeMiddleware
 from conductor_api.passkeys.router import router as passkeys_router
 from conductor_api.passkeys.router import well_known as well_known_router
 from conductor_api.schemas import ErrorOut
@@ -128,7 +128,7 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
         log.error("unhandled error: %s", type(error).__name__, exc_info=error)
-        return JSONResponse({"detail": "Internal error", "code": "internal_error"}, status_code=500)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
 
 def _document_dpop(app: FastAPI) -> None:

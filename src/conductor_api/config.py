@@ -246,7 +246,7 @@ class Settings(BaseSettings):
         parts = _split_csv(value)
         if isinstance(parts, list):
             try:
-                return [ipaddress.ip_network(str(p), strict=False) for p in parts]
+                return [_unmapped(ipaddress.ip_network(str(p), strict=False)) for p in parts]
             except ValueError as e:
                 raise ValueError(f"not an address or network: {e}") from None
         return parts
@@ -306,11 +306,27 @@ class Settings(BaseSettings):
             raise ValueError("unknown scheme; use sqlite:///path or postgresql://user@host/db")
         try:
             parsed = make_url(value)
-            _ = parsed.port  # a port that is not a number fails here, not at the first query
+            port = parsed.port  # a port that is not a number fails here, not at the first query
         except (ArgumentError, ValueError):
             raise ValueError(
                 "not a valid URL; use postgresql://user:password@host:5432/db"
             ) from None
+        if scheme.startswith("sqlite"):
+            # The file is opened by path in more than one place: parameters would name another.
+            if parsed.query:
+                raise ValueError("a SQLite URL takes no parameters; use sqlite:///path")
+            if not parsed.database or parsed.database.startswith((":memory:", "file:")):
+                raise ValueError("needs the path of a file; use sqlite:///path")
+            return value
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("the port must be 1 to 65535")
+        unknown = sorted(set(parsed.query) - _POSTGRES_PARAMETERS)
+        if unknown:
+            # Every parameter is passed to asyncpg.connect(): an unknown one fails there.
+            raise ValueError(
+                f"unknown parameter {unknown[0]!r}; the driver (asyncpg) takes "
+                f"{', '.join(sorted(_POSTGRES_PARAMETERS))} (ssl=require, not sslmode)"
+            )
         return value
 
     @field_validator("metrics_port", mode="before")
@@ -376,6 +392,9 @@ class Settings(BaseSettings):
         return self.jwt_refresh_secret_key.get_secret_value()
 
 
+# Query parameters of a PostgreSQL URL that asyncpg.connect() takes as text.
+_POSTGRES_PARAMETERS = frozenset({"ssl", "host", "passfile", "target_session_attrs"})
+
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
@@ -383,6 +402,22 @@ _DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it maps: client addresses are read
+    that way (`auth.client`), so ::ffff:10.0.0.1 in TRUSTED_PROXIES still matches its proxy.
+    The whole mapped range stays as it is, for the check that refuses trusting everyone."""
+    if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen <= 96:
+        return network
+    if not network.subnet_of(_IPV4_MAPPED):
+        return network
+    mapped = network.network_address.ipv4_mapped
+    assert mapped is not None
+    return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
 
 
 def decode_kek(value: str) -> bytes | None:
@@ -507,4 +542,12 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
         raise ConfigError(_first_error(e)) from None
+    except UnicodeDecodeError as e:
+        # Only the .env file is read as bytes: the environment is already text.
+        raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return _resolve_secrets(settings)
+
+
+def config_error(error: ValidationError) -> ConfigError:
+    """The one-line `ConfigError` for settings that failed validation."""
+    return ConfigError(_first_error(error))

@@ -17,11 +17,15 @@ from conductor_api.logs import ACCESS, REQUEST_ID
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def _too_large() -> tuple[Message, Message]:
-    body = json.dumps({"detail": PayloadTooLarge.detail, "code": PayloadTooLarge.code}).encode()
+# The body of a 500, also rendered by the app's last-resort handler.
+INTERNAL_ERROR = {"detail": "Internal error", "code": "internal_error"}
+
+
+def _json_error(status: int, content: dict[str, str]) -> tuple[Message, Message]:
+    body = json.dumps(content).encode()
     start: Message = {
         "type": "http.response.start",
-        "status": PayloadTooLarge.status,
+        "status": status,
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -29,6 +33,11 @@ def _too_large() -> tuple[Message, Message]:
         ],
     }
     return start, {"type": "http.response.body", "body": body}
+
+
+def _too_large() -> tuple[Message, Message]:
+    content = {"detail": PayloadTooLarge.detail, "code": PayloadTooLarge.code}
+    return _json_error(PayloadTooLarge.status, content)
 
 
 class EdgeMiddleware:
@@ -57,11 +66,12 @@ class EdgeMiddleware:
             request_id = uuid.uuid4().hex.encode()
         context = REQUEST_ID.set(request_id.decode())
         status = 500
+        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = message.setdefault("headers", [])
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"x-request-id", request_id))
@@ -80,7 +90,16 @@ class EdgeMiddleware:
                     await self._refuse(send_wrapper)
                     return
                 receive = _replay(body, receive)
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                # Answered here, not by Starlette's last-resort handler: that one sits outside
+                # every middleware, and its 500 would lack nosniff and the request id. It still
+                # runs (and logs the error); it sends nothing once a response has started.
+                if not started:
+                    for message in _json_error(500, INTERNAL_ERROR):
+                        await send_wrapper(message)
+                raise
         finally:
             ACCESS.info(
                 "%s %s %d",

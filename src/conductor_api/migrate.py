@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from conductor_api.config import Settings
+from conductor_api.config import ConfigError, Settings
 from conductor_api.storage import prepare_sqlite
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -26,7 +26,13 @@ def alembic_config(settings: Settings) -> Config:
     config.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(slug)s")
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
     if settings.is_sqlite:
-        prepare_sqlite(settings.sqlalchemy_url)
+        try:
+            prepare_sqlite(settings.sqlalchemy_url)
+        except OSError as e:
+            name = "DATABASE_URL" if settings.database_url else "CONDUCTOR_DATA_DIR"
+            raise ConfigError(
+                f"{name}: cannot create the database file {settings.sqlite_path}: {e.strerror}"
+            ) from None
     return config
 
 

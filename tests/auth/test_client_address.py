@@ -249,9 +249,51 @@ class TestTrustedProxy:
             recorded = await session_address(container, response.json()["session_id"])
             assert recorded == expected, header
 
+    async def test_zones_and_ipv4_mapped_addresses_are_plain_addresses(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        cases = [
+            # A zone names an interface of the proxy: no part of the client's address (and
+            # a long one overflowed the column on PostgreSQL: a 500).
+            ("fe80::1%" + "a" * 100, "fe80::1"),
+            ("fe80::2%eth0", "fe80::2"),
+            # A dual-stack proxy writes an IPv4 client as IPv4-mapped IPv6.
+            ("::ffff:198.51.100.70", "198.51.100.70"),
+            ("198.51.100.71, ::ffff:203.0.113.9", "198.51.100.71"),
+        ]
+        body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
+        for header, expected in cases:
+            response = await client.post(
+                "/api/v1/auth/login", json=body, headers={"X-Forwarded-For": header}
+            )
+            assert response.status_code == 200, (header, response.text)
+            recorded = await session_address(container, response.json()["session_id"])
+            assert recorded == expected, header
+
+    async def test_a_proxy_seen_as_ipv4_mapped_is_trusted(
+        self, app: FastAPI, alice: Account, container: Container
+    ) -> None:
+        # A server listening on "::" sees an IPv4 proxy as ::ffff:a.b.c.d.
+        async with make_client(app, "::ffff:203.0.113.5") as proxied:
+            pair = await tokens(proxied, **{"X-Forwarded-For": "198.51.100.80"})
+        assert await session_address(container, pair["session_id"]) == "198.51.100.80"
+
     async def test_an_untrusted_peer_is_not_believed(
         self, app: FastAPI, alice: Account, container: Container
     ) -> None:
         async with make_client(app, OTHER_IP) as outsider:
             pair = await tokens(outsider, **{"X-Forwarded-For": "198.51.100.50"})
         assert await session_address(container, pair["session_id"]) == OTHER_IP
+
+
+class TestTrustedProxyWrittenAsIpv4Mapped:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        # As an operator may copy it from a dual-stack server's log.
+        return {**LIMITS, "trusted_proxies": "::ffff:203.0.113.0/120"}
+
+    async def test_still_matches_its_proxy(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client, **{"X-Forwarded-For": "198.51.100.90"})
+        assert await session_address(container, pair["session_id"]) == "198.51.100.90"

@@ -42,6 +42,21 @@ class TestRegistrationDisabled:
         assert response.status_code == 404
         assert "Sup3r-Secret-Value-123" not in response.text
 
+    async def test_is_404_as_for_an_unknown_path_whatever_the_body_or_method(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        unknown = await client.post("/api/v1/auth/nowhere", json={})
+        assert unknown.status_code == 404
+        for response in (
+            await client.post(REGISTER, json={}),
+            await client.post(REGISTER, content=b"{not json", headers={"Content-Type": "x"}),
+            await client.post(REGISTER, json={"username": 5, "password": None}),
+            await client.get(REGISTER),
+        ):
+            assert response.status_code == 404, response.text
+            assert response.json() == unknown.json()
+            assert "allow" not in response.headers
+
 
 class TestRegistrationEnabled:
     @pytest.fixture

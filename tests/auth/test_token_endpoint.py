@@ -208,6 +208,24 @@ class TestRequestErrors:
         response = await token_request(client, **form)
         assert_oauth_error(response, "invalid_request", "invalid_request")
 
+    @pytest.mark.parametrize(
+        ("content", "content_type"),
+        [
+            (b"&".join(b"f%d=1" % i for i in range(1001)), "application/x-www-form-urlencoded"),
+            (b"x", "multipart/form-data"),
+            (
+                b"--b\r\nContent-Disposition: form-data\r\n\r\npassword\r\n--b--\r\n",
+                "multipart/form-data; boundary=b",
+            ),
+        ],
+    )
+    async def test_a_form_that_cannot_be_read_is_invalid_request(
+        self, content: bytes, content_type: str, client: httpx.AsyncClient
+    ) -> None:
+        # Still RFC 6749 section 5.2 (a stock client reads `error`), not the JSON endpoints' 400.
+        response = await client.post(TOKEN, content=content, headers={"Content-Type": content_type})
+        assert_oauth_error(response, "invalid_request", "invalid_request")
+
     async def test_missing_password_costs_no_attempt(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

@@ -190,16 +190,6 @@ class TestLoneSurrogatesElsewhere:
         assert 400 <= response.status_code < 500, response.text
         assert "code" in response.json()
 
-    async def test_device_token_counts_as_none(
-        self, client: httpx.AsyncClient, alice: Account
-    ) -> None:
-        body = ('{"username": "alice", "password": "correct horse battery staple", '
-                '"device_name": "Pixel 8", "device_token": "\\ud800"}')  # fmt: skip
-        response = await client.post(
-            "/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"}
-        )
-        assert response.status_code == 200, response.text
-
     @pytest.mark.parametrize(
         "form",
         [

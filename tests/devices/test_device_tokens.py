@@ -178,6 +178,22 @@ class TestLockoutBypass:
         await lock_alice(app)
         assert_locked(await login_with(client, expiring))
 
+    async def test_a_token_with_a_lone_surrogate_counts_as_none(
+        self, client: httpx.AsyncClient, alice: Account, app: Any
+    ) -> None:
+        # JSON may escape a lone surrogate, which no hash or database accepts: not a 500.
+        body = '{"username": "alice", "password": "%s", "device_name": "P", "device_token": "%s"}'
+        json_type = {"Content-Type": "application/json"}
+
+        async def login(token: str) -> httpx.Response:
+            return await client.post(LOGIN, content=body % (PASSWORD, token), headers=json_type)
+
+        for token in ("\\ud800", "ok\\udfff"):
+            signed_in = await login(token)
+            assert signed_in.status_code == 200, signed_in.text
+        await lock_alice(app)
+        assert_locked(await login("\\ud800"))
+
     async def test_revoked_by_a_password_change(
         self, client: httpx.AsyncClient, alice: Account, app: Any
     ) -> None:

@@ -4,6 +4,7 @@ supervisor; a busy port or a clash with METRICS_PORT is one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -141,6 +142,37 @@ def serve_fails(tmp_path: Path, port: int, **env: str) -> str:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     return lines[0]
+
+
+class TestUnparsableRequests:
+    @pytest.mark.parametrize(
+        "request_bytes",
+        [
+            b"GARBAGE\r\n\r\n",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            b"GET /health/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        ],
+    )
+    def test_are_a_json_400_with_nosniff(self, tmp_path: Path, request_bytes: bytes) -> None:
+        # Answered by the HTTP server before the application sees a request.
+        with (
+            Server(tmp_path, SECRETS) as server,
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+        ):
+            sock.sendall(request_bytes)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        assert lines[0] == "HTTP/1.1 400 Bad Request"
+        assert headers["content-type"] == "application/json"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-request-id"]
+        assert "server" not in headers
+        assert json.loads(body) == {"detail": "Invalid HTTP request", "code": "bad_request"}
 
 
 class TestOneLineErrors:

@@ -35,9 +35,18 @@ def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if host is None:
         return None
     try:
-        return ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address):
+        # A dual-stack socket or proxy shows an IPv4 client as ::ffff:a.b.c.d: the client
+        # (and TRUSTED_PROXIES) know it as IPv4. A zone (`%eth0`) names an interface of the
+        # host that saw the address, not part of it (and may be any length).
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            return ipaddress.IPv6Address(host.partition("%")[0])
+    return address
 
 
 def _peer_trusted(request: Request, trusted: list[IPNetwork]) -> bool:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response, status
+from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import (
@@ -101,18 +105,25 @@ def _oauth_error(
     )
 
 
-@router.post(
-    "/token",
-    response_model=TokenPairOut,
-    responses={
-        **_TOKEN_DOC,
-        400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
-        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
-        **error_responses(413, 422, 429, 503),
-    },
-    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
-    openapi_extra=DPOP_TOKEN_REQUEST,
-)
+class _OAuthRoute(APIRoute):
+    """The token endpoint's route: a 400 raised before the endpoint runs (a form that cannot
+    be read: too many fields, broken multipart) keeps RFC 6749 section 5.2's shape too."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The endpoint's handler, answering its 400s as `invalid_request`."""
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as e:
+                if e.status_code != status.HTTP_400_BAD_REQUEST:
+                    raise
+                return _oauth_error("invalid_request", str(e.detail), "invalid_request")
+
+        return route
+
+
 async def token(
     c: ContainerDep,
     client: Client,
@@ -164,6 +175,23 @@ async def token(
             return _oauth_error("invalid_grant", e.detail, e.code)
         raise
     return _token_response(pair)
+
+
+router.add_api_route(
+    "/token",
+    token,
+    methods=["POST"],
+    response_model=TokenPairOut,
+    responses={
+        **_TOKEN_DOC,
+        400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
+        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
+        **error_responses(413, 422, 429, 503),
+    },
+    summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
+    openapi_extra=DPOP_TOKEN_REQUEST,
+    route_class_override=_OAuthRoute,
+)
 
 
 @router.post(
@@ -228,16 +256,33 @@ async def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post(
-    "/register",
-    status_code=status.HTTP_201_CREATED,
-    response_model=UserOut,
-    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
-    summary="Create an account (only with ALLOW_REGISTRATION=true)",
-)
+class _RegistrationRoute(APIRoute):
+    """While registration is off, the path answers 404 exactly as an unknown path does,
+    whatever the method or body: FastAPI would otherwise validate the body first, and a 422
+    (or a 405 for another method) would tell that the path exists."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """404 unless ALLOW_REGISTRATION; else the endpoint."""
+        if not scope["app"].state.container.settings.allow_registration:
+            raise StarletteHTTPException(status.HTTP_404_NOT_FOUND)
+        await super().handle(scope, receive, send)
+
+
 async def register(
     body: RegisterRequest, db: DbSession, c: ContainerDep, client: Client
 ) -> UserOut:
     """Create an account; 404 unless registration is enabled."""
     user = await c.signin.register(db, body.username, body.password, client)
     return UserOut(id=user.id, username=user.username, created_at=user.created_at, is_active=True)
+
+
+router.add_api_route(
+    "/register",
+    register,
+    methods=["POST"],
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
+    summary="Create an account (only with ALLOW_REGISTRATION=true)",
+    route_class_override=_RegistrationRoute,
+)

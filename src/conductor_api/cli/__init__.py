@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 import sys
 from typing import Annotated
 
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import exc as sa_exc
 from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
 from conductor_api.cli import keys, prune, sessions, users
 from conductor_api.cli.common import CliError, check_stored_secrets, settings
-from conductor_api.config import ConfigError, Settings
+from conductor_api.config import ConfigError, Settings, config_error
 from conductor_api.errors import AppError
 from conductor_api.logs import SECURITY
 
@@ -76,17 +77,34 @@ def openapi() -> None:
     from conductor_api.app import create_app
 
     # Placeholder keys: printing the document must not create secrets or touch a database.
-    placeholder = Settings(
-        jwt_algorithm="HS256",  # no key set is read either
-        jwt_secret_key=SecretStr(secrets.token_urlsafe(32)),
-        jwt_refresh_secret_key=SecretStr(secrets.token_urlsafe(32)),
-    )
+    try:
+        placeholder = Settings(
+            jwt_algorithm="HS256",  # no key set is read either
+            jwt_secret_key=SecretStr(secrets.token_urlsafe(32)),
+            jwt_refresh_secret_key=SecretStr(secrets.token_urlsafe(32)),
+        )
+    except ValidationError as e:
+        raise config_error(e) from None
     typer.echo(json.dumps(create_app(placeholder).openapi(), indent=2))
 
 
 def _fail(message: str, status: int = 1) -> None:
     print(f"conductor-api: error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+def _first_line(error: BaseException) -> str:
+    """What an error says, in one line: a driver's own message rather than SQLAlchemy's
+    (which adds the statement and a link)."""
+    cause = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig else error
+    lines = str(cause).strip().splitlines()
+    # asyncpg's errors behind SQLAlchemy's read "<class '...'>: message".
+    return (lines[0] if lines else type(cause).__name__).split(">: ", 1)[-1]
+
+
+def _not_text(error: UnicodeError) -> str:
+    text = getattr(error, "object", None)
+    return f"not valid UTF-8 text: {text!r}" if isinstance(text, str) else "not valid UTF-8 text"
 
 
 def main() -> None:
@@ -101,13 +119,34 @@ def main() -> None:
     except typer.Abort:
         _fail("aborted")
     except TyperException as e:
+        context = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and context is not None:
+            # A group without its command: the help on stdout, what is wrong in one line.
+            typer.echo(context.get_help())
+            _fail("missing command (the commands are listed above)", e.exit_code)
         _fail(e.format_message().replace("\n", " "), e.exit_code)
     except ConfigError as e:
         _fail(str(e), 2)
     except (CliError, AppError) as e:
         _fail(str(e))
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError) as e:
-        _fail(f"the database did not answer ({type(e).__name__})")
+    except (
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    ) as e:
+        _fail(f"the database did not answer ({type(e).__name__}: {_first_line(e)})")
+    except sa_exc.DBAPIError as e:
+        # It answered, and refused: no such database or role, a file that is not SQLite.
+        _fail(f"the database refused: {_first_line(e)}")
+    except UnicodeError as e:
+        _fail(_not_text(e))
+    except OSError as e:
+        _fail(_first_line(e))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as e:
+        # The contract's last word: one line, never a traceback, even for a bug.
+        _fail(f"unexpected error ({type(e).__name__}): {_first_line(e)}")
     sys.exit(result if isinstance(result, int) else 0)

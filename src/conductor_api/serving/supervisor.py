@@ -44,6 +44,9 @@ def _family(host: str, port: int) -> socket.AddressFamily:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as e:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    except UnicodeError:
+        # IDNA refuses a label over 63 characters, or bytes that are not UTF-8.
+        raise ServeError(f"cannot listen on {host!r}: not a valid host name") from None
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:

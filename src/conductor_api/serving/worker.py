@@ -16,6 +16,7 @@ import uvicorn
 from conductor_api.config import load_settings
 from conductor_api.logs import configure_logging
 from conductor_api.security.passwords import tune_allocator
+from conductor_api.serving.protocol import Protocol
 
 _PR_SET_PDEATHSIG = 1
 # The status of a worker whose application did not start (uvicorn's own value): the
@@ -40,6 +41,8 @@ def main(argv: list[str]) -> None:
     config = uvicorn.Config(
         "conductor_api.app:app_factory",
         factory=True,
+        # httptools, answering a request it cannot parse in the API's error shape.
+        http=Protocol,
         # The client address is decided by TRUSTED_PROXIES in the app, not by uvicorn.
         proxy_headers=False,
         server_header=False,
