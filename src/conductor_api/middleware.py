@@ -40,8 +40,23 @@ def _too_large() -> tuple[Message, Message]:
     return _json_error(PayloadTooLarge.status, content)
 
 
+# Paths whose every answer holds or concerns a credential: never stored by a cache, errors
+# included (a 403 mfa_required holds an mfa_token; a refusal is no more cacheable).
+NO_STORE_PATHS = frozenset(
+    "/api/v1/auth/" + path for path in ("login", "token", "refresh", "mfa/verify", "passkeys/login")
+)
+_NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+
+
+def _add_no_store(headers: list[tuple[bytes, bytes]]) -> None:
+    """`Cache-Control: no-store` (and `Pragma: no-cache`), unless the answer has its own."""
+    if not any(name.lower() == b"cache-control" for name, _ in headers):
+        headers.extend(_NO_STORE)
+
+
 class EdgeMiddleware:
-    """Request id, `nosniff`, 413 for oversized bodies, and one log line per request."""
+    """Request id, `nosniff`, `no-store` on the sign-in paths, 413 for oversized bodies, and
+    one log line per request."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -77,6 +92,8 @@ class EdgeMiddleware:
                 headers.append((b"x-request-id", request_id))
                 if dpop:
                     _add_dpop_nonce(scope, headers)
+                if scope["path"] in NO_STORE_PATHS:
+                    _add_no_store(headers)
             await send(message)
 
         try:

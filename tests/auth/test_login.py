@@ -185,6 +185,23 @@ class TestWrongCredentials:
         assert PASSWORD not in wrong.text
         assert await user_sessions(container, alice.id) == []
 
+    async def test_refusals_of_the_sign_in_paths_are_uncacheable(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        refusals = [
+            await login(client, password=PASSWORD + "!"),
+            await client.post(LOGIN, json={"username": "alice"}),
+            await client.post("/api/v1/auth/refresh", json={"refresh_token": "x.y.z"}),
+            await client.post("/api/v1/auth/refresh", json={}),
+        ]
+        assert [r.status_code for r in refusals] == [401, 422, 401, 422]
+        for refused in refusals:
+            assert refused.headers["cache-control"] == "no-store", refused.text
+            assert refused.headers["pragma"] == "no-cache"
+        # Other paths keep their own caching rules.
+        me = await client.get("/api/v1/auth/me")
+        assert me.status_code == 401 and "cache-control" not in me.headers
+
     async def test_failures_are_recorded(
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:

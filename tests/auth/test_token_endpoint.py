@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.security.tokens import token_digest
@@ -225,6 +227,28 @@ class TestRequestErrors:
         # Still RFC 6749 section 5.2 (a stock client reads `error`), not the JSON endpoints' 400.
         response = await client.post(TOKEN, content=content, headers={"Content-Type": content_type})
         assert_oauth_error(response, "invalid_request", "invalid_request")
+
+    @pytest.mark.parametrize(
+        "form",
+        [
+            "grant_type=password&username=alice&username=bob&password=x",
+            "grant_type=password&grant_type=refresh_token&username=alice&password=x",
+            "grant_type=refresh_token&refresh_token=a&refresh_token=b",
+        ],
+    )
+    async def test_a_parameter_given_twice_is_invalid_request(
+        self, form: str, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        # RFC 6749 section 3.2: parameters must not be included more than once.
+        response = await client.post(
+            TOKEN, content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        body = assert_oauth_error(response, "invalid_request", "invalid_request")
+        assert "given more than once" in body["detail"]
+        assert response.headers["cache-control"] == "no-store"
+        # Refused before any credential was looked at: no attempt was counted.
+        async with container.sessionmaker() as db:
+            assert await db.scalar(select(func.count()).select_from(LoginThrottle)) == 0
 
     async def test_missing_password_costs_no_attempt(
         self, client: httpx.AsyncClient, alice: Account

@@ -194,6 +194,8 @@ class TestSignIn:
         clock.advance(seconds=30)
         again = await verify(client, body["mfa_token"], code=code_at(secret, clock.now()))
         assert again.status_code == 401 and again.json()["code"] == "invalid_mfa_token"
+        # Every answer of the second step, a refusal too, is uncacheable.
+        assert again.headers["cache-control"] == "no-store"
 
     async def test_wrong_password_answers_exactly_as_without_a_second_factor(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container

@@ -125,6 +125,7 @@ class _OAuthRoute(APIRoute):
 
 
 async def token(
+    request: Request,
     c: ContainerDep,
     client: Client,
     proof: DPoPProof,
@@ -137,6 +138,13 @@ async def token(
     device_token: Annotated[str, Form()] = "",
 ) -> Response:
     """The same grants as login and refresh, in the OAuth 2.0 form encoding."""
+    # RFC 6749 section 3.2: no parameter may be given twice (the form is parsed already).
+    form = await request.form()
+    repeated = sorted({key for key in form if len(form.getlist(key)) > 1})
+    if repeated:
+        return _oauth_error(
+            "invalid_request", f"given more than once: {', '.join(repeated)}", "invalid_request"
+        )
     if not grant_type:
         # RFC 6749 section 5.2: a missing required parameter is invalid_request.
         return _oauth_error("invalid_request", "grant_type is required", "invalid_request")
