@@ -13,6 +13,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
+from conductor_api.events.repository import new_event_id
 from tests.conftest import CLIENT_IP, PASSWORD, Account, add_user, bearer, login, tokens
 
 EVENTS = "/api/v1/auth/events"
@@ -42,6 +43,14 @@ async def list_events(
     assert response.status_code == 200, response.text
     body: list[dict[str, Any]] = response.json()
     return body
+
+
+def test_event_ids_sort_in_the_order_they_were_made() -> None:
+    ids = [new_event_id() for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    # As SQLite stores them (hex text) too, and they are ordinary UUIDs (version 7).
+    assert [i.hex for i in ids] == sorted(i.hex for i in ids)
+    assert {(i.version, i.variant) for i in ids} == {(7, uuid.RFC_4122)}
 
 
 class TestEventsOfRealActions:
@@ -107,7 +116,14 @@ class TestEventsOfRealActions:
         assert stamps == sorted(stamps, reverse=True)
         got = Counter((e["created_at"], e["type"], e["session_id"]) for e in body)
         assert got == Counter(expected)
-        assert body[0]["type"] in ("login_failed", "account_locked")
+        # Events of one instant in the order they happened: the lock after the failure that
+        # caused it, the revocation after the reuse or the password change.
+        assert [e["type"] for e in body[:2]] == ["account_locked", "login_failed"]
+        types = [e["type"] for e in body]
+        reuse = types.index("refresh_token_reused")
+        assert types[reuse - 1] == "session_revoked"
+        password_at = types.index("password_changed")
+        assert types[password_at - 1] == "session_revoked"
         assert (body[-1]["type"], body[-1]["session_id"]) == ("login_failed", None)
 
     async def test_events_survive_the_session_they_name(

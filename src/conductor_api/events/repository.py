@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,6 +28,35 @@ _WARNINGS = {
 }
 
 
+class _TimeOrderedIds:
+    """Event ids that sort in the order the events were recorded (UUID version 7, RFC 9562
+    section 5.7: a millisecond timestamp, then a counter within the millisecond, then random
+    bits), so that events of one instant, such as a failed login and the lock it caused,
+    list newest first in a stable order. The ids stay opaque to clients."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._counter = 0
+
+    def next(self) -> uuid.UUID:
+        with self._lock:
+            ms = time.time_ns() // 1_000_000
+            if ms > self._ms:
+                self._ms, self._counter = ms, 0
+            else:
+                # Same millisecond (or the clock stepped back): count on from the last id.
+                self._counter += 1
+                if self._counter > 0xFFF:
+                    self._ms, self._counter = self._ms + 1, 0
+            ms, counter = self._ms, self._counter
+        rand = int.from_bytes(secrets.token_bytes(8)) & ((1 << 62) - 1)
+        return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand)
+
+
+new_event_id = _TimeOrderedIds().next
+
+
 def record(
     db: AsyncSession,
     type_: EventType,
@@ -40,7 +72,7 @@ def record(
 ) -> SecurityEvent:
     """Add an event to the current transaction, and log it."""
     event = SecurityEvent(
-        id=uuid.uuid4(),
+        id=new_event_id(),
         user_id=user_id,
         username_key=username_key,
         type=type_.value,
@@ -67,7 +99,7 @@ async def list_for_user(
     rows = await db.scalars(
         select(SecurityEvent)
         .where(SecurityEvent.user_id == user_id)
-        .order_by(SecurityEvent.created_at.desc(), SecurityEvent.id)
+        .order_by(SecurityEvent.created_at.desc(), SecurityEvent.id.desc())
         .limit(limit)
     )
     return rows.all()

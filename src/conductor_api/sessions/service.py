@@ -196,12 +196,13 @@ async def _refresh_not_current(
                 int(session.absolute_expires_at.timestamp()), now, claims.jkt or None,
             )  # fmt: skip
             return replace(pair, grace=True)
-        await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
+        # The cause first, then what it did: newest first lists the revocation on top.
         events.record(
             db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
             user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
             session_id=session.id,
         )  # fmt: skip
+        await revoke_session(db, user, session.id, now, client, reason="refresh_token_reused")
     raise RefreshTokenReused()
 
 
