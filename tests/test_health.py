@@ -17,6 +17,13 @@ class TestHealth:
         assert response.status_code == 200
         assert response.json() == {"status": "ok"}
 
+    async def test_head_answers_like_get(self, client: httpx.AsyncClient) -> None:
+        # Load balancers and uptime checkers often probe with HEAD.
+        for path in ("/health/live", "/health/ready"):
+            response = await client.head(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"] == "application/json"
+
     async def test_every_response_has_nosniff_and_no_server_banner(
         self, client: httpx.AsyncClient
     ) -> None:

@@ -193,6 +193,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             return _render(ServiceUnavailable())
         return {"status": "ok"}
 
+    # HEAD answers like GET (load balancers and uptime checkers often probe with it); kept
+    # out of the API's description, where it would only repeat GET.
+    for path, check in (("/health/live", live), ("/health/ready", ready)):
+        app.add_api_route(path, check, methods=["HEAD"], include_in_schema=False)
+
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

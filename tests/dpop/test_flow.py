@@ -230,6 +230,8 @@ class TestResourceRefusals:
             response = await client.get(API + "/me", headers={**auth, **extra})
             assert response.status_code == 401, name
             assert response.json()["code"] == "invalid_dpop_proof", name
+            if name == "no proof":
+                assert "proof is required" in response.json()["detail"]
             assert (
                 response.headers["WWW-Authenticate"] == f'{CHALLENGE}, error="invalid_dpop_proof"'
             )

@@ -49,6 +49,8 @@ class DPoP:
     ) -> Proof:
         """The one proof of a request, verified (by the key `jkt` when given) and spent:
         a replayed one is refused. Every failure is a `DPoPError`."""
+        if not proofs:
+            raise DPoPError("a DPoP proof is required (the DPoP header)")
         if len(proofs) != 1:
             raise DPoPError("exactly one DPoP header is allowed")
         proof = self.verifier.verify(
