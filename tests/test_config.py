@@ -161,6 +161,17 @@ class TestGeneratedSecrets:
         with pytest.raises(ConfigError, match="CONDUCTOR_DATA_DIR"):
             load_settings()
 
+    def test_a_secrets_file_with_one_key_twice_is_refused(self, env: Path) -> None:
+        # Hand-edited: the same rule as for the settings, which must differ.
+        (env / "data").mkdir()
+        same = GOOD_A
+        (env / "data" / "secrets.json").write_text(
+            json.dumps({"jwt_secret_key": same, "jwt_refresh_secret_key": same})
+        )
+        with pytest.raises(ConfigError, match=r"CONDUCTOR_DATA_DIR: .*equals") as refused:
+            load_settings()
+        assert same not in str(refused.value)
+
 
 class TestSecretsNeverEchoed:
     @pytest.mark.parametrize(

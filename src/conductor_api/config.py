@@ -504,6 +504,10 @@ def _read_secrets(path: Path) -> dict[str, str]:
         keys = ("jwt_secret_key", "jwt_refresh_secret_key")
         if any(len(str(stored.get(k, ""))) < MIN_SECRET_BYTES for k in keys):
             raise ValueError("a key is missing or short")
+        if stored[keys[0]] == stored[keys[1]]:
+            # As for the settings: one key for both would let a refresh token pass as an
+            # access token's signature material, and the other way round.
+            raise ValueError("jwt_refresh_secret_key equals jwt_secret_key")
         if KEK_NAME in stored and len(decode_kek(str(stored[KEK_NAME])) or b"") < 32:
             raise ValueError(f"{KEK_NAME} is not 32 bytes of base64url")
     except (OSError, ValueError) as e:
