@@ -12,7 +12,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,10 +113,17 @@ def database_url(
         migrate.upgrade(make_settings(path.parent, url))
         yield url
         return
+    with migrated_pg_database(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@contextmanager
+def migrated_pg_database(data_dir: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database with the schema, dropped afterwards: its URL."""
     name = create_pg_database()
     url = pg_url(name)
     try:
-        migrate.upgrade(make_settings(tmp_path_factory.mktemp("pg"), url))
+        migrate.upgrade(make_settings(data_dir, url))
         yield url
     finally:
         drop_pg_database(name)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from conductor_bench.common import log
 from conductor_bench.load import Load, Result
-from conductor_bench.scenarios import Options, server_env, write_lines
+from conductor_bench.scenarios import Options, own_database, server_env, write_lines
 from conductor_bench.seed import seed
 from conductor_bench.servers import Postgres, Server, clean_env
 from conductor_bench.system import postgres_backends, wait_quiet
@@ -55,13 +55,8 @@ def measure_scaling(
     base = workdir / tag
     env = server_env(opts, base / "data")
     result = Scaling(db, seconds)
-    dbname = ""
     with contextlib.ExitStack() as stack:
-        if db == "postgres":
-            assert postgres is not None
-            dbname = postgres.create()
-            stack.callback(postgres.drop, dbname)
-            env["DATABASE_URL"] = postgres.url(dbname)
+        dbname = own_database(db, postgres, stack, env)
         servers: dict[int, Server] = {}
         # One after the other: the first creates the schema and the signing keys, which the
         # second then shares, so either accepts the other's tokens.

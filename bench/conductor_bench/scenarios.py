@@ -68,6 +68,20 @@ def server_env(opts: Options, data: Path) -> dict[str, str]:
     return env
 
 
+def own_database(
+    db: str, postgres: Postgres | None, stack: contextlib.ExitStack, env: dict[str, str]
+) -> str:
+    """On PostgreSQL, a fresh database for one group of runs, dropped with `stack` and named
+    in the server's `env`; its name ("" on SQLite, whose file is in the data directory)."""
+    if db != "postgres":
+        return ""
+    assert postgres is not None
+    name = postgres.create()
+    stack.callback(postgres.drop, name)
+    env["DATABASE_URL"] = postgres.url(name)
+    return name
+
+
 def run_config(
     db: str,
     workers: int,
@@ -81,13 +95,8 @@ def run_config(
     tag = f"{db}-w{workers}"
     cfg_dir = workdir / tag
     env = server_env(opts, cfg_dir / "data")
-    dbname = ""
     with contextlib.ExitStack() as stack:
-        if db == "postgres":
-            assert postgres is not None
-            dbname = postgres.create()
-            stack.callback(postgres.drop, dbname)
-            env["DATABASE_URL"] = postgres.url(dbname)
+        dbname = own_database(db, postgres, stack, env)
         server = Server(server_bin, cfg_dir, workers, clean_env(**env))
         stack.callback(server.stop)
         log(f"[{tag}] starting conductor-api serve --workers {workers} on port {server.port}")

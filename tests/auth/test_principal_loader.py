@@ -15,17 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conductor_api import migrate
 from conductor_api.auth.principal import PostgresPrincipalLoader
 from conductor_api.container import Container
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.sessions import repository
 from tests.conftest import (
     Account,
-    create_pg_database,
-    drop_pg_database,
-    make_settings,
-    pg_url,
+    migrated_pg_database,
     tokens,
 )
 
@@ -33,13 +29,8 @@ from tests.conftest import (
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated PostgreSQL database for this module (no SQLite variant)."""
-    name = create_pg_database()
-    url = pg_url(name)
-    try:
-        migrate.upgrade(make_settings(tmp_path_factory.mktemp("pg"), url))
+    with migrated_pg_database(tmp_path_factory.mktemp("pg")) as url:
         yield url
-    finally:
-        drop_pg_database(name)
 
 
 Batch = dict[uuid.UUID, list[asyncio.Future[Any]]]
