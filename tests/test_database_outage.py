@@ -125,6 +125,12 @@ class TcpProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None:
+            # Accepted by the kernel just before `stop` closed the listener, and handed over
+            # while it ran: the database is down, so this one is reset too (otherwise it
+            # would outlive `stop` and forward once `stop` lets traffic flow again).
+            writer.transport.abort()
+            return
         self._transports.add(writer.transport)
         self._spawn(self._serve(reader, writer))
 
