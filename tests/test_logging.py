@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,16 @@ class TestAccessLine:
         assert response.headers["x-request-id"] == line["request_id"]
         assert (line["method"], line["path"], line["status"]) == ("GET", "/health/live", 200)
         assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+    async def test_the_duration_is_the_time_spent_on_the_request(
+        self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
+    ) -> None:
+        before = time.perf_counter()
+        await client.get("/health/live")
+        elapsed_ms = (time.perf_counter() - before) * 1000
+
+        [line] = records(logs, ACCESS)
+        assert 0 <= line["duration_ms"] <= elapsed_ms + 1
 
     async def test_each_request_gets_its_own_id(
         self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
