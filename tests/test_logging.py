@@ -198,6 +198,27 @@ class TestJsonFormat:
         [line] = json_lines(json_stream)
         assert line["path"] == f'{API}/sessions/\n{{"forged":1}}'
 
+    def test_debug_lines_of_the_database_drivers_are_not_logged(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # aiosqlite logs every statement with its parameters at DEBUG: password hashes,
+        # refresh- and device-token hashes, usernames that were typed, the encrypted TOTP secret.
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            configure_logging("json", "debug")
+            logging.getLogger("aiosqlite").debug("executing %s", SECRET_HASH)
+            logging.getLogger("asyncpg").debug("executing %s", SECRET_HASH)
+            logging.getLogger("sqlalchemy.engine.Engine").debug("parameters %s", SECRET_HASH)
+            logging.getLogger("conductor_api").debug("at the level")
+        finally:
+            root.handlers[:], level = saved
+            root.setLevel(level)
+            logging.getLogger("uvicorn.access").disabled = False
+        err = capsys.readouterr().err
+        assert "secret-hash" not in err
+        assert [json.loads(line)["message"] for line in err.splitlines()] == ["at the level"]
+
     def test_configure_logging_json_writes_json_lines_to_stderr(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:

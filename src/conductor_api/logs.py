@@ -81,6 +81,9 @@ class TextFormatter(logging.Formatter):
         return f"{line}\n{exc['traceback']}" if exc else line
 
 
+_DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy")
+
+
 def configure_logging(fmt: str, level: str) -> None:
     """Route the application's and uvicorn's logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -93,6 +96,10 @@ def configure_logging(fmt: str, level: str) -> None:
         logging.getLogger(name).propagate = True
     # uvicorn's access log would repeat ours, without the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # The database drivers log each statement with its parameters at DEBUG (password and
+    # token hashes, typed usernames): LOG_LEVEL=debug is for this application's lines only.
+    for name in _DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def security_event(
