@@ -277,6 +277,21 @@ class TestFormatters:
         assert out.endswith("INFO conductor_api.access GET /a\\nFAKE b 404 request_id=r-1 "
                             "status=404 duration_ms=1.5")  # fmt: skip
 
+    def test_text_lines_escape_terminal_control_characters(self) -> None:
+        # A percent-encoded ESC in a path must not reach a terminal that shows the log: `ESC [2K`
+        # erases the line, `\r` and ESC sequences can hide or forge what the operator sees.
+        record = logging.LogRecord(
+            "conductor_api.access", logging.INFO, __file__, 1, "%s %s %d",
+            ("GET", "/a\x1b[2K\x1b[1G\x00\x7f\x9bFAKE", 404), None,
+        )  # fmt: skip
+        record.__dict__.update(path="/a\x1b[2K\x07")
+
+        out = TextFormatter().format(record)
+
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", out)
+        assert "GET /a\\x1b[2K\\x1b[1G\\x00\\x7f\\x9bFAKE 404" in out
+        assert out.endswith("path=/a\\x1b[2K\\x07")
+
 
 class TestSecurityEvents:
     @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from contextvars import ContextVar
@@ -62,9 +63,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+# C0 and C1 control characters and DEL, as `\xNN` (`\n` and `\r` as such).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r"}
+
+
 def _one_line(value: object) -> str:
-    # A path is percent-decoded: `%0A` in a URL must not start a forged log line.
-    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # A path is percent-decoded: `%0A` in a URL must not start a forged log line, and `%1B`
+    # must not send a terminal escape sequence (erase the line, move the cursor) to whoever
+    # reads the log in one.
+    return _CONTROL.sub(
+        lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), str(value).replace("\\", "\\\\")
+    )
 
 
 class TextFormatter(logging.Formatter):
