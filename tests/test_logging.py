@@ -209,7 +209,7 @@ class TestJsonFormat:
             configure_logging("json", "debug")
             logging.getLogger("aiosqlite").debug("executing %s", SECRET_HASH)
             logging.getLogger("asyncpg").debug("executing %s", SECRET_HASH)
-            logging.getLogger("sqlalchemy.engine.Engine").debug("parameters %s", SECRET_HASH)
+            logging.getLogger("sqlalchemy.engine.Engine").info("parameters %s", SECRET_HASH)
             logging.getLogger("conductor_api").debug("at the level")
         finally:
             root.handlers[:], level = saved

@@ -91,7 +91,8 @@ class TextFormatter(logging.Formatter):
         return f"{line}\n{exc['traceback']}" if exc else line
 
 
-_DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy")
+# (SQLAlchemy keeps its own "sqlalchemy" logger at WARNING, and hides parameters anyway.)
+_DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
 
 
 def configure_logging(fmt: str, level: str) -> None:
