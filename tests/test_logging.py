@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,16 @@ class TestAccessLine:
         assert response.headers["x-request-id"] == line["request_id"]
         assert (line["method"], line["path"], line["status"]) == ("GET", "/health/live", 200)
         assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+    async def test_the_duration_is_the_time_spent_on_the_request(
+        self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
+    ) -> None:
+        before = time.perf_counter()
+        await client.get("/health/live")
+        elapsed_ms = (time.perf_counter() - before) * 1000
+
+        [line] = records(logs, ACCESS)
+        assert 0 <= line["duration_ms"] <= elapsed_ms + 1
 
     async def test_each_request_gets_its_own_id(
         self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
@@ -187,6 +198,27 @@ class TestJsonFormat:
         [line] = json_lines(json_stream)
         assert line["path"] == f'{API}/sessions/\n{{"forged":1}}'
 
+    def test_debug_lines_of_the_database_drivers_are_not_logged(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # aiosqlite logs every statement with its parameters at DEBUG: password hashes,
+        # refresh- and device-token hashes, usernames that were typed, the encrypted TOTP secret.
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        try:
+            configure_logging("json", "debug")
+            logging.getLogger("aiosqlite").debug("executing %s", SECRET_HASH)
+            logging.getLogger("asyncpg").debug("executing %s", SECRET_HASH)
+            logging.getLogger("sqlalchemy.engine.Engine").info("parameters %s", SECRET_HASH)
+            logging.getLogger("conductor_api").debug("at the level")
+        finally:
+            root.handlers[:], level = saved
+            root.setLevel(level)
+            logging.getLogger("uvicorn.access").disabled = False
+        err = capsys.readouterr().err
+        assert "secret-hash" not in err
+        assert [json.loads(line)["message"] for line in err.splitlines()] == ["at the level"]
+
     def test_configure_logging_json_writes_json_lines_to_stderr(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -244,6 +276,21 @@ class TestFormatters:
         assert "\n" not in out
         assert out.endswith("INFO conductor_api.access GET /a\\nFAKE b 404 request_id=r-1 "
                             "status=404 duration_ms=1.5")  # fmt: skip
+
+    def test_text_lines_escape_terminal_control_characters(self) -> None:
+        # A percent-encoded ESC in a path must not reach a terminal that shows the log: `ESC [2K`
+        # erases the line, `\r` and ESC sequences can hide or forge what the operator sees.
+        record = logging.LogRecord(
+            "conductor_api.access", logging.INFO, __file__, 1, "%s %s %d",
+            ("GET", "/a\x1b[2K\x1b[1G\x00\x7f\x9bFAKE", 404), None,
+        )  # fmt: skip
+        record.__dict__.update(path="/a\x1b[2K\x07")
+
+        out = TextFormatter().format(record)
+
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", out)
+        assert "GET /a\\x1b[2K\\x1b[1G\\x00\\x7f\\x9bFAKE 404" in out
+        assert out.endswith("path=/a\\x1b[2K\\x07")
 
 
 class TestSecurityEvents:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from contextvars import ContextVar
@@ -62,9 +63,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+# C0 and C1 control characters and DEL, as `\xNN` (`\n` and `\r` as such).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r"}
+
+
 def _one_line(value: object) -> str:
-    # A path is percent-decoded: `%0A` in a URL must not start a forged log line.
-    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # A path is percent-decoded: `%0A` in a URL must not start a forged log line, and `%1B`
+    # must not send a terminal escape sequence (erase the line, move the cursor) to whoever
+    # reads the log in one.
+    return _CONTROL.sub(
+        lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), str(value).replace("\\", "\\\\")
+    )
 
 
 class TextFormatter(logging.Formatter):
@@ -81,6 +91,10 @@ class TextFormatter(logging.Formatter):
         return f"{line}\n{exc['traceback']}" if exc else line
 
 
+# (SQLAlchemy keeps its own "sqlalchemy" logger at WARNING, and hides parameters anyway.)
+_DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
+
+
 def configure_logging(fmt: str, level: str) -> None:
     """Route the application's and uvicorn's logs to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -93,6 +107,10 @@ def configure_logging(fmt: str, level: str) -> None:
         logging.getLogger(name).propagate = True
     # uvicorn's access log would repeat ours, without the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # The database drivers log each statement with its parameters at DEBUG (password and
+    # token hashes, typed usernames): LOG_LEVEL=debug is for this application's lines only.
+    for name in _DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def security_event(

@@ -66,7 +66,7 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        began = time.perf_counter()
         request_id = b""
         length: int | None = None
         dpop = False
@@ -128,7 +128,7 @@ class EdgeMiddleware:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round((time.perf_counter() - began) * 1000, 2),
                 },
             )
             REQUEST_ID.reset(context)
