@@ -180,8 +180,9 @@ class TestCommand:
             (("serve", "--port", "99999"), "--port"),
             (("serve", "--port", "-1"), "--port"),
             (("serve", "--port", "0"), "--port"),
+            (("serve", "--port", "9100"), "METRICS_PORT"),
         ):
-            result = cli(*args)
+            result = cli(*args, env={"METRICS_PORT": "9100"})
             one_line_error(result, needle)
             assert result.returncode == 2, (args, result)
 

@@ -46,7 +46,7 @@ def serve(
     s = settings()  # also creates the generated secrets before any worker starts
     api_port = port or s.android_api_port
     if s.metrics_port is not None and s.metrics_port == api_port:
-        raise CliError("METRICS_PORT: must differ from the API's port (--port)")
+        raise ConfigError("METRICS_PORT: must differ from the API's port (--port)")
     # Migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line. Also in the HS* modes,
     # which sign without the key set: a set stored there must open when the mode changes back.
     keys.prepare()
