@@ -171,6 +171,21 @@ class TestCommand:
         one_line_error(cli("serve", "--workers", "0"), "--workers")
         one_line_error(cli("serve", "--port", "99999"), "--port")
 
+    def test_usage_errors_exit_2(self, cli: Cli) -> None:
+        # README and docs/api.md: 2 for usage and settings errors, 1 otherwise.
+        for args, needle in (
+            (("frobnicate",), "frobnicate"),
+            (("users", "create"), "username"),
+            (("serve", "--workers", "0"), "--workers"),
+            (("serve", "--port", "99999"), "--port"),
+            (("serve", "--port", "-1"), "--port"),
+            (("serve", "--port", "0"), "--port"),
+            (("serve", "--port", "9100"), "METRICS_PORT"),
+        ):
+            result = cli(*args, env={"METRICS_PORT": "9100"})
+            one_line_error(result, needle)
+            assert result.returncode == 2, (args, result)
+
     def test_unreachable_database_is_one_line(self, cli: Cli) -> None:
         result = cli("migrate", env={"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
         one_line_error(result, "database")

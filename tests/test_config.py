@@ -205,6 +205,26 @@ class TestSecretsNeverEchoed:
             load_settings()
         assert "mysql://root:***@db/prod" in str(raised.value)
 
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            "REFRESH_TOKEN_EXPIRE_DAYS",
+            "DEVICE_TOKEN_DAYS",
+            "MIN_PASSWORD_LENGTH",
+            "PASSWORD_HASH_CONCURRENCY",
+        ],
+    )
+    def test_a_setting_that_holds_no_secret_shows_its_value(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    ) -> None:
+        # The README's and docs/api.md's example: only *SECRET*/*KEY* values are hidden.
+        monkeypatch.setenv(name, "-5")
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert str(raised.value).startswith(f"{name}: "), raised.value
+        assert str(raised.value).endswith(" (got '-5')"), raised.value
+
     def test_weak_secret_refusal_shows_no_part_of_it(
         self, env: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

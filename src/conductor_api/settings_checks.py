@@ -38,8 +38,9 @@ def trusts_everyone(networks: list[IPNetwork]) -> bool:
     )
 
 
-# Setting names whose values are never shown in an error message.
-SECRET_NAMES = ("SECRET", "KEY", "PASSWORD", "TOKEN")
+# Setting names whose values are never shown in an error message: every secret setting
+# (JWT_SECRET_KEY, JWT_REFRESH_SECRET_KEY, KEY_ENCRYPTION_KEY) has one of them in its name.
+SECRET_NAMES = ("SECRET", "KEY")
 
 
 def redact(value: object) -> str:

@@ -37,16 +37,16 @@ app.add_typer(keys.app, name="keys")
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [ANDROID_API_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port [ANDROID_API_PORT].")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Listen port [ANDROID_API_PORT].")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Bring the schema up to date, then serve."""
     s = settings()  # also creates the generated secrets before any worker starts
-    if port is not None and not 0 < port < 65536:
-        raise CliError(f"--port: {port} is not a port")
     api_port = port or s.android_api_port
     if s.metrics_port is not None and s.metrics_port == api_port:
-        raise CliError("METRICS_PORT: must differ from the API's port (--port)")
+        raise ConfigError("METRICS_PORT: must differ from the API's port (--port)")
     # Migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line. Also in the HS* modes,
     # which sign without the key set: a set stored there must open when the mode changes back.
     keys.prepare()
