@@ -63,6 +63,20 @@ async def session_address(container: Container, session_id: str) -> str:
     return row.ip_address
 
 
+async def assert_recorded(
+    client: httpx.AsyncClient, container: Container, cases: list[tuple[str, str]]
+) -> None:
+    """For each `X-Forwarded-For` header, the address a login's session records."""
+    body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
+    for header, expected in cases:
+        response = await client.post(
+            "/api/v1/auth/login", json=body, headers={"X-Forwarded-For": header}
+        )
+        assert response.status_code == 200, (header, response.text)
+        recorded = await session_address(container, response.json()["session_id"])
+        assert recorded == expected, header
+
+
 class TestAddressLimit:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
@@ -240,14 +254,7 @@ class TestTrustedProxy:
             ("[2001:db8::1]x", CLIENT_IP),
             ("[2001:db8::1", CLIENT_IP),
         ]
-        body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
-        for header, expected in cases:
-            response = await client.post(
-                "/api/v1/auth/login", json=body, headers={"X-Forwarded-For": header}
-            )
-            assert response.status_code == 200, (header, response.text)
-            recorded = await session_address(container, response.json()["session_id"])
-            assert recorded == expected, header
+        await assert_recorded(client, container, cases)
 
     async def test_zones_and_ipv4_mapped_addresses_are_plain_addresses(
         self, client: httpx.AsyncClient, alice: Account, container: Container
@@ -261,14 +268,7 @@ class TestTrustedProxy:
             ("::ffff:198.51.100.70", "198.51.100.70"),
             ("198.51.100.71, ::ffff:203.0.113.9", "198.51.100.71"),
         ]
-        body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
-        for header, expected in cases:
-            response = await client.post(
-                "/api/v1/auth/login", json=body, headers={"X-Forwarded-For": header}
-            )
-            assert response.status_code == 200, (header, response.text)
-            recorded = await session_address(container, response.json()["session_id"])
-            assert recorded == expected, header
+        await assert_recorded(client, container, cases)
 
     async def test_a_proxy_seen_as_ipv4_mapped_is_trusted(
         self, app: FastAPI, alice: Account, container: Container
