@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from conductor_api.schemas import NO_STORE
+
 
 class AppError(Exception):
     """A client-facing error: rendered as `{"detail", "code"}` with `status`."""
@@ -90,7 +92,7 @@ class MfaRequired(AppError):
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         # The pending sign-in's mfa_token is a credential: never cached, like a token pair
         # (and like this answer on /auth/token).
-        super().__init__(detail, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+        super().__init__(detail, NO_STORE)
         self.extra = extra
 
 

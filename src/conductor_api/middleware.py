@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_api.errors import PayloadTooLarge
 from conductor_api.logs import ACCESS, REQUEST_ID
+from conductor_api.schemas import NO_STORE
 
 # fullmatch, not match with `$`: `$` also matches before a trailing newline.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -45,7 +46,7 @@ def _too_large() -> tuple[Message, Message]:
 NO_STORE_PATHS = frozenset(
     "/api/v1/auth/" + path for path in ("login", "token", "refresh", "mfa/verify", "passkeys/login")
 )
-_NO_STORE = ((b"cache-control", b"no-store"), (b"pragma", b"no-cache"))
+_NO_STORE = tuple((name.lower().encode(), value.encode()) for name, value in NO_STORE.items())
 
 
 def _add_no_store(headers: list[tuple[bytes, bytes]]) -> None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+# Token pairs, secrets and what leads to them: never stored by a cache (RFC 6749 section 5.1
+# for the pair).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# How a 200 with NO_STORE is described in the OpenAPI document.
+NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
+}
 
 
 class ErrorOut(BaseModel):

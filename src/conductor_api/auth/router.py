@@ -32,14 +32,11 @@ from conductor_api.deps import (
 )
 from conductor_api.errors import AppError, InvalidDPoPProof, MfaRequired
 from conductor_api.mfa.schemas import MfaRequiredOut
-from conductor_api.schemas import ErrorOut, error_responses
+from conductor_api.schemas import NO_STORE, NO_STORE_DOC, ErrorOut, error_responses
 from conductor_api.users import service as users
 from conductor_api.values import TokenPair
 
 router = APIRouter(prefix="/auth", tags=["auth"])
-
-# RFC 6749 section 5.1: token responses must not be cached.
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _token_response(pair: TokenPair) -> Response:
@@ -49,16 +46,11 @@ def _token_response(pair: TokenPair) -> Response:
     return Response(body, media_type="application/json", headers=NO_STORE)
 
 
-_TOKEN_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
-}
-
-
 @router.post(
     "/login",
     response_model=TokenPairOut,
     responses={
-        **_TOKEN_DOC,
+        **NO_STORE_DOC,
         **error_responses(400, 401, 403, 413, 422, 429, 503),
         403: {
             "model": MfaRequiredOut | ErrorOut,
@@ -191,7 +183,7 @@ router.add_api_route(
     methods=["POST"],
     response_model=TokenPairOut,
     responses={
-        **_TOKEN_DOC,
+        **NO_STORE_DOC,
         400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
         403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
         **error_responses(413, 422, 429, 503),
@@ -205,7 +197,7 @@ router.add_api_route(
 @router.post(
     "/refresh",
     response_model=TokenPairOut,
-    responses={**_TOKEN_DOC, **error_responses(400, 401, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 413, 422, 429, 503)},
     summary="Rotate a refresh token",
     openapi_extra=DPOP_TOKEN_REQUEST,
 )

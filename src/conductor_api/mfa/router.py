@@ -20,15 +20,9 @@ from conductor_api.mfa.schemas import (
     StatusOut,
     VerifyIn,
 )
-from conductor_api.schemas import error_responses
+from conductor_api.schemas import NO_STORE, NO_STORE_DOC, error_responses
 
 router = APIRouter(prefix="/auth/mfa", tags=["mfa"])
-
-# Secrets and token pairs: never cached (RFC 6749 section 5.1 for the pair).
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
-}
 
 
 def _json(body: Any) -> Response:
@@ -47,7 +41,7 @@ async def mfa_status(principal: CurrentPrincipal, c: ContainerDep) -> StatusOut:
 @router.post(
     "/totp/setup",
     response_model=SetupOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
     summary="Start a TOTP setup",
 )
 async def totp_setup(
@@ -61,7 +55,7 @@ async def totp_setup(
 @router.post(
     "/totp/confirm",
     response_model=RecoveryCodesOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
     summary="Turn TOTP on with a first code",
 )
 async def totp_confirm(
@@ -89,7 +83,7 @@ async def totp_disable(
 @router.post(
     "/recovery-codes",
     response_model=RecoveryCodesOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 409, 413, 422, 429, 503)},
     summary="New recovery codes",
 )
 async def recovery_codes(
@@ -103,7 +97,7 @@ async def recovery_codes(
 @router.post(
     "/verify",
     response_model=TokenPairOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 403, 413, 422, 429, 503)},
     summary="Second step of a sign-in",
     openapi_extra=DPOP_TOKEN_REQUEST,
 )

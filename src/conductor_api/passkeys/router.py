@@ -25,12 +25,7 @@ from conductor_api.passkeys.schemas import (
     RenameIn,
 )
 from conductor_api.passkeys.service import PasskeyView
-from conductor_api.schemas import error_responses
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_NO_STORE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"headers": {"Cache-Control": {"schema": {"type": "string"}, "description": "no-store"}}}
-}
+from conductor_api.schemas import NO_STORE, NO_STORE_DOC, error_responses
 
 
 class PasskeyRoute(APIRoute):
@@ -71,7 +66,7 @@ def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
 @router.post(
     "/register/options",
     response_model=OptionsOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 503)},
     summary="Start adding a passkey",
 )
 async def register_options(_: OptionsIn, principal: CurrentPrincipal, c: ContainerDep) -> Response:
@@ -146,7 +141,7 @@ async def delete_passkey(
 @router.post(
     "/login/options",
     response_model=OptionsOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 404, 413, 422, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 404, 413, 422, 503)},
     summary="Start a passkey sign-in",
 )
 async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
@@ -159,7 +154,7 @@ async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
 @router.post(
     "/login",
     response_model=TokenPairOut,
-    responses={**_NO_STORE_DOC, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 403, 404, 413, 422, 429, 503)},
     summary="Sign a device in with a passkey",
     openapi_extra=DPOP_TOKEN_REQUEST,
 )
