@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from jwt.algorithms import HMACAlgorithm
 
 from conductor_api.errors import AppError, InvalidRefreshToken, InvalidToken
 from conductor_api.keys.ring import KID_PATTERN, KeyRing
@@ -55,6 +57,33 @@ def is_canonical(token: str) -> bool:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != segment:
             return False
     return True
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """PyJWT's HMAC, with each key's checks (its encoding; refusing PEM and SSH keys) done
+    once per key instead of on every token. Only the server's own secrets are ever given
+    here (never anything from a token), so the map holds at most one entry per secret."""
+
+    def __init__(self, hash_alg: Any) -> None:
+        super().__init__(hash_alg)
+        self._prepared: dict[str | bytes, bytes] = {}
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepared[key] = super().prepare_key(key)
+        return prepared
+
+
+def _register_prepared_hmac(jws: jwt.PyJWS) -> None:
+    """Give `jws` `_PreparedHMAC` for HS256/384/512 (the same hashes and checks)."""
+    for name, hash_alg in (
+        ("HS256", HMACAlgorithm.SHA256),
+        ("HS384", HMACAlgorithm.SHA384),
+        ("HS512", HMACAlgorithm.SHA512),
+    ):
+        jws.unregister_algorithm(name)
+        jws.register_algorithm(name, _PreparedHMAC(hash_alg))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +164,27 @@ class TokenService:
                 "verify_nbf": False,
             }
         )
+        # The JWS layer this PyJWT verifies with (algorithms are registered per PyJWS);
+        # tokens are signed with it directly (`_encode`).
+        self._jws: jwt.PyJWS = self._jwt._jws
+        _register_prepared_hmac(self._jws)
 
     def _encode(self, kind: str, claims: dict[str, Any], now: datetime | None = None) -> str:
-        payload = {**claims, "iss": self._issuer, "aud": self._audience, "typ": kind}
+        # Serialized here exactly as PyJWT.encode would (the same JSON, byte for byte), then
+        # signed by its JWS layer: the claims are all strings and integers, so PyJWT's
+        # claim conversions have nothing to do, and skipping them is a twentieth of a refresh.
+        payload = json.dumps(
+            {**claims, "iss": self._issuer, "aud": self._audience, "typ": kind},
+            separators=(",", ":"),
+        ).encode()
         if kind == ACCESS and self._ring is not None:
             assert now is not None
             key = self._ring.signing_key(now)
             assert key.private is not None  # signing_key() only returns keys that can sign
-            return jwt.encode(
+            return self._jws.encode(
                 payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
             )
-        return jwt.encode(payload, self._keys[kind], algorithm=self._algorithms[kind])
+        return self._jws.encode(payload, self._keys[kind], algorithm=self._algorithms[kind])
 
     def access_expiry(self, now: datetime, not_after: int | None = None) -> int:
         """When an access token issued at `now` expires: ACCESS_TOKEN_EXPIRE_MINUTES later,
