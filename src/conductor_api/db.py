@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Executable, MetaData, Row, create_engine, event
+import asyncpg
+from sqlalchemy import DateTime, Engine, Executable, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -94,16 +97,23 @@ class Autocommit:
     """Runs single statements that are atomic on their own (the refresh-token swap) with no
     transaction around them: no BEGIN or COMMIT round trip on PostgreSQL.
 
-    On SQLite the statement runs in one hand-off to a thread of its own, on a synchronous
-    connection: through aiosqlite it took five hand-offs (cursor, execute, fetch, close,
+    Each statement is compiled once (`_Compiled`) and sent straight to the driver:
+    SQLAlchemy's per-execution work (cache key, parameter and result processing) cost
+    more than the database's for this one-row UPDATE, on a path that runs on every
+    refresh. On SQLite it runs in one hand-off to a thread of its own, on a connection of
+    that thread's: through aiosqlite it took five hand-offs (cursor, execute, fetch, close,
     reset), each waiting for a turn of a busy event loop, and refresh throughput was bound
-    by that latency rather than by work.
+    by that latency rather than by work. A driver's error is raised as SQLAlchemy's
+    (`DBAPIError` and its subclasses), as from any other query, so that an outage is a 503.
     """
 
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self._async: AsyncEngine | None = None
         self._sync: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._compiled: dict[int, _Compiled] = {}
+        # The SQLite thread's connection (a driver connection, opened with the pragmas).
+        self._raw: Any = None
         if not settings.is_sqlite:
             self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
             return
@@ -120,26 +130,104 @@ class Autocommit:
         _sqlite_pragmas(self._sync, timeout)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-autocommit")
 
-    async def first(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
+    def _compile(self, statement: Executable, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(id(statement))
+        if compiled is None:
+            compiled = self._compiled[id(statement)] = _Compiled(statement, dialect)
+        return compiled
+
+    async def first(
+        self, statement: Executable, params: Mapping[str, object]
+    ) -> tuple[Any, ...] | None:
         """Execute `statement` with `params` and return its first row, if any."""
         if self._async is not None:
+            compiled = self._compile(statement, self._async.dialect)
+            args = compiled.arguments(params)
             async with self._async.connect() as conn:
-                return (await conn.execute(statement, params)).first()
+                fairy = await conn.get_raw_connection()
+                driver: asyncpg.Connection = fairy.driver_connection
+                try:
+                    row = await driver.fetchrow(compiled.sql, *args)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+                    lost = not isinstance(e, asyncpg.PostgresError) or isinstance(
+                        e, asyncpg.PostgresConnectionError
+                    )
+                    if lost:
+                        fairy.invalidate(e)
+                    raise DBAPIError(
+                        compiled.sql, None, e, hide_parameters=True, connection_invalidated=lost
+                    ) from e
+            return None if row is None else tuple(row)
         assert self._thread is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._first_sync, statement, params)
 
-    def _first_sync(self, statement: Executable, params: Mapping[str, object]) -> Row[Any] | None:
+    def _first_sync(
+        self, statement: Executable, params: Mapping[str, object]
+    ) -> tuple[Any, ...] | None:
         assert self._sync is not None
-        with self._sync.connect() as conn:
-            return conn.execute(statement, params).first()
+        compiled = self._compile(statement, self._sync.dialect)
+        try:
+            if self._raw is None:
+                self._raw = self._sync.raw_connection()
+            row: tuple[Any, ...] | None = self._raw.driver_connection.execute(
+                compiled.sql, compiled.arguments(params)
+            ).fetchone()
+        except sqlite3.Error as e:
+            # Opened again for the next statement: whatever went wrong stays with this one.
+            self._close_raw(invalidate=True)
+            error = OperationalError if isinstance(e, sqlite3.OperationalError) else DBAPIError
+            raise error(compiled.sql, None, e, hide_parameters=True) from e
+        return row
+
+    def _close_raw(self, invalidate: bool = False) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(sqlite3.Error):
+                # Invalidated: closed, never handed out again. Else back to the pool.
+                raw.invalidate() if invalidate else raw.close()
 
     async def dispose(self) -> None:
         """Close connections and the thread."""
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_raw)
+            self._thread.shutdown(wait=False)
         if self._sync is not None:
             self._sync.dispose()
-        if self._thread is not None:
-            self._thread.shutdown(wait=False)
+
+
+class _Compiled:
+    """A statement compiled once for one dialect: its SQL, and how a call's parameters
+    become the driver's positional arguments (in the statement's order, through each
+    type's own bind processor, constants filled in)."""
+
+    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        binds = compiled.binds
+        if compiled.positiontup is None or any(b.expanding for b in binds.values()):
+            raise ValueError("only statements with plain positional parameters")
+        self.sql: str = compiled.string
+        self._slots: list[tuple[str, Any, Any]] = [
+            (
+                name,
+                _GIVEN if binds[name].required else binds[name].value,
+                binds[name].type.bind_processor(dialect),
+            )
+            for name in compiled.positiontup
+        ]
+
+    def arguments(self, params: Mapping[str, object]) -> tuple[Any, ...]:
+        """The driver's arguments for `params`; a name not given takes its bound constant,
+        and a parameter without one must be given (KeyError)."""
+        args = []
+        for name, constant, process in self._slots:
+            value = constant if constant is not _GIVEN and name not in params else params[name]
+            args.append(process(value) if process is not None else value)
+        return tuple(args)
+
+
+# The constant of a parameter that every call must give.
+_GIVEN = object()
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:

@@ -1,0 +1,146 @@
+"""`Autocommit`: a statement compiled once and sent straight to the driver (the refresh-token
+swap's path), on SQLite and PostgreSQL: its rows, its parameters' conversions, and a
+driver's error raised as SQLAlchemy's, so that an outage is still a 503."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from conductor_api.app import database_down
+from conductor_api.db import Autocommit, UTCDateTime, make_engine
+from tests.conftest import make_settings
+
+WHEN = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def probe_table() -> Table:
+    return Table(
+        f"autocommit_probe_{secrets.token_hex(4)}",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("n", Integer, nullable=False),
+        Column("label", String(20)),
+        Column("at", UTCDateTime),
+    )
+
+
+class Probe:
+    """An Autocommit on the run's database, with a table of its own holding one row."""
+
+    def __init__(self, autocommit: Autocommit, table: Table, engine: object) -> None:
+        self.autocommit = autocommit
+        self.table = table
+        self.engine = engine
+        t = table
+        self.bump = (
+            update(t)
+            .where(t.c.id == bindparam("p_id"))
+            .values(n=t.c.n + 1, label=bindparam("p_label"), at=bindparam("p_at"))
+            .returning(t.c.n, t.c.label)
+        )
+
+
+@pytest.fixture
+async def probe(database_url: str, tmp_path: Path) -> AsyncIterator[Probe]:
+    settings = make_settings(tmp_path, database_url, database_timeout_seconds=0.5)
+    engine = make_engine(settings)
+    table = probe_table()
+    async with engine.begin() as conn:
+        await conn.run_sync(table.metadata.create_all)
+        await conn.execute(table.insert().values(id=1, n=1, label="start", at=WHEN))
+    autocommit = Autocommit(settings, engine)
+    try:
+        yield Probe(autocommit, table, engine)
+    finally:
+        await autocommit.dispose()
+        async with engine.begin() as conn:
+            await conn.run_sync(table.metadata.drop_all)
+        await engine.dispose()
+
+
+async def stored(probe: Probe) -> tuple[int, str | None, datetime | None]:
+    t = probe.table
+    async with probe.engine.connect() as conn:  # type: ignore[attr-defined]
+        row = (await conn.execute(t.select().where(t.c.id == 1))).one()
+    return row.n, row.label, row.at
+
+
+async def test_a_matching_row_is_updated_and_returned(probe: Probe) -> None:
+    later = WHEN + timedelta(days=1, microseconds=7)
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "one", "p_at": later})
+    assert row is not None
+    assert tuple(row) == (2, "one")
+    # Committed at once (no transaction around it), every type converted as the ORM would.
+    assert await stored(probe) == (2, "one", later)
+
+
+async def test_no_matching_row_is_none_and_changes_nothing(probe: Probe) -> None:
+    row = await probe.autocommit.first(probe.bump, {"p_id": 2, "p_label": "x", "p_at": WHEN})
+    assert row is None
+    assert await stored(probe) == (1, "start", WHEN)
+
+
+async def test_a_parameter_left_out_is_an_error_not_a_null(probe: Probe) -> None:
+    with pytest.raises(KeyError, match="p_label"):
+        await probe.autocommit.first(probe.bump, {"p_id": 1, "p_at": WHEN})
+    assert await stored(probe) == (1, "start", WHEN)
+
+
+async def test_sqlite_locked_past_the_timeout_is_an_outage_then_recovers(
+    probe: Probe, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's file lock")
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError) as raised:
+            await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "a", "p_at": WHEN})
+        assert database_down(raised.value)
+        assert isinstance(raised.value.orig, sqlite3.OperationalError)
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "b", "p_at": WHEN})
+    assert row is not None
+    assert tuple(row) == (2, "b")
+
+
+async def test_postgres_connection_killed_is_an_outage_then_recovers(
+    probe: Probe, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's backends")
+    await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "a", "p_at": WHEN})
+    dsn = database_url.replace("postgresql://", "postgres://", 1)
+    admin = await asyncpg.connect(dsn)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    # The pooled connection is dead: the next statement either finds out at checkout (and
+    # runs on a new connection) or fails as an outage, never as a bug (a 500).
+    try:
+        row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "b", "p_at": WHEN})
+        assert row is not None
+        assert tuple(row) == (3, "b")
+    except DBAPIError as error:
+        assert database_down(error)
+        assert error.connection_invalidated
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "c", "p_at": WHEN})
+    assert row is not None
+    assert row[1] == "c"
+    assert (await stored(probe))[1] == "c"
