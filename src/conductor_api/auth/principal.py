@@ -113,6 +113,16 @@ class SqlitePrincipalLoader:
             self._conn = None
 
 
+async def _kept(_connection: asyncpg.Connection) -> None:
+    """A connection goes back to the loader's pool as it is.
+
+    By default asyncpg resets every connection it takes back (advisory locks, cursors,
+    LISTEN, settings: four statements and a round trip after every query, as much work
+    for the database as the query itself). Nothing sent on this pool changes any of
+    those: the loader's SELECT and the DPoP replay cache's single statements. asyncpg
+    still rolls back a transaction left open."""
+
+
 class PostgresPrincipalLoader:
     """Lookups on a small asyncpg pool, coalesced: the requests that arrive while a query is
     out share the next one, a single `WHERE s.id = ANY($1)` query.
@@ -152,7 +162,7 @@ class PostgresPrincipalLoader:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
                         self._dsn, min_size=0, max_size=self._max_size,
-                        timeout=self._timeout, command_timeout=self._timeout,
+                        timeout=self._timeout, command_timeout=self._timeout, reset=_kept,
                     )  # fmt: skip
         return self._pool
 
