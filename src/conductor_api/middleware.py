@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -79,7 +79,7 @@ class EdgeMiddleware:
             elif name == b"dpop":
                 dpop = True
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = secrets.token_hex(16).encode()
         context = REQUEST_ID.set(request_id.decode())
         status = 500
         started = False
