@@ -6,10 +6,20 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Uuid, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
+
+# Built once: every password sign-in asks it.
+_CONFIRMED = select(TotpFactor.confirmed).where(
+    TotpFactor.user_id == bindparam("user_id", type_=Uuid())
+)
+
+
+async def factor_confirmed(db: AsyncSession, user_id: uuid.UUID) -> bool:
+    """Whether the user has a TOTP factor and it is confirmed."""
+    return bool(await db.scalar(_CONFIRMED, {"user_id": user_id}))
 
 
 async def get_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:

@@ -103,8 +103,7 @@ class SecondFactor:
 
     async def is_on(self, db: AsyncSession, user_id: uuid.UUID) -> bool:
         """Whether the user's sign-ins need a second factor."""
-        factor = await repository.get_factor(db, user_id)
-        return factor is not None and factor.confirmed
+        return await repository.factor_confirmed(db, user_id)
 
     async def users_with_totp(self, db: AsyncSession) -> set[uuid.UUID]:
         """Every user with TOTP on (for `users list`)."""

@@ -6,15 +6,27 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.users.models import User
 
+# Built once, with bind parameters: every sign-in runs these, and building and cache-keying
+# a fresh statement cost as much as running it.
+_BY_KEY = select(User).where(User.username_key == bindparam("key"))
+_BY_ID = select(User).where(User.id == bindparam("user_id", type_=Uuid()))
+# FOR NO KEY UPDATE, the lock an UPDATE of the row takes: it orders password changes and
+# disables after the sign-ins in flight, yet lets other transactions insert rows that
+# reference the user (events, sessions), which FOR UPDATE would block into deadlocks.
+_LOCKED = _BY_ID.with_for_update(key_share=True).execution_options(populate_existing=True)
+# FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
+# them wait, but sign-ins of one user do not wait for each other.
+_SHARED = _BY_ID.with_for_update(read=True).execution_options(populate_existing=True)
+
 
 async def get_by_key(db: AsyncSession, username_key: str) -> User | None:
     """The user whose normalized name is `username_key`."""
-    return await db.scalar(select(User).where(User.username_key == username_key))
+    return await db.scalar(_BY_KEY, {"key": username_key})
 
 
 async def skeleton_taken(db: AsyncSession, skeleton: str) -> bool:
@@ -31,14 +43,7 @@ async def get(
     lock)."""
     if not lock and not share:
         return await db.get(User, user_id)
-    # FOR NO KEY UPDATE, the lock an UPDATE of the row takes: it orders password changes and
-    # disables after the sign-ins in flight, yet lets other transactions insert rows that
-    # reference the user (events, sessions), which FOR UPDATE would block into deadlocks.
-    # FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
-    # them wait, but sign-ins of one user do not wait for each other.
-    query = select(User).where(User.id == user_id)
-    query = query.with_for_update(read=True) if share else query.with_for_update(key_share=True)
-    return await db.scalar(query.execution_options(populate_existing=True))
+    return await db.scalar(_SHARED if share else _LOCKED, {"user_id": user_id})
 
 
 async def replace_hash(db: AsyncSession, user_id: uuid.UUID, old_hash: str, new_hash: str) -> bool:
