@@ -78,8 +78,10 @@ class Container:
         )
         pruner = None
         if settings.prune_interval_seconds > 0:
+            # On SQLite an engine of its own, off the event loop (`make_engine`).
+            own = make_engine(settings, inline=False) if settings.is_sqlite else None
             pruner = PeriodicPruner(
-                Pruner(settings, engine, clock.now), settings.prune_interval_seconds
+                Pruner(settings, own or engine, clock.now), settings.prune_interval_seconds, own
             )
             pruner.start()
         mfa = SecondFactor(settings.kek)

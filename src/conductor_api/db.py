@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+import aiosqlite
 import asyncpg
 from sqlalchemy import DateTime, Engine, Executable, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
@@ -62,15 +64,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(settings: Settings) -> AsyncEngine:
-    """Create the async engine for the configured database."""
+def make_engine(settings: Settings, *, inline: bool = True) -> AsyncEngine:
+    """Create the async engine for the configured database. On SQLite its statements run
+    on the event loop's thread (`InlineSqlite`) unless `inline` is False: then each goes
+    through aiosqlite's thread (the background pruner's, whose batched deletes take long
+    enough that the event loop must not wait for them)."""
     url = settings.sqlalchemy_url
     timeout = settings.database_timeout_seconds
     # hide_parameters: statement parameters (hashes, token digests) never reach a message.
     kwargs: dict[str, Any] = {"pool_timeout": timeout, "hide_parameters": True}
     if settings.is_sqlite:
         prepare_sqlite(url)
-        kwargs["connect_args"] = {"timeout": timeout, "isolation_level": None}
+        kwargs["connect_args"] = (
+            {
+                "isolation_level": None,
+                "async_creator_fn": partial(InlineSqlite.connect, timeout=timeout),
+            }
+            if inline
+            else {"isolation_level": None, "timeout": timeout}
+        )
         # One connection per process: every transaction here writes (BEGIN IMMEDIATE), and
         # SQLite admits one writer at a time. Waiting in the pool's queue hands the
         # connection over at once; several connections would instead contend for the
@@ -86,7 +98,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
         kwargs["pool_pre_ping"] = False
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
-        _configure_sqlite(engine, timeout)
+        # InlineSqlite sets its busy timeout call by call: zero on the event loop's thread.
+        _sqlite_pragmas(engine.sync_engine, None if inline else timeout)
         _begin_immediate(engine)
     else:
         _drop_closed_connections(engine)
@@ -240,17 +253,76 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError("connection closed by the server")
 
 
-def _configure_sqlite(engine: AsyncEngine, timeout: float) -> None:
-    _sqlite_pragmas(engine.sync_engine, timeout)
+class InlineSqlite(aiosqlite.Connection):
+    """An aiosqlite connection whose calls run on the event loop's own thread unless they
+    would wait for a lock.
+
+    aiosqlite hands every call (cursor, execute, fetch, close, commit) to a thread of its
+    own and back. A password sign-in is about seventy such calls, and each trip through
+    the thread and the event loop cost more than its statement: together, most of a
+    sign-in's CPU outside the hash. A statement on a database whose pages are in memory
+    takes microseconds; only waiting for another connection's write lock (another worker
+    process, the command line) can take long. So this connection's busy timeout is zero
+    and every call runs inline; a call refused with SQLITE_BUSY has done nothing (it never
+    got the lock), and goes to aiosqlite's thread, which waits for the lock with SQLite's
+    busy handler for up to DATABASE_TIMEOUT_SECONDS, as every call did before. While a
+    call is out on the thread, later calls queue behind it there, in order.
+
+    Every transaction here starts with BEGIN IMMEDIATE (`_begin_immediate`), the one
+    statement that waits for the write lock; what follows it in the transaction, and
+    reads in WAL mode, never wait for a lock.
+    """
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], timeout: float) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        # As SQLAlchemy sets for the aiosqlite connections it makes itself.
+        self._thread.daemon = True
+        self._busy_ms = int(timeout * 1000)
+        self._out = 0
+
+    @classmethod
+    def connect(cls, database: str, *, timeout: float, **kwargs: Any) -> InlineSqlite:
+        """SQLAlchemy's `async_creator_fn`: the driver connection for `database`."""
+        # Opened on aiosqlite's thread and used from the event loop's as well, one call at
+        # a time (the pool hands the connection to one user, who awaits every call).
+        connector = partial(
+            sqlite3.connect, database, **{**kwargs, "timeout": 0, "check_same_thread": False}
+        )
+        return cls(connector, timeout)
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        if not self._out:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+        self._out += 1
+        try:
+            return await super()._execute(self._waiting, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            self._out -= 1
+
+    def _waiting(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """On aiosqlite's thread: `fn`, waiting for a lock as long as the setting allows."""
+        connection = self._conn
+        connection.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.execute("PRAGMA busy_timeout=0")
 
 
-def _sqlite_pragmas(engine: Engine, timeout: float) -> None:
+def _sqlite_pragmas(engine: Engine, timeout: float | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        if timeout is not None:
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

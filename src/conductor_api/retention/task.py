@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from conductor_api.retention.pruner import Pruner
 
 log = logging.getLogger("conductor_api.retention")
@@ -20,9 +22,11 @@ class PeriodicPruner:
     """Runs `pruner` every `interval` seconds until stopped; a failed round is logged and
     the next one tried (the database may be down for a while)."""
 
-    def __init__(self, pruner: Pruner, interval: float) -> None:
+    def __init__(self, pruner: Pruner, interval: float, own: AsyncEngine | None = None) -> None:
         self._pruner = pruner
         self._interval = interval
+        # An engine made for this pruner alone, disposed when it stops.
+        self._own = own
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0  # rounds that did the work (not skipped for another pruner)
 
@@ -36,6 +40,8 @@ class PeriodicPruner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._own is not None:
+            await self._own.dispose()
 
     async def _loop(self) -> None:
         while True:
