@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import aiosqlite
 import asyncpg
-from sqlalchemy import DateTime, Engine, Executable, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, Executable, MetaData, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -113,100 +111,93 @@ class Autocommit:
     Each statement is compiled once (`_Compiled`) and sent straight to the driver:
     SQLAlchemy's per-execution work (cache key, parameter and result processing) cost
     more than the database's for this one-row UPDATE, on a path that runs on every
-    refresh. On SQLite it runs in one hand-off to a thread of its own, on a connection of
-    that thread's: through aiosqlite it took five hand-offs (cursor, execute, fetch, close,
-    reset), each waiting for a turn of a busy event loop, and refresh throughput was bound
-    by that latency rather than by work. A driver's error is raised as SQLAlchemy's
-    (`DBAPIError` and its subclasses), as from any other query, so that an outage is a 503.
+    refresh. On SQLite it runs on a connection of its own (`InlineSqlite`: on the event
+    loop's thread, and on aiosqlite's only to wait for another connection's write lock),
+    in autocommit mode. A driver's error is raised as SQLAlchemy's (`DBAPIError` and its
+    subclasses), as from any other query, so that an outage is a 503.
     """
 
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self._async: AsyncEngine | None = None
-        self._sync: Engine | None = None
-        self._thread: ThreadPoolExecutor | None = None
+        self._dialect = engine.dialect
         self._compiled: dict[int, _Compiled] = {}
-        # The SQLite thread's connection (a driver connection, opened with the pragmas).
-        self._raw: Any = None
+        # SQLite: the connection (opened on first use), and how to open it.
+        self._sqlite: InlineSqlite | None = None
+        self._path = settings.sqlite_path if settings.is_sqlite else ""
+        self._timeout = settings.database_timeout_seconds
         if not settings.is_sqlite:
             self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
-            return
-        timeout = settings.database_timeout_seconds
-        self._sync = create_engine(
-            settings.sqlalchemy_url.replace("sqlite+aiosqlite", "sqlite+pysqlite", 1),
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=timeout,
-            hide_parameters=True,
-            # isolation_level=None is the driver's autocommit: no BEGIN is ever sent.
-            connect_args={"timeout": timeout, "isolation_level": None, "check_same_thread": False},
-        )
-        _sqlite_pragmas(self._sync, timeout)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-autocommit")
 
-    def _compile(self, statement: Executable, dialect: Dialect) -> _Compiled:
+    def _compile(self, statement: Executable) -> _Compiled:
         compiled = self._compiled.get(id(statement))
         if compiled is None:
-            compiled = self._compiled[id(statement)] = _Compiled(statement, dialect)
+            compiled = self._compiled[id(statement)] = _Compiled(statement, self._dialect)
         return compiled
 
     async def first(
         self, statement: Executable, params: Mapping[str, object]
     ) -> tuple[Any, ...] | None:
         """Execute `statement` with `params` and return its first row, if any."""
-        if self._async is not None:
-            compiled = self._compile(statement, self._async.dialect)
-            args = compiled.arguments(params)
-            async with self._async.connect() as conn:
-                fairy = await conn.get_raw_connection()
-                driver: asyncpg.Connection = fairy.driver_connection
-                try:
-                    row = await driver.fetchrow(compiled.sql, *args)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
-                    lost = not isinstance(e, asyncpg.PostgresError) or isinstance(
-                        e, asyncpg.PostgresConnectionError
-                    )
-                    if lost:
-                        fairy.invalidate(e)
-                    raise DBAPIError(
-                        compiled.sql, None, e, hide_parameters=True, connection_invalidated=lost
-                    ) from e
-            return None if row is None else tuple(row)
-        assert self._thread is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._first_sync, statement, params)
+        compiled = self._compile(statement)
+        args = compiled.arguments(params)
+        if self._async is None:
+            return await self._first_sqlite(compiled.sql, args)
+        async with self._async.connect() as conn:
+            fairy = await conn.get_raw_connection()
+            driver: asyncpg.Connection = fairy.driver_connection
+            try:
+                row = await driver.fetchrow(compiled.sql, *args)
+            except Exception as e:
+                # A server error about the statement leaves the connection usable; anything
+                # else (the server going away, a socket error, a protocol out of step after
+                # a killed backend: asyncpg's InternalClientError) means it is lost.
+                lost = not isinstance(e, asyncpg.PostgresError) or isinstance(e, _PG_GONE)
+                if lost:
+                    fairy.invalidate(e)
+                raise DBAPIError(
+                    compiled.sql, None, e, hide_parameters=True, connection_invalidated=lost
+                ) from e
+        return None if row is None else tuple(row)
 
-    def _first_sync(
-        self, statement: Executable, params: Mapping[str, object]
-    ) -> tuple[Any, ...] | None:
-        assert self._sync is not None
-        compiled = self._compile(statement, self._sync.dialect)
+    async def _first_sqlite(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         try:
-            if self._raw is None:
-                self._raw = self._sync.raw_connection()
-            row: tuple[Any, ...] | None = self._raw.driver_connection.execute(
-                compiled.sql, compiled.arguments(params)
-            ).fetchone()
+            connection = self._sqlite
+            if connection is None:
+                connection = InlineSqlite.connect(
+                    self._path, timeout=self._timeout, isolation_level=None
+                )
+                await connection
+                self._sqlite = connection
+                for pragma in _SQLITE_PRAGMAS:
+                    await connection.execute(pragma)
+            cursor = await connection.execute(sql, args)
+            row = await cursor.fetchone()
+            await cursor.close()
         except sqlite3.Error as e:
             # Opened again for the next statement: whatever went wrong stays with this one.
-            self._close_raw(invalidate=True)
+            await self._close_sqlite()
             error = OperationalError if isinstance(e, sqlite3.OperationalError) else DBAPIError
-            raise error(compiled.sql, None, e, hide_parameters=True) from e
-        return row
+            raise error(sql, None, e, hide_parameters=True) from e
+        return None if row is None else tuple(row)
 
-    def _close_raw(self, invalidate: bool = False) -> None:
-        raw, self._raw = self._raw, None
-        if raw is not None:
-            with contextlib.suppress(sqlite3.Error):
-                # Invalidated: closed, never handed out again. Else back to the pool.
-                raw.invalidate() if invalidate else raw.close()
+    async def _close_sqlite(self) -> None:
+        connection, self._sqlite = self._sqlite, None
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await connection.close()
 
     async def dispose(self) -> None:
-        """Close connections and the thread."""
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_raw)
-            self._thread.shutdown(wait=False)
-        if self._sync is not None:
-            self._sync.dispose()
+        """Close the SQLite connection (PostgreSQL's are the engine's)."""
+        await self._close_sqlite()
+
+
+# PostgreSQL errors that end the connection: it failed, the server is shutting down or an
+# administrator ended the backend, or the server is out of resources.
+_PG_GONE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
 
 
 class _Compiled:
@@ -315,15 +306,18 @@ class InlineSqlite(aiosqlite.Connection):
             connection.execute("PRAGMA busy_timeout=0")
 
 
+# Every SQLite connection's settings (and its busy timeout: InlineSqlite's is zero).
+_SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
+
+
 def _sqlite_pragmas(engine: Engine, timeout: float | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         if timeout is not None:
             cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
 
