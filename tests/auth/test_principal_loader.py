@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -146,3 +147,31 @@ async def test_when_the_database_does_not_answer_the_waiting_requests_fail_with_
     # One attempt answered them all: none waited for a query of its own to fail as well.
     assert len(spy.batches) == 1
     await dead.close()
+
+
+async def test_connections_killed_by_the_server_are_an_outage_then_replaced(
+    database_url: str,
+    loader: PostgresPrincipalLoader,
+    alice: Account,
+    sessions: list[uuid.UUID],
+) -> None:
+    # The pool gives connections back as they are (no reset query): one whose backend an
+    # administrator ended must still never answer a request with a 500, nor stay in use.
+    assert await loader.load(sessions[0], alice.id) is not None
+    admin = await asyncpg.connect(database_url)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    try:
+        principal = await loader.load(sessions[0], alice.id)
+        assert principal is not None
+    except ServiceUnavailable:
+        pass
+    for sid in sessions:
+        principal = await loader.load(sid, alice.id)
+        assert principal is not None and principal.session_id == sid

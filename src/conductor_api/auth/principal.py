@@ -203,7 +203,10 @@ class PostgresPrincipalLoader:
         try:
             pool = await self._get_pool()
             rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (
+            OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ):  # fmt: skip
             # Those that waited for this query waited for the database as long as it may
             # take: they are answered now, not after a query of their own times out too.
             waited, self._waiting = self._waiting, {}

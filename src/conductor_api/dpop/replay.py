@@ -226,7 +226,12 @@ class PostgresReplayCache:
             error = (
                 ServiceUnavailable()
                 if isinstance(
-                    e, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
+                    e,
+                    OSError
+                    | TimeoutError
+                    | asyncpg.PostgresError
+                    | asyncpg.InterfaceError
+                    | asyncpg.InternalClientError,
                 )
                 else e
             )
