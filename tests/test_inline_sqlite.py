@@ -88,7 +88,7 @@ async def test_a_held_write_lock_is_waited_for_off_the_event_loop(engine: AsyncE
     assert ticks >= 10
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT v FROM t"))).scalar_one() == "b"
-    # Back inline, with a busy timeout of zero again, once the wait is over.
+    # Back inline once the wait is over, the busy timeout still zero.
     assert await thread_of_calls(engine) == (threading.get_ident(), 0)
 
 
