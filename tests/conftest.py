@@ -70,6 +70,20 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
+async def end_other_backends(database_url: str) -> int:
+    """End every other connection to the database at `database_url`, as an administrator
+    (or a server restart) would: how many there were."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        ended: int = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    return ended
+
+
 def create_pg_database() -> str:
     """Create a fresh database for this run; skip (or fail under CI) without PostgreSQL."""
     name = f"conductor_test_{secrets.token_hex(6)}"

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from conductor_api.app import database_down
 from conductor_api.db import Autocommit, UTCDateTime, make_engine
-from tests.conftest import make_settings
+from tests.conftest import end_other_backends, make_settings
 
 WHEN = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -121,16 +120,7 @@ async def test_postgres_connection_killed_is_an_outage_then_recovers(
     if database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's backends")
     await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "a", "p_at": WHEN})
-    dsn = database_url.replace("postgresql://", "postgres://", 1)
-    admin = await asyncpg.connect(dsn)
-    try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-    assert killed >= 1
+    assert await end_other_backends(database_url) >= 1
     # The pooled connection is dead: the next statement either finds out at checkout (and
     # runs on a new connection) or fails as an outage, never as a bug (a 500).
     try:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -22,6 +21,7 @@ from conductor_api.errors import ServiceUnavailable
 from conductor_api.sessions import repository
 from tests.conftest import (
     Account,
+    end_other_backends,
     migrated_pg_database,
     tokens,
 )
@@ -158,15 +158,7 @@ async def test_connections_killed_by_the_server_are_an_outage_then_replaced(
     # The pool gives connections back as they are (no reset query): one whose backend an
     # administrator ended must still never answer a request with a 500, nor stay in use.
     assert await loader.load(sessions[0], alice.id) is not None
-    admin = await asyncpg.connect(database_url)
-    try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await admin.close()
-    assert killed >= 1
+    assert await end_other_backends(database_url) >= 1
     try:
         principal = await loader.load(sessions[0], alice.id)
         assert principal is not None
