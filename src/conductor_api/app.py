@@ -21,6 +21,7 @@ from conductor_api.auth.router import router as auth_router
 from conductor_api.clock import Clock
 from conductor_api.config import Settings, load_settings
 from conductor_api.container import Container
+from conductor_api.db import ASYNCPG_LOST
 from conductor_api.deps import document_dpop
 from conductor_api.errors import AppError, ServiceUnavailable
 from conductor_api.events.router import router as events_router
@@ -49,12 +50,6 @@ DATABASE_DOWN = (
 # SQLite result codes (the low byte) that mean the file cannot be used right now rather than
 # a bad statement: BUSY, LOCKED, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
 _SQLITE_DOWN = frozenset({5, 6, 10, 11, 13, 14, 15, 26})
-_ASYNCPG_DOWN = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
@@ -74,7 +69,7 @@ def database_down(error: BaseException) -> bool:
     # asyncpg's own error behind SQLAlchemy's: a connection failure, the server starting
     # or shutting down (57P03, 57P01) or out of connection slots (53300).
     cause = error.orig.__cause__ if error.orig is not None else None
-    return isinstance(cause, _ASYNCPG_DOWN)
+    return isinstance(cause, ASYNCPG_LOST)
 
 
 def _render(error: AppError) -> JSONResponse:

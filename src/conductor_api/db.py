@@ -152,7 +152,7 @@ class Autocommit:
                 # A server error about the statement leaves the connection usable; anything
                 # else (the server going away, a socket error, a protocol out of step after
                 # a killed backend: asyncpg's InternalClientError) means it is lost.
-                lost = not isinstance(e, asyncpg.PostgresError) or isinstance(e, _PG_GONE)
+                lost = not isinstance(e, asyncpg.PostgresError) or isinstance(e, ASYNCPG_LOST)
                 if lost:
                     fairy.invalidate(e)
                 raise DBAPIError(
@@ -192,12 +192,22 @@ class Autocommit:
         await self._close_sqlite()
 
 
-# PostgreSQL errors that end the connection: it failed, the server is shutting down or an
-# administrator ended the backend, or the server is out of resources.
-_PG_GONE = (
+# asyncpg errors that end the connection: it failed, the server is shutting down or an
+# administrator ended the backend (57P01, 57P03), or it is out of connection slots (53300).
+ASYNCPG_LOST = (
     asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+)
+# What a query on a raw asyncpg pool raises when the database does not answer it: a 503.
+# InternalClientError: the protocol out of step on a connection whose backend was killed.
+ASYNCPG_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 
 
@@ -295,7 +305,7 @@ class InlineSqlite(aiosqlite.Connection):
             try:
                 return fn(*args, **kwargs)
             except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                if not _busy(e):
                     raise
         self._out += 1
         try:
@@ -311,9 +321,15 @@ class InlineSqlite(aiosqlite.Connection):
             try:
                 return fn(*args, **kwargs)
             except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                if not _busy(e) or time.monotonic() > deadline:
                     raise
             time.sleep(_BUSY_POLL_SECONDS)
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused a call because another connection holds the lock it needs
+    (SQLITE_BUSY and its extended codes): the call did nothing, and may be tried again."""
+    return error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
 # How often a call waiting for another connection's write lock tries again.

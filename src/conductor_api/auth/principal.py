@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from conductor_api.config import Settings
+from conductor_api.db import ASYNCPG_UNAVAILABLE
 from conductor_api.errors import ServiceUnavailable
 
 _SQL = (
@@ -203,10 +204,7 @@ class PostgresPrincipalLoader:
         try:
             pool = await self._get_pool()
             rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
-        except (
-            OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
-            asyncpg.InternalClientError,
-        ):  # fmt: skip
+        except ASYNCPG_UNAVAILABLE:
             # Those that waited for this query waited for the database as long as it may
             # take: they are answered now, not after a query of their own times out too.
             waited, self._waiting = self._waiting, {}

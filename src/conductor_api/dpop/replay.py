@@ -31,6 +31,7 @@ from typing import Protocol
 
 import asyncpg
 
+from conductor_api.db import ASYNCPG_UNAVAILABLE
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.storage import make_private_file
 
@@ -223,18 +224,7 @@ class PostgresReplayCache:
                 [datetime.fromtimestamp(e, UTC) for e in first.values()], timeout=self._timeout,
             )  # fmt: skip
         except BaseException as e:
-            error = (
-                ServiceUnavailable()
-                if isinstance(
-                    e,
-                    OSError
-                    | TimeoutError
-                    | asyncpg.PostgresError
-                    | asyncpg.InterfaceError
-                    | asyncpg.InternalClientError,
-                )
-                else e
-            )
+            error = ServiceUnavailable() if isinstance(e, ASYNCPG_UNAVAILABLE) else e
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
