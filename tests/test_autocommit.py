@@ -1,5 +1,6 @@
-"""`Autocommit`: a statement compiled once and sent straight to the driver (the refresh-token
-swap's path), on SQLite and PostgreSQL: its rows, its parameters' conversions, and a
+"""Statements compiled once and sent straight to the driver, on SQLite and PostgreSQL:
+`Autocommit` (the refresh-token swap's path, no transaction) and `execute_direct` (the
+sign-in's, in a session's transaction). Their rows, their parameters' conversions, and a
 driver's error raised as SQLAlchemy's, so that an outage is still a 503."""
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_api.app import database_down
-from conductor_api.db import Autocommit, UTCDateTime, make_engine
+from conductor_api.db import (
+    Autocommit,
+    UTCDateTime,
+    execute_direct,
+    make_engine,
+    make_session_factory,
+)
 from tests.conftest import end_other_backends, make_settings
 
 WHEN = datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC)
@@ -46,6 +54,10 @@ class Probe:
             .values(n=t.c.n + 1, label=bindparam("p_label"), at=bindparam("p_at"))
             .returning(t.c.n, t.c.label)
         )
+        self.add = insert(t).values(
+            id=bindparam("p_id"), n=bindparam("p_n"), label=None, at=bindparam("p_at")
+        )
+        self.read = t.select().where(t.c.id == bindparam("p_id"))
 
 
 @pytest.fixture
@@ -134,3 +146,53 @@ async def test_postgres_connection_killed_is_an_outage_then_recovers(
     assert row is not None
     assert row[1] == "c"
     assert (await stored(probe))[1] == "c"
+
+
+# execute_direct: in the session's own transaction
+
+
+async def test_direct_runs_in_the_sessions_transaction(probe: Probe) -> None:
+    sessions = make_session_factory(probe.engine)  # type: ignore[arg-type]
+    later = WHEN + timedelta(hours=1)
+    async with sessions() as db, db.begin():
+        rows = await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "x", "p_at": later})
+        assert rows == [(2, "x")]
+        # What SQLAlchemy itself reads in that transaction sees it, converted alike.
+        assert await execute_direct(db, probe.read, {"p_id": 1}) == [(1, 2, "x", later)]
+        await db.rollback()
+    assert await stored(probe) == (1, "start", WHEN)
+    async with sessions.begin() as db:
+        await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "y", "p_at": later})
+        await execute_direct(db, probe.add, {"p_id": 2, "p_n": 7, "p_at": WHEN})
+    assert await stored(probe) == (2, "y", later)
+    async with sessions() as db:
+        assert await execute_direct(db, probe.read, {"p_id": 2}) == [(2, 7, None, WHEN)]
+
+
+async def test_direct_constraint_violation_is_sqlalchemys_and_undone(probe: Probe) -> None:
+    sessions = make_session_factory(probe.engine)  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError):
+        async with sessions.begin() as db:
+            await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "z", "p_at": WHEN})
+            await execute_direct(db, probe.add, {"p_id": 1, "p_n": 1, "p_at": WHEN})
+    assert await stored(probe) == (1, "start", WHEN)
+
+
+async def test_direct_postgres_connection_killed_is_an_outage_then_recovers(
+    probe: Probe, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's backends")
+    engine: AsyncEngine = probe.engine  # type: ignore[assignment]
+    sessions = make_session_factory(engine)
+    with pytest.raises(DBAPIError) as raised:
+        async with sessions.begin() as db:
+            await execute_direct(db, probe.read, {"p_id": 1})
+            assert await end_other_backends(database_url) >= 1
+            await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "a", "p_at": WHEN})
+    assert database_down(raised.value)
+    assert raised.value.connection_invalidated
+    async with sessions.begin() as db:
+        rows = await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "b", "p_at": WHEN})
+    assert rows == [(2, "b")]
+    assert await stored(probe) == (2, "b", WHEN)

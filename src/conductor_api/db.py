@@ -5,23 +5,35 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 import asyncpg
-from sqlalchemy import DateTime, Engine, Executable, MetaData, event
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Executable,
+    Insert,
+    MetaData,
+    Table,
+    bindparam,
+    event,
+    insert,
+)
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.types import TypeDecorator
 
 from conductor_api.config import Settings
@@ -121,7 +133,6 @@ class Autocommit:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self._async: AsyncEngine | None = None
         self._dialect = engine.dialect
-        self._compiled: dict[int, _Compiled] = {}
         # SQLite: the connection (opened on first use), and how to open it.
         self._sqlite: InlineSqlite | None = None
         self._path = settings.sqlite_path if settings.is_sqlite else ""
@@ -129,38 +140,25 @@ class Autocommit:
         if not settings.is_sqlite:
             self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    def _compile(self, statement: Executable) -> _Compiled:
-        compiled = self._compiled.get(id(statement))
-        if compiled is None:
-            compiled = self._compiled[id(statement)] = _Compiled(statement, self._dialect)
-        return compiled
-
     async def first(
         self, statement: Executable, params: Mapping[str, object]
     ) -> tuple[Any, ...] | None:
         """Execute `statement` with `params` and return its first row, if any."""
-        compiled = self._compile(statement)
+        compiled = _compiled(statement, self._dialect)
         args = compiled.arguments(params)
         if self._async is None:
-            return await self._first_sqlite(compiled.sql, args)
+            row = await self._first_sqlite(compiled.sql, args)
+            return None if row is None else compiled.row(row)
         async with self._async.connect() as conn:
             fairy = await conn.get_raw_connection()
             driver: asyncpg.Connection = fairy.driver_connection
             try:
                 row = await driver.fetchrow(compiled.sql, *args)
             except Exception as e:
-                # A server error about the statement leaves the connection usable; anything
-                # else (the server going away, a socket error, a protocol out of step after
-                # a killed backend: asyncpg's InternalClientError) means it is lost.
-                lost = not isinstance(e, asyncpg.PostgresError) or isinstance(e, ASYNCPG_LOST)
-                if lost:
-                    fairy.invalidate(e)
-                raise DBAPIError(
-                    compiled.sql, None, e, hide_parameters=True, connection_invalidated=lost
-                ) from e
-        return None if row is None else tuple(row)
+                raise await _asyncpg_error(compiled.sql, e, conn) from e
+        return None if row is None else compiled.row(row)
 
-    async def _first_sqlite(self, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    async def _first_sqlite(self, sql: str, args: tuple[Any, ...]) -> Sequence[Any] | None:
         try:
             connection = self._sqlite
             if connection is None:
@@ -177,9 +175,8 @@ class Autocommit:
         except sqlite3.Error as e:
             # Opened again for the next statement: whatever went wrong stays with this one.
             await self._close_sqlite()
-            error = OperationalError if isinstance(e, sqlite3.OperationalError) else DBAPIError
-            raise error(sql, None, e, hide_parameters=True) from e
-        return None if row is None else tuple(row)
+            raise _sqlite_error(sql, e) from e
+        return row
 
     async def _close_sqlite(self) -> None:
         connection, self._sqlite = self._sqlite, None
@@ -212,24 +209,32 @@ ASYNCPG_UNAVAILABLE = (
 
 
 class _Compiled:
-    """A statement compiled once for one dialect: its SQL, and how a call's parameters
-    become the driver's positional arguments (in the statement's order, through each
-    type's own bind processor, constants filled in)."""
+    """A statement compiled once for one dialect: its SQL, how a call's parameters become
+    the driver's positional arguments (in the statement's order, through each type's bind
+    processor for the dialect, constants filled in), and how a row the driver returns
+    becomes what SQLAlchemy would have returned (each column's result processor)."""
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         binds = compiled.binds
         if compiled.positiontup is None or any(b.expanding for b in binds.values()):
             raise ValueError("only statements with plain positional parameters")
+        # Kept, so that the id its cache entry is keyed by stays this statement's.
+        self.statement = statement
         self.sql: str = compiled.string
         self._slots: list[tuple[str, Any, Any]] = [
             (
                 name,
                 _GIVEN if binds[name].required else binds[name].value,
-                binds[name].type.bind_processor(dialect),
+                binds[name].type.dialect_impl(dialect).bind_processor(dialect),
             )
             for name in compiled.positiontup
         ]
+        self._results = [
+            column[3].dialect_impl(dialect).result_processor(dialect, None)
+            for column in compiled._result_columns
+        ]
+        self.returns_rows = bool(self._results)
 
     def arguments(self, params: Mapping[str, object]) -> tuple[Any, ...]:
         """The driver's arguments for `params`; a name not given takes its bound constant,
@@ -239,6 +244,106 @@ class _Compiled:
             value = constant if constant is not _GIVEN and name not in params else params[name]
             args.append(process(value) if process is not None else value)
         return tuple(args)
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        """A driver's row as SQLAlchemy would return it."""
+        return tuple(
+            value if process is None or value is None else process(value)
+            for process, value in zip(self._results, raw, strict=True)
+        )
+
+
+_COMPILED: dict[tuple[int, str], _Compiled] = {}
+
+
+def insert_row(model: type[Base]) -> Insert:
+    """An INSERT of one row of `model`'s table, every column a parameter named after it
+    (each must be given: no column default applies), for `execute_direct`."""
+    table = cast(Table, model.__table__)
+    return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in table.columns})
+
+
+def _compiled(statement: Executable, dialect: Dialect) -> _Compiled:
+    key = (id(statement), dialect.name)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = _Compiled(statement, dialect)
+    return compiled
+
+
+async def execute_direct(
+    db: AsyncSession, statement: Executable, params: Mapping[str, object]
+) -> list[tuple[Any, ...]]:
+    """Run a statement built once (a module constant) in `db`'s transaction, straight on
+    the driver, and return its rows (those of RETURNING, for a change).
+
+    A sign-in runs a dozen such statements, and SQLAlchemy's per-execution work (cache
+    key, execution context, parameter and result handling, the ORM's unit of work for an
+    insert) cost more than SQLite's own. The statement is compiled once per dialect
+    (`_Compiled`), with SQLAlchemy's own type processing; a driver's error is raised as
+    SQLAlchemy's, as from any other query, and the session's transaction is the same."""
+    conn, fairy = await _connection(db)
+    compiled = _compiled(statement, conn.dialect)
+    sql, args = compiled.sql, compiled.arguments(params)
+    rows: Iterable[Sequence[Any]]
+    if conn.dialect.name == "sqlite":
+        sqlite_driver: aiosqlite.Connection = fairy.driver_connection  # type: ignore[assignment]
+        try:
+            cursor = await sqlite_driver.execute(sql, args)
+            rows = await cursor.fetchall() if compiled.returns_rows else []
+            await cursor.close()
+        except sqlite3.Error as e:
+            raise _sqlite_error(sql, e) from e
+    else:
+        # SQLAlchemy's asyncpg adapter, which begins a transaction at its first statement.
+        adapted: Any = fairy.dbapi_connection
+        driver: asyncpg.Connection = fairy.driver_connection
+        try:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            rows = await driver.fetch(sql, *args)
+        except Exception as e:
+            raise await _asyncpg_error(sql, e, conn) from e
+    return [compiled.row(row) for row in rows]
+
+
+async def _connection(db: AsyncSession) -> tuple[AsyncConnection, PoolProxiedConnection]:
+    """`db`'s connection and its driver's, kept for the rest of its transaction: asking
+    the session for them takes two greenlet switches."""
+    transaction = db.sync_session.get_transaction()
+    held = db.info.get(_HELD)
+    if held is not None and held[0] is transaction and transaction is not None:
+        return held[1], held[2]
+    conn = await db.connection()
+    fairy = await conn.get_raw_connection()
+    # The session's transaction as it is once the connection is in it.
+    db.info[_HELD] = (db.sync_session.get_transaction(), conn, fairy)
+    return conn, fairy
+
+
+_HELD = "conductor_api.db.connection"
+
+
+def _sqlite_error(sql: str, error: sqlite3.Error) -> DBAPIError:
+    """SQLAlchemy's exception for a sqlite3 one."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return IntegrityError(sql, None, error, hide_parameters=True)
+    if isinstance(error, sqlite3.OperationalError):
+        return OperationalError(sql, None, error, hide_parameters=True)
+    return DBAPIError(sql, None, error, hide_parameters=True)
+
+
+async def _asyncpg_error(sql: str, error: Exception, conn: AsyncConnection) -> DBAPIError:
+    """SQLAlchemy's exception for an error raised by asyncpg on `conn`'s connection. A
+    server error about the statement leaves the connection usable; anything else (the
+    server going away, a socket error, a protocol out of step after a killed backend:
+    asyncpg's InternalClientError) means it is lost, and it is invalidated."""
+    lost = not isinstance(error, asyncpg.PostgresError) or isinstance(error, ASYNCPG_LOST)
+    if lost:
+        await conn.invalidate(error)
+    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
+        return IntegrityError(sql, None, error, hide_parameters=True)
+    return DBAPIError(sql, None, error, hide_parameters=True, connection_invalidated=lost)
 
 
 # The constant of a parameter that every call must give.

@@ -184,11 +184,11 @@ class TestLimit:
         ids: list[str] = []
         async with container.sessionmaker.begin() as db:
             for i in range(count):
-                event = events.record(
+                event_id = await events.record(
                     db, EventType.LOGIN_FAILED, now=start + timedelta(seconds=i),
                     username_key=user.username, user_id=user.id, ip_address=CLIENT_IP,
                 )  # fmt: skip
-                ids.append(str(event.id))
+                ids.append(str(event_id))
         return ids[::-1]
 
     async def test_limit_returns_the_newest(

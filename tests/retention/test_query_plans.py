@@ -123,21 +123,29 @@ Query = tuple[str, tuple[Any, ...]]
 
 
 async def _statements(url: str, work: Callable[[AsyncSession], Awaitable[object]]) -> list[Query]:
-    """The SQL and parameters `work` sends, captured as the driver gets them (rolled back)."""
+    """The SQL and parameters `work` sends, captured as the driver gets them (rolled back):
+    through SQLAlchemy, and straight to asyncpg (`db.execute_direct`)."""
     seen: list[Query] = []
 
     def capture(_c: Any, _cur: Any, sql: str, params: Any, *_: Any) -> None:
         seen.append((sql, tuple(params or ())))
 
+    def direct(query: Any) -> None:
+        seen.append((query.query, tuple(query.args or ())))
+
     engine = create_async_engine(make_settings(Path("."), url).sqlalchemy_url, poolclass=NullPool)
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with AsyncSession(engine) as db:
+            raw = await (await db.connection()).get_raw_connection()
+            driver: asyncpg.Connection = raw.driver_connection
+            driver.add_query_logger(direct)
             await work(db)
             await db.rollback()
     finally:
         await engine.dispose()
-    return [q for q in seen if not q[0].lstrip().upper().startswith(("BEGIN", "SELECT PG_"))]
+    ignored = ("BEGIN", "SELECT PG_", "ROLLBACK", "COMMIT")
+    return [q for q in seen if not q[0].lstrip().upper().startswith(ignored)]
 
 
 def _scans(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:

@@ -105,7 +105,9 @@ class SignInService:
         token = await devices.issue(
             db, user.id, now, days=self.settings.device_token_days, presented=presented
         )
-        attempt.record(db, EventType.LOGIN_SUCCEEDED, user, pair.session_id, method=method, mfa=mfa)
+        await attempt.record(
+            db, EventType.LOGIN_SUCCEEDED, user, pair.session_id, method=method, mfa=mfa
+        )
         return dataclasses.replace(pair, device_token=token)
 
     async def login(

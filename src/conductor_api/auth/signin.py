@@ -269,7 +269,7 @@ class SignIn:
         success, as a sign-in's, does)."""
         self._unfinished = True
 
-    def record(
+    async def record(
         self,
         db: AsyncSession,
         type_: EventType,
@@ -280,7 +280,7 @@ class SignIn:
         mfa: bool | None = None,
     ) -> None:
         """Record an event of this attempt (its name, user and client)."""
-        events.record(
+        await events.record(
             db, type_, now=self._s.clock.now(), username_key=self.key,
             user_id=user.id if user else None, ip_address=self.client.ip_address,
             user_agent=self.client.user_agent, session_id=session_id, method=method, mfa=mfa,
@@ -293,9 +293,9 @@ class SignIn:
         locked = False
         for slot in self._held:
             locked = await slot.limit.failed(db, slot, now) or locked
-        self.record(db, event, user)
+        await self.record(db, event, user)
         if locked:
-            self.record(db, EventType.ACCOUNT_LOCKED, user)
+            await self.record(db, EventType.ACCOUNT_LOCKED, user)
 
     def _committed(self) -> None:
         self._settled.extend(self._held)

@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
-from conductor_api.db import UTCDateTime
+from conductor_api.db import UTCDateTime, execute_direct
 
 USER = "user"
 IP = "ip"
@@ -188,6 +188,10 @@ def _add_failure(dialect: str) -> Any:
     )
 
 
+def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    return rows[0] if rows else None
+
+
 def _dialect(db: AsyncSession) -> str:
     return db.get_bind().dialect.name
 
@@ -201,13 +205,13 @@ async def read(
 ) -> Counter | None:
     """A counter as it counts at `now`, read without a lock (None when there is none)."""
     params = {"in_scope": scope, "in_key": key, **_at(now, window)}
-    row = (await db.execute(_READ[window is not None], params)).first()
+    row = _first(await execute_direct(db, _READ[window is not None], params))
     return None if row is None else _counter(row)
 
 
 async def create(db: AsyncSession, scope: str, key: str, now: datetime) -> None:
     """A counter at zero, unless there is one."""
-    await db.execute(_create(_dialect(db)), {"in_scope": scope, "in_key": key, "now": now})
+    await execute_direct(db, _create(_dialect(db)), {"in_scope": scope, "in_key": key, "now": now})
 
 
 async def take(
@@ -229,13 +233,13 @@ async def take(
         "in_scope": scope, "in_key": key, "limit": limit, "slots_until": now + ttl,
         **_at(now, window),
     }  # fmt: skip
-    row = (await db.execute(_TAKE[window is not None], params)).first()
+    row = _first(await execute_direct(db, _TAKE[window is not None], params))
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
 
 
 async def release(db: AsyncSession, scope: str, key: str) -> None:
     """Give a slot back without counting anything (the attempt was refused or abandoned)."""
-    await db.execute(_RELEASE_ROW, {"in_scope": scope, "in_key": key})
+    await execute_direct(db, _RELEASE_ROW, {"in_scope": scope, "in_key": key})
 
 
 async def fail_user(
@@ -255,7 +259,7 @@ async def fail_user(
         "max_failures": max_failures,
         "lock_until": lock_until,
     }
-    row = (await db.execute(_FAIL_USER, params)).first()
+    row = _first(await execute_direct(db, _FAIL_USER, params))
     return row is not None and row[2] == lock_until
 
 
@@ -266,19 +270,19 @@ async def forgive_user(
     before it took the slot, not those settled since (a reset to zero would let each
     success hand out that many extra guesses)."""
     params = {"in_scope": scope, "in_key": key, "forgiven": forgiven, "max_failures": max_failures}
-    await db.execute(_FORGIVE_USER, params)
+    await execute_direct(db, _FORGIVE_USER, params)
 
 
 async def fail_ip(db: AsyncSession, address: str, now: datetime, *, window: timedelta) -> None:
     """Turn an address's slot into a failure, in a fixed window of `window` length."""
-    await db.execute(_FAIL_IP, {"in_scope": IP, "in_key": address, **_at(now, window)})
+    await execute_direct(db, _FAIL_IP, {"in_scope": IP, "in_key": address, **_at(now, window)})
 
 
 async def release_ip(db: AsyncSession, address: str) -> None:
     """Give an address's slot back uncounted; a row with nothing left in it goes (logins
     that did not fail leave no trace of an address)."""
     await release(db, IP, address)
-    await db.execute(_DROP_IF_EMPTY, {"in_scope": IP, "in_key": address})
+    await execute_direct(db, _DROP_IF_EMPTY, {"in_scope": IP, "in_key": address})
 
 
 async def add_failure(
@@ -287,7 +291,7 @@ async def add_failure(
     """Count one event in a fixed window of `window` length, in one atomic upsert, outside
     a sign-in's slots (a forged refresh token from an address, a registration)."""
     params = {"in_scope": scope, "in_key": key, **_at(now, window)}
-    return _counter((await db.execute(_add_failure(_dialect(db)), params)).one())
+    return _counter((await execute_direct(db, _add_failure(_dialect(db)), params))[0])
 
 
 async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = ()) -> bool:

@@ -8,14 +8,28 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import execute_direct, insert_row
 from conductor_api.devices.models import DeviceToken
 
+_INSERT = insert_row(DeviceToken)
 
-async def add(db: AsyncSession, row: DeviceToken) -> DeviceToken:
-    """Insert a device token row."""
-    db.add(row)
-    await db.flush()
-    return row
+
+async def add(
+    db: AsyncSession,
+    token_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token_hash: str,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    """Insert a device token row (built once: every sign-in issues one)."""
+    await execute_direct(
+        db, _INSERT,
+        {
+            "id": token_id, "user_id": user_id, "token_hash": token_hash, "created_at": now,
+            "last_used_at": now, "expires_at": expires_at, "revoked_at": None,
+        },
+    )  # fmt: skip
 
 
 async def find_live(db: AsyncSession, token_hash: str, now: datetime) -> DeviceToken | None:

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.devices import repository
-from conductor_api.devices.models import DeviceToken
 from conductor_api.security.tokens import token_digest
 
 # A token longer than this was not made here: refused before it is hashed or looked up.
@@ -70,16 +69,7 @@ async def issue(
             return presented.token
     token = secrets.token_urlsafe(32)
     await repository.add(
-        db,
-        DeviceToken(
-            id=uuid.uuid4(),
-            user_id=user_id,
-            token_hash=token_digest(token),
-            created_at=now,
-            last_used_at=now,
-            expires_at=now + timedelta(days=days),
-            revoked_at=None,
-        ),
+        db, uuid.uuid4(), user_id, token_digest(token), now, now + timedelta(days=days)
     )
     return token
 

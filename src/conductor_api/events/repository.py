@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import execute_direct, insert_row
 from conductor_api.events.models import EventType, SecurityEvent
 from conductor_api.logs import security_event
 
@@ -57,7 +58,11 @@ class _TimeOrderedIds:
 new_event_id = _TimeOrderedIds().next
 
 
-def record(
+# Built once (`insert_row`): every sign-in records one or two events.
+_INSERT = insert_row(SecurityEvent)
+
+
+async def record(
     db: AsyncSession,
     type_: EventType,
     *,
@@ -69,27 +74,23 @@ def record(
     session_id: uuid.UUID | None = None,
     method: str | None = None,
     mfa: bool | None = None,
-) -> SecurityEvent:
-    """Add an event to the current transaction, and log it."""
-    event = SecurityEvent(
-        id=new_event_id(),
-        user_id=user_id,
-        username_key=username_key,
-        type=type_.value,
-        created_at=now,
-        ip_address=ip_address,
-        user_agent=user_agent,
-        session_id=session_id,
-        method=method,
-        mfa=mfa,
-    )
-    db.add(event)
+) -> uuid.UUID:
+    """Insert an event in the current transaction, and log it; its id."""
+    event_id = new_event_id()
+    await execute_direct(
+        db, _INSERT,
+        {
+            "id": event_id, "user_id": user_id, "username_key": username_key,
+            "type": type_.value, "created_at": now, "ip_address": ip_address,
+            "user_agent": user_agent, "session_id": session_id, "method": method, "mfa": mfa,
+        },
+    )  # fmt: skip
     # No username: people type their password into the username field often enough.
     security_event(
         type_.value, user_id=user_id, session_id=session_id, client=ip_address,
         level=logging.WARNING if type_ in _WARNINGS else logging.INFO,
     )  # fmt: skip
-    return event
+    return event_id
 
 
 async def list_for_user(

@@ -188,7 +188,7 @@ class SecondFactor:
         digest = otp.recovery_hash(self._recovery_key, code)
         if not await repository.use_recovery_code(db, owner.user_id, digest, now):
             return None
-        self._record(db, EventType.RECOVERY_CODE_USED, owner, now)
+        await self._record(db, EventType.RECOVERY_CODE_USED, owner, now)
         return "recovery_code"
 
     async def new_recovery_codes(self, db: AsyncSession, owner: Owner, now: datetime) -> list[str]:
@@ -205,13 +205,13 @@ class SecondFactor:
     async def enabled(self, db: AsyncSession, owner: Owner, now: datetime) -> list[str]:
         """After a confirmation: the first recovery codes, and the event."""
         codes = await self.new_recovery_codes(db, owner, now)
-        self._record(db, EventType.MFA_ENABLED, owner, now)
+        await self._record(db, EventType.MFA_ENABLED, owner, now)
         return codes
 
     async def regenerated(self, db: AsyncSession, owner: Owner, now: datetime) -> list[str]:
         """New recovery codes for a user with TOTP on, and the event."""
         codes = await self.new_recovery_codes(db, owner, now)
-        self._record(db, EventType.RECOVERY_CODES_REGENERATED, owner, now)
+        await self._record(db, EventType.RECOVERY_CODES_REGENERATED, owner, now)
         return codes
 
     async def turn_off(self, db: AsyncSession, owner: Owner, now: datetime) -> bool:
@@ -221,7 +221,7 @@ class SecondFactor:
         await repository.delete_recovery_codes(db, owner.user_id)
         await repository.delete_pending_for_user(db, owner.user_id)
         if was_on:
-            self._record(db, EventType.MFA_DISABLED, owner, now)
+            await self._record(db, EventType.MFA_DISABLED, owner, now)
         return was_on
 
     async def start_pending(
@@ -281,14 +281,10 @@ class SecondFactor:
         """A wrong code against a pending sign-in (it dies at MAX_FAILED_LOGIN_ATTEMPTS)."""
         await repository.fail_pending(db, pending.id)
 
-    def record_failure(self, db: AsyncSession, owner: Owner, now: datetime) -> None:
-        """A wrong second-factor code, as a security event."""
-        self._record(db, EventType.MFA_FAILED, owner, now)
-
     @staticmethod
-    def _record(db: AsyncSession, type_: EventType, owner: Owner, now: datetime) -> None:
+    async def _record(db: AsyncSession, type_: EventType, owner: Owner, now: datetime) -> None:
         client = owner.client
-        events.record(
+        await events.record(
             db, type_, now=now, username_key=owner.username_key, user_id=owner.user_id,
             ip_address=client.ip_address if client else None,
             user_agent=client.user_agent if client else None, session_id=owner.session_id,

@@ -283,7 +283,7 @@ class PasskeyService:
                 if await repository.credential_exists(db, verified.credential_id):
                     raise PasskeyExists()
                 await repository.add(db, row)
-                self._record(db, EventType.PASSKEY_ADDED, user, client)
+                await self._record(db, EventType.PASSKEY_ADDED, user, client)
         except IntegrityError:
             # Registered by a concurrent request between the check and the insert.
             raise PasskeyExists() from None
@@ -306,7 +306,7 @@ class PasskeyService:
             user = await users.get(db, user_id)
             if user is None or not await repository.delete_for_user(db, passkey_id, user_id):
                 raise NotFound("No such passkey")
-            self._record(db, EventType.PASSKEY_REMOVED, user, client)
+            await self._record(db, EventType.PASSKEY_REMOVED, user, client)
 
     async def rename(self, user_id: uuid.UUID, passkey_id: uuid.UUID, name: str) -> PasskeyView:
         """Rename one of the user's passkeys (`NotFound` for anyone else's)."""
@@ -386,7 +386,7 @@ class PasskeyService:
         if (stored != 0 or presented != 0) and presented <= stored:
 
             async def clone(db: AsyncSession) -> None:
-                self._record(db, EventType.PASSKEY_CLONE_SUSPECTED, user, client)
+                await self._record(db, EventType.PASSKEY_CLONE_SUSPECTED, user, client)
 
             return PasskeyOutcome(user, InvalidPasskey(), clone), None
         assertion = Assertion(passkey.id, stored, presented, verified.credential_backed_up)
@@ -402,10 +402,10 @@ class PasskeyService:
         ):  # fmt: skip
             raise InvalidPasskey()
 
-    def _record(
+    async def _record(
         self, db: AsyncSession, type_: EventType, user: User, client: ClientInfo | None
     ) -> None:
-        events.record(
+        await events.record(
             db, type_, now=self.clock.now(), username_key=user.username_key, user_id=user.id,
             ip_address=client.ip_address if client else None,
             user_agent=client.user_agent if client else None,

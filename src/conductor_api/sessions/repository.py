@@ -9,15 +9,17 @@ from datetime import datetime
 from sqlalchemy import Update, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import UTCDateTime, execute_direct, insert_row
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
+_INSERT = insert_row(DeviceSession)
 
-async def add(db: AsyncSession, session: DeviceSession) -> DeviceSession:
-    """Insert a session row."""
-    db.add(session)
-    await db.flush()
-    return session
+
+async def add(db: AsyncSession, values: dict[str, object]) -> None:
+    """Insert a session row: `values` has every column (built once: every sign-in starts
+    a session)."""
+    await execute_direct(db, _INSERT, values)
 
 
 async def get(
@@ -57,6 +59,23 @@ async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason:
     return result.first() is not None
 
 
+def _revoke_statement(except_one: bool, one_device: bool) -> Update:
+    s = DeviceSession
+    query = update(s).where(s.user_id == bindparam("p_user_id"), s.revoked_at.is_(None))
+    if except_one:
+        query = query.where(s.id != bindparam("p_except_id"))
+    if one_device:
+        query = query.where(s.device_fingerprint == bindparam("p_fingerprint"))
+    return query.values(
+        revoked_at=bindparam("p_now", type_=UTCDateTime()), revoked_reason=bindparam("p_reason")
+    ).returning(s.id)
+
+
+# Built once, keyed by (all but one session, one device's): a sign-in with a device
+# fingerprint runs one, and building the statement cost several times running it.
+_REVOKE = {(a, b): _revoke_statement(a, b) for a in (False, True) for b in (False, True)}
+
+
 async def revoke_for_user(
     db: AsyncSession,
     user_id: uuid.UUID,
@@ -67,17 +86,18 @@ async def revoke_for_user(
     fingerprint: str | None = None,
 ) -> list[uuid.UUID]:
     """Revoke a user's unrevoked sessions (all but `except_id`, or one device's); their ids."""
-    query = update(DeviceSession).where(
-        DeviceSession.user_id == user_id, DeviceSession.revoked_at.is_(None)
+    rows = await execute_direct(
+        db,
+        _REVOKE[except_id is not None, fingerprint is not None],
+        {
+            "p_user_id": user_id,
+            "p_now": now,
+            "p_reason": reason,
+            "p_except_id": except_id,
+            "p_fingerprint": fingerprint,
+        },
     )
-    if except_id is not None:
-        query = query.where(DeviceSession.id != except_id)
-    if fingerprint is not None:
-        query = query.where(DeviceSession.device_fingerprint == fingerprint)
-    result = await db.execute(
-        query.values(revoked_at=now, revoked_reason=reason).returning(DeviceSession.id)
-    )
-    return [row[0] for row in result]
+    return [row[0] for row in rows]
 
 
 async def count_active(db: AsyncSession, now: datetime) -> dict[uuid.UUID, int]:

@@ -16,7 +16,6 @@ from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
 from conductor_api.sessions import repository
-from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 
@@ -77,25 +76,19 @@ async def start_session(
         user.id, session_id, secrets.token_urlsafe(18), issued_at, expires,
         int(absolute.timestamp()), jkt,
     )  # fmt: skip
-    session = await repository.add(
+    await repository.add(
         db,
-        DeviceSession(
-            id=session_id,
-            user_id=user.id,
-            device_name=device_name,
-            device_fingerprint=fingerprint,
-            ip_address=client.ip_address,
-            user_agent=client.user_agent,
-            created_at=now,
-            last_used_at=now,
-            expires_at=datetime.fromtimestamp(expires, now.tzinfo),
-            absolute_expires_at=absolute,
-            refresh_token_hash=token_digest(refresh),
-            generation=0,
-            dpop_jkt=jkt,
-        ),
-    )
-    return _pair(tokens, user.id, session.id, refresh, expires, int(absolute.timestamp()), now, jkt)
+        {
+            "id": session_id, "user_id": user.id, "device_name": device_name,
+            "device_fingerprint": fingerprint, "ip_address": client.ip_address,
+            "user_agent": client.user_agent, "created_at": now, "last_used_at": now,
+            "expires_at": datetime.fromtimestamp(expires, now.tzinfo),
+            "absolute_expires_at": absolute, "revoked_at": None, "revoked_reason": None,
+            "refresh_token_hash": token_digest(refresh), "previous_token_hash": None,
+            "rotated_at": None, "generation": 0, "dpop_jkt": jkt,
+        },
+    )  # fmt: skip
+    return _pair(tokens, user.id, session_id, refresh, expires, int(absolute.timestamp()), now, jkt)
 
 
 def _child(
@@ -197,7 +190,7 @@ async def _refresh_not_current(
             )  # fmt: skip
             return replace(pair, grace=True)
         # The cause first, then what it did: newest first lists the revocation on top.
-        events.record(
+        await events.record(
             db, EventType.REFRESH_TOKEN_REUSED, now=now, username_key=user.username_key,
             user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
             session_id=session.id,
@@ -218,7 +211,7 @@ async def record_invalid_proof(
         user = await repository.owner(db, claims.user_id)
         if user is None:
             return
-        events.record(
+        await events.record(
             db, EventType.DPOP_PROOF_INVALID, now=now, username_key=user.username_key,
             user_id=user.id, ip_address=client.ip_address, user_agent=client.user_agent,
             session_id=claims.session_id,
@@ -242,7 +235,7 @@ async def revoke_session(
     """Revoke one session and record it; whether it was live."""
     if not await repository.revoke(db, session_id, now, reason):
         return False
-    events.record(
+    await events.record(
         db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key, user_id=user.id,
         ip_address=client.ip_address if client else None,
         user_agent=client.user_agent if client else None, session_id=session_id,
@@ -275,7 +268,7 @@ async def revoke_many(
         db, user.id, now, reason, except_id=except_id, fingerprint=fingerprint
     )
     for sid in revoked:
-        events.record(
+        await events.record(
             db, EventType.SESSION_REVOKED, now=now, username_key=user.username_key,
             user_id=user.id, ip_address=client.ip_address if client else None,
             user_agent=client.user_agent if client else None, session_id=sid,
