@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Uuid, bindparam, select, update
+from sqlalchemy import Table, Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import execute_direct
 from conductor_api.users.models import User
 
 # Built once, with bind parameters: every sign-in runs these, and building and cache-keying
@@ -19,9 +21,36 @@ _BY_ID = select(User).where(User.id == bindparam("user_id", type_=Uuid()))
 # disables after the sign-ins in flight, yet lets other transactions insert rows that
 # reference the user (events, sessions), which FOR UPDATE would block into deadlocks.
 _LOCKED = _BY_ID.with_for_update(key_share=True).execution_options(populate_existing=True)
+
+
+# The same two reads as a sign-in makes them: straight to the driver (`execute_direct`),
+# for a copy of the row that no session tracks (sign-ins only read it).
+_COLUMNS = tuple(c.key for c in cast(Table, User.__table__).columns)
+_ROW_BY_KEY = select(*cast(Table, User.__table__).columns).where(
+    User.username_key == bindparam("key")
+)
 # FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
 # them wait, but sign-ins of one user do not wait for each other.
-_SHARED = _BY_ID.with_for_update(read=True).execution_options(populate_existing=True)
+_ROW_SHARED = (
+    select(*cast(Table, User.__table__).columns)
+    .where(User.id == bindparam("user_id", type_=Uuid()))
+    .with_for_update(read=True)
+)
+
+
+def _detached(rows: list[tuple[Any, ...]]) -> User | None:
+    return User(**dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
+
+
+async def read_by_key(db: AsyncSession, username_key: str) -> User | None:
+    """A copy of the user whose normalized name is `username_key`, not tracked by `db`."""
+    return _detached(await execute_direct(db, _ROW_BY_KEY, {"key": username_key}))
+
+
+async def read_shared(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """A copy of the user with this id, read under a shared row lock (PostgreSQL; on
+    SQLite every transaction already holds the write lock), not tracked by `db`."""
+    return _detached(await execute_direct(db, _ROW_SHARED, {"user_id": user_id}))
 
 
 async def get_by_key(db: AsyncSession, username_key: str) -> User | None:
@@ -35,15 +64,12 @@ async def skeleton_taken(db: AsyncSession, skeleton: str) -> bool:
     return found is not None
 
 
-async def get(
-    db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False, share: bool = False
-) -> User | None:
-    """The user with this id; `lock` reads it afresh under an exclusive row lock, `share`
-    under a shared one (PostgreSQL; on SQLite every transaction already holds the write
-    lock)."""
-    if not lock and not share:
+async def get(db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
+    """The user with this id; `lock` reads it afresh under an exclusive row lock
+    (PostgreSQL; on SQLite every transaction already holds the write lock)."""
+    if not lock:
         return await db.get(User, user_id)
-    return await db.scalar(_SHARED if share else _LOCKED, {"user_id": user_id})
+    return await db.scalar(_LOCKED, {"user_id": user_id})
 
 
 async def replace_hash(db: AsyncSession, user_id: uuid.UUID, old_hash: str, new_hash: str) -> bool:

@@ -119,8 +119,9 @@ async def get(db: AsyncSession, user_id: uuid.UUID) -> User | None:
 
 
 async def find(db: AsyncSession, username_key: str) -> User | None:
-    """The user whose normalized name is `username_key`, if any."""
-    return await repository.get_by_key(db, username_key)
+    """The user whose normalized name is `username_key`, if any: a copy to read, not
+    tracked by `db` (changes to it are not written)."""
+    return await repository.read_by_key(db, username_key)
 
 
 async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
@@ -132,8 +133,9 @@ async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
 async def hold(db: AsyncSession, user_id: uuid.UUID) -> User | None:
     """The user row read afresh under the shared lock of a sign-in's start of session: it
     orders the sign-in against password changes and disables (`lock`), not against the
-    user's other sign-ins, so a burst of right passwords does not queue on the row."""
-    return await repository.get(db, user_id, share=True)
+    user's other sign-ins, so a burst of right passwords does not queue on the row. A copy
+    to read, not tracked by `db`."""
+    return await repository.read_shared(db, user_id)
 
 
 async def upgrade_hash(db: AsyncSession, user_id: uuid.UUID, old: str, new: str) -> None:
@@ -176,7 +178,7 @@ async def set_password(
     await repository.set_password(db, user.id, password_hash, now)
     user.password_hash = password_hash
     user.password_changed_at = now
-    events.record(
+    await events.record(
         db, EventType.PASSWORD_CHANGED, now=now, username_key=user.username_key, user_id=user.id,
         ip_address=client.ip_address if client else None,
         user_agent=client.user_agent if client else None, session_id=keep_session,
