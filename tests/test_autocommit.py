@@ -5,6 +5,7 @@ driver's error raised as SQLAlchemy's, so that an outage is still a 503."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -196,3 +197,46 @@ async def test_direct_postgres_connection_killed_is_an_outage_then_recovers(
         rows = await execute_direct(db, probe.bump, {"p_id": 1, "p_label": "b", "p_at": WHEN})
     assert rows == [(2, "b")]
     assert await stored(probe) == (2, "b", WHEN)
+
+
+async def test_simultaneous_first_statements_share_one_connection(probe: Probe) -> None:
+    bumps = [
+        probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": str(i), "p_at": WHEN})
+        for i in range(20)
+    ]
+    rows = await asyncio.gather(*bumps)
+    # Every one applied once and none refused, the first ones racing to open the connection.
+    assert sorted(row[0] for row in rows if row is not None) == list(range(2, 22))
+    assert (await stored(probe))[0] == 21
+
+
+async def test_sqlite_caller_cancelled_while_waiting_leaves_no_lock(
+    probe: Probe, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's file lock")
+    path = database_url.removeprefix("sqlite:///")
+    await probe.autocommit.first(probe.read, {"p_id": 1})  # the connection is open
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.ensure_future(
+            probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "late", "p_at": WHEN})
+        )
+        await asyncio.sleep(0.05)  # out on the thread, polling for the lock
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        holder.execute("ROLLBACK")
+        # The cancelled statement still runs, as a whole (read to its end): it leaves no
+        # transaction open, so another connection gets the write lock at once.
+        deadline = asyncio.get_running_loop().time() + 2
+        while (await stored(probe))[1] != "late":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "next", "p_at": WHEN})
+    assert row == (3, "next")

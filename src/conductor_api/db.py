@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -118,8 +119,10 @@ def make_engine(settings: Settings, *, inline: bool = True) -> AsyncEngine:
 
 
 class Autocommit:
-    """Runs single statements that are atomic on their own (the refresh-token swap) with no
-    transaction around them: no BEGIN or COMMIT round trip on PostgreSQL.
+    """Runs single statements that are atomic on their own (the refresh-token swap, a
+    sign-in's lockout counters and its first read of the user) with no transaction or
+    session around them: no BEGIN or COMMIT round trip on PostgreSQL, and none of an
+    ORM session's work (about 0.2 ms a transaction, more than the statement's own).
 
     Each statement is compiled once (`_Compiled`) and sent straight to the driver:
     SQLAlchemy's per-execution work (cache key, parameter and result processing) cost
@@ -135,48 +138,68 @@ class Autocommit:
         self._dialect = engine.dialect
         # SQLite: the connection (opened on first use), and how to open it.
         self._sqlite: InlineSqlite | None = None
+        self._opening = asyncio.Lock()
         self._path = settings.sqlite_path if settings.is_sqlite else ""
         self._timeout = settings.database_timeout_seconds
         if not settings.is_sqlite:
             self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    @property
+    def dialect_name(self) -> str:
+        """The database's dialect (`sqlite`, `postgresql`)."""
+        return self._dialect.name
+
     async def first(
         self, statement: Executable, params: Mapping[str, object]
     ) -> tuple[Any, ...] | None:
         """Execute `statement` with `params` and return its first row, if any."""
+        rows = await self.rows(statement, params)
+        return rows[0] if rows else None
+
+    async def rows(
+        self, statement: Executable, params: Mapping[str, object]
+    ) -> list[tuple[Any, ...]]:
+        """Execute `statement` with `params` and return its rows."""
         compiled = _compiled(statement, self._dialect)
         args = compiled.arguments(params)
         if self._async is None:
-            row = await self._first_sqlite(compiled.sql, args)
-            return None if row is None else compiled.row(row)
+            return [compiled.row(row) for row in await self._sqlite_rows(compiled, args)]
         async with self._async.connect() as conn:
             fairy = await conn.get_raw_connection()
             driver: asyncpg.Connection = fairy.driver_connection
             try:
-                row = await driver.fetchrow(compiled.sql, *args)
+                rows = await driver.fetch(compiled.sql, *args)
             except Exception as e:
                 raise await _asyncpg_error(compiled.sql, e, conn) from e
-        return None if row is None else compiled.row(row)
+        return [compiled.row(row) for row in rows]
 
-    async def _first_sqlite(self, sql: str, args: tuple[Any, ...]) -> Sequence[Any] | None:
+    async def _sqlite_rows(self, compiled: _Compiled, args: tuple[Any, ...]) -> Iterable[Any]:
         try:
-            connection = self._sqlite
-            if connection is None:
+            connection = self._sqlite or await self._open_sqlite()
+            return await connection.statement(compiled.sql, args, compiled.returns_rows)
+        except sqlite3.Error as e:
+            # The connection stays: every statement here is a transaction of its own and
+            # is read to its end, so none is left open, and sign-ins and refreshes of
+            # this process share it.
+            raise _sqlite_error(compiled.sql, e) from e
+
+    async def _open_sqlite(self) -> InlineSqlite:
+        """The connection, opened by the first statement (once, however many arrive)."""
+        async with self._opening:
+            if self._sqlite is None:
                 connection = InlineSqlite.connect(
                     self._path, timeout=self._timeout, isolation_level=None
                 )
                 await connection
+                try:
+                    for pragma in _SQLITE_PRAGMAS:
+                        await connection.statement(pragma, (), False)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error, ValueError):
+                        await connection.close()
+                    raise
                 self._sqlite = connection
-                for pragma in _SQLITE_PRAGMAS:
-                    await connection.execute(pragma)
-            cursor = await connection.execute(sql, args)
-            row = await cursor.fetchone()
-            await cursor.close()
-        except sqlite3.Error as e:
-            # Opened again for the next statement: whatever went wrong stays with this one.
-            await self._close_sqlite()
-            raise _sqlite_error(sql, e) from e
-        return row
+        return self._sqlite
 
     async def _close_sqlite(self) -> None:
         connection, self._sqlite = self._sqlite, None
@@ -187,6 +210,11 @@ class Autocommit:
     async def dispose(self) -> None:
         """Close the SQLite connection (PostgreSQL's are the engine's)."""
         await self._close_sqlite()
+
+
+# What runs a statement straight on the driver (`execute_direct`): a session's transaction,
+# or no transaction at all.
+Executor = AsyncSession | Autocommit
 
 
 # asyncpg errors that end the connection: it failed, the server is shutting down or an
@@ -272,26 +300,27 @@ def _compiled(statement: Executable, dialect: Dialect) -> _Compiled:
 
 
 async def execute_direct(
-    db: AsyncSession, statement: Executable, params: Mapping[str, object]
+    db: Executor, statement: Executable, params: Mapping[str, object]
 ) -> list[tuple[Any, ...]]:
     """Run a statement built once (a module constant) in `db`'s transaction, straight on
-    the driver, and return its rows (those of RETURNING, for a change).
+    the driver, and return its rows (those of RETURNING, for a change). With an
+    `Autocommit`, the statement is a transaction of its own, with no session at all.
 
     A sign-in runs a dozen such statements, and SQLAlchemy's per-execution work (cache
     key, execution context, parameter and result handling, the ORM's unit of work for an
     insert) cost more than SQLite's own. The statement is compiled once per dialect
     (`_Compiled`), with SQLAlchemy's own type processing; a driver's error is raised as
     SQLAlchemy's, as from any other query, and the session's transaction is the same."""
+    if isinstance(db, Autocommit):
+        return await db.rows(statement, params)
     conn, fairy = await _connection(db)
     compiled = _compiled(statement, conn.dialect)
     sql, args = compiled.sql, compiled.arguments(params)
     rows: Iterable[Sequence[Any]]
     if conn.dialect.name == "sqlite":
-        sqlite_driver: aiosqlite.Connection = fairy.driver_connection  # type: ignore[assignment]
+        sqlite_driver: InlineSqlite = fairy.driver_connection  # type: ignore[assignment]
         try:
-            cursor = await sqlite_driver.execute(sql, args)
-            rows = await cursor.fetchall() if compiled.returns_rows else []
-            await cursor.close()
+            rows = await sqlite_driver.statement(sql, args, compiled.returns_rows)
         except sqlite3.Error as e:
             raise _sqlite_error(sql, e) from e
     else:
@@ -413,10 +442,29 @@ class InlineSqlite(aiosqlite.Connection):
                 if not _busy(e):
                     raise
         self._out += 1
-        try:
-            return await super()._execute(self._waiting, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
-        finally:
-            self._out -= 1
+        loop = asyncio.get_running_loop()
+
+        def waiting() -> Any:
+            try:
+                return self._waiting(fn, *args, **kwargs)
+            finally:
+                # Counted back only once it has run, not when its caller stops waiting
+                # (cancelled): until then, a later call must not run on this thread too.
+                with contextlib.suppress(RuntimeError):  # the event loop is closed
+                    loop.call_soon_threadsafe(self._back)
+
+        return await super()._execute(waiting)  # type: ignore[no-untyped-call]
+
+    def _back(self) -> None:
+        self._out -= 1
+
+    async def statement(self, sql: str, args: tuple[Any, ...], rows: bool) -> list[Any]:
+        """Run one statement and return its rows, if `rows`: executed, read to the end
+        and its cursor closed in one call (inline, or on the thread as a whole). A caller
+        cancelled while the call waits for the lock cannot leave the statement half-read,
+        its implicit transaction, and the write lock, open."""
+        result: list[Any] = await self._execute(_run_statement, self._conn, sql, args, rows)
+        return result
 
     def _waiting(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """On aiosqlite's thread: `fn`, tried again while another connection holds the
@@ -429,6 +477,16 @@ class InlineSqlite(aiosqlite.Connection):
                 if not _busy(e) or time.monotonic() > deadline:
                     raise
             time.sleep(_BUSY_POLL_SECONDS)
+
+
+def _run_statement(
+    connection: sqlite3.Connection, sql: str, args: tuple[Any, ...], rows: bool
+) -> list[Any]:
+    cursor = connection.execute(sql, args)
+    try:
+        return cursor.fetchall() if rows else []
+    finally:
+        cursor.close()
 
 
 def _busy(error: sqlite3.OperationalError) -> bool:
