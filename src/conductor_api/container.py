@@ -51,11 +51,7 @@ class Container:
         """Build every service; the dummy hash is computed here, once."""
         engine = make_engine(settings)
         sessionmaker = make_session_factory(engine)
-        statement_sessions = (
-            sessionmaker
-            if settings.is_sqlite
-            else make_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
-        )
+        autocommit = Autocommit(settings, engine)
         metrics = Metrics()
         hasher = PasswordHasher(settings.password_hash_concurrency, metrics)
         await hasher.start()
@@ -87,14 +83,14 @@ class Container:
         mfa = SecondFactor(settings.kek)
         passkeys = PasskeyService(settings, clock, sessionmaker)
         signin = SignInService(
-            settings, clock, sessionmaker, statement_sessions, hasher, tokens, mfa, passkeys
+            settings, clock, sessionmaker, autocommit, hasher, tokens, mfa, passkeys
         )
         principals = make_principal_loader(settings)
         return cls(
             settings=settings,
             clock=clock,
             engine=engine,
-            autocommit=Autocommit(settings, engine),
+            autocommit=autocommit,
             sessionmaker=sessionmaker,
             hasher=hasher,
             tokens=tokens,

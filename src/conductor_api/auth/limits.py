@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth import throttle
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
+from conductor_api.db import Executor
 from conductor_api.errors import AccountLocked, AppError, TooManyAttempts
 
 # Slots not given back within this time (the process died during the check) are dropped.
@@ -49,7 +50,7 @@ class Limit(Protocol):
     def scope(self) -> str:
         """The counter's kind (`throttle.USER`, `throttle.IP`)."""
 
-    async def take(self, db: AsyncSession, key: str, now: datetime) -> Slot | AppError | None:
+    async def take(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
         """A slot, a refusal, or None when the key is full and the attempt should wait."""
 
     def busy(self) -> AppError:
@@ -97,7 +98,7 @@ class _Window:
         """The refusal for a counter that has no slot left, or None to wait for one."""
         raise NotImplementedError
 
-    async def take(self, db: AsyncSession, key: str, now: datetime) -> Slot | AppError | None:
+    async def take(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
         """A slot when failures and checks in flight leave one; else the refusal, or None
         to wait. The guarded UPDATE comes first: it is the one statement that takes the
         row's lock, so attempts get their slots in the order they arrive."""
@@ -112,7 +113,7 @@ class _Window:
                 return None
         return Slot(cast(Limit, self), key, taken.failures)
 
-    async def _take(self, db: AsyncSession, key: str, now: datetime) -> throttle.Counter | None:
+    async def _take(self, db: Executor, key: str, now: datetime) -> throttle.Counter | None:
         return await throttle.take(
             db, self.scope, key, now, limit=self.limit, window=self.window, ttl=PENDING_TTL
         )

@@ -23,6 +23,7 @@ from conductor_api.auth.signin import PasskeyOutcome, SignIn, Steps
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
+from conductor_api.db import Autocommit
 from conductor_api.devices import service as devices
 from conductor_api.devices.service import TrustedDevice
 from conductor_api.errors import MfaRequired, NotFound
@@ -56,14 +57,14 @@ class SignInService:
         settings: Settings,
         clock: Clock,
         sessionmaker: async_sessionmaker[AsyncSession],
-        autocommit: async_sessionmaker[AsyncSession],
+        direct: Autocommit,
         hasher: PasswordHasher,
         tokens: TokenService,
         mfa: SecondFactor,
         passkeys: PasskeyService,
     ) -> None:
         self.settings = settings
-        self.steps = Steps(clock, sessionmaker, autocommit, hasher, Turns(WAIT_SECONDS))
+        self.steps = Steps(clock, sessionmaker, direct, hasher, Turns(WAIT_SECONDS))
         self.address = AddressLimit(settings, clock)
         self.username = UsernameLimit(settings, clock)
         self.device = DeviceTokenLimit(settings, clock)

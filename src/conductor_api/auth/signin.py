@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from conductor_api.auth.limits import Limit, Slot
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
+from conductor_api.db import Autocommit
 from conductor_api.errors import AccountDisabled, AppError, InvalidCredentials, InvalidMfaCode
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
@@ -93,9 +94,9 @@ class Steps:
 
     clock: Clock
     sessionmaker: async_sessionmaker[AsyncSession]
-    # Sessions whose every statement commits by itself (PostgreSQL; on SQLite, where one
-    # connection a process serializes everything anyway, the ordinary ones).
-    autocommit: async_sessionmaker[AsyncSession]
+    # Statements that commit by themselves, with no session (the counters' slots, and the
+    # first read of the user).
+    direct: Autocommit
     hasher: PasswordHasher
     turns: Turns
 
@@ -139,8 +140,7 @@ class SignIn:
         while left and refusal is None:
             # Each statement commits on its own (it is atomic by itself): a row that every
             # attempt from one address needs is then never locked across a round trip.
-            async with self._s.autocommit.begin() as db:
-                outcome = await left[0][0].take(db, left[0][1], self._s.clock.now())
+            outcome = await left[0][0].take(self._s.direct, left[0][1], self._s.clock.now())
             if outcome is None:
                 break
             if isinstance(outcome, AppError):
@@ -157,8 +157,7 @@ class SignIn:
 
     async def _wait_for(self, limit: Limit, key: str) -> AppError | None:
         async def attempt() -> Slot | AppError | None:
-            async with self._s.autocommit.begin() as db:
-                return await limit.take(db, key, self._s.clock.now())
+            return await limit.take(self._s.direct, key, self._s.clock.now())
 
         outcome: Slot | AppError | None = await self._s.turns.until(limit.scope, key, attempt)
         if isinstance(outcome, Slot):
@@ -170,8 +169,7 @@ class SignIn:
 
     async def password(self, password: str) -> Verified:
         """Step 3: the password, verified off the event loop and outside any transaction."""
-        async with self._s.sessionmaker() as db:
-            user = await users.find(db, self.key)
+        user = await users.find(self._s.direct, self.key)
         if user is None:
             # A dummy hash, so that an unknown name takes as long as a wrong password.
             await self._s.hasher.verify_dummy(password)

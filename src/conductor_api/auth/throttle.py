@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
-from conductor_api.db import UTCDateTime, execute_direct
+from conductor_api.db import Autocommit, Executor, UTCDateTime, execute_direct
 
 USER = "user"
 IP = "ip"
@@ -192,8 +192,8 @@ def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
     return rows[0] if rows else None
 
 
-def _dialect(db: AsyncSession) -> str:
-    return db.get_bind().dialect.name
+def _dialect(db: Executor) -> str:
+    return db.dialect_name if isinstance(db, Autocommit) else db.get_bind().dialect.name
 
 
 def _at(now: datetime, window: timedelta | None) -> dict[str, datetime]:
@@ -201,7 +201,7 @@ def _at(now: datetime, window: timedelta | None) -> dict[str, datetime]:
 
 
 async def read(
-    db: AsyncSession, scope: str, key: str, now: datetime, *, window: timedelta | None
+    db: Executor, scope: str, key: str, now: datetime, *, window: timedelta | None
 ) -> Counter | None:
     """A counter as it counts at `now`, read without a lock (None when there is none)."""
     params = {"in_scope": scope, "in_key": key, **_at(now, window)}
@@ -209,13 +209,13 @@ async def read(
     return None if row is None else _counter(row)
 
 
-async def create(db: AsyncSession, scope: str, key: str, now: datetime) -> None:
+async def create(db: Executor, scope: str, key: str, now: datetime) -> None:
     """A counter at zero, unless there is one."""
     await execute_direct(db, _create(_dialect(db)), {"in_scope": scope, "in_key": key, "now": now})
 
 
 async def take(
-    db: AsyncSession,
+    db: Executor,
     scope: str,
     key: str,
     now: datetime,
@@ -237,13 +237,13 @@ async def take(
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
 
 
-async def release(db: AsyncSession, scope: str, key: str) -> None:
+async def release(db: Executor, scope: str, key: str) -> None:
     """Give a slot back without counting anything (the attempt was refused or abandoned)."""
     await execute_direct(db, _RELEASE_ROW, {"in_scope": scope, "in_key": key})
 
 
 async def fail_user(
-    db: AsyncSession,
+    db: Executor,
     key: str,
     now: datetime,
     *,
@@ -264,7 +264,7 @@ async def fail_user(
 
 
 async def forgive_user(
-    db: AsyncSession, key: str, forgiven: int, *, max_failures: int, scope: str = USER
+    db: Executor, key: str, forgiven: int, *, max_failures: int, scope: str = USER
 ) -> None:
     """A right password gives its slot back and forgives the `forgiven` failures settled
     before it took the slot, not those settled since (a reset to zero would let each
@@ -273,12 +273,12 @@ async def forgive_user(
     await execute_direct(db, _FORGIVE_USER, params)
 
 
-async def fail_ip(db: AsyncSession, address: str, now: datetime, *, window: timedelta) -> None:
+async def fail_ip(db: Executor, address: str, now: datetime, *, window: timedelta) -> None:
     """Turn an address's slot into a failure, in a fixed window of `window` length."""
     await execute_direct(db, _FAIL_IP, {"in_scope": IP, "in_key": address, **_at(now, window)})
 
 
-async def release_ip(db: AsyncSession, address: str) -> None:
+async def release_ip(db: Executor, address: str) -> None:
     """Give an address's slot back uncounted; a row with nothing left in it goes (logins
     that did not fail leave no trace of an address)."""
     await release(db, IP, address)
@@ -286,7 +286,7 @@ async def release_ip(db: AsyncSession, address: str) -> None:
 
 
 async def add_failure(
-    db: AsyncSession, scope: str, key: str, now: datetime, *, window: timedelta
+    db: Executor, scope: str, key: str, now: datetime, *, window: timedelta
 ) -> Counter:
     """Count one event in a fixed window of `window` length, in one atomic upsert, outside
     a sign-in's slots (a forged refresh token from an address, a registration)."""

@@ -10,7 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Table, Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import execute_direct
+from conductor_api.db import Executor, execute_direct
 from conductor_api.users.models import User
 
 # Built once, with bind parameters: every sign-in runs these, and building and cache-keying
@@ -42,7 +42,7 @@ def _detached(rows: list[tuple[Any, ...]]) -> User | None:
     return User(**dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
 
 
-async def read_by_key(db: AsyncSession, username_key: str) -> User | None:
+async def read_by_key(db: Executor, username_key: str) -> User | None:
     """A copy of the user whose normalized name is `username_key`, not tracked by `db`."""
     return _detached(await execute_direct(db, _ROW_BY_KEY, {"key": username_key}))
 

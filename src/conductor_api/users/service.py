@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import Executor
 from conductor_api.devices import service as devices
 from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
@@ -118,7 +119,7 @@ async def get(db: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await repository.get(db, user_id)
 
 
-async def find(db: AsyncSession, username_key: str) -> User | None:
+async def find(db: Executor, username_key: str) -> User | None:
     """The user whose normalized name is `username_key`, if any: a copy to read, not
     tracked by `db` (changes to it are not written)."""
     return await repository.read_by_key(db, username_key)
