@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -163,25 +163,17 @@ class Autocommit:
         compiled = _compiled(statement, self._dialect)
         args = compiled.arguments(params)
         if self._async is None:
-            return [compiled.row(row) for row in await self._sqlite_rows(compiled, args)]
+            # On an error the connection stays: every statement here is a transaction of
+            # its own and is read to its end, so none is left open, and sign-ins and
+            # refreshes of this process share it.
+            try:
+                connection = self._sqlite or await self._open_sqlite()
+            except sqlite3.Error as e:
+                raise _sqlite_error(compiled.sql, e) from e
+            return await _on_sqlite(connection, compiled, args)
         async with self._async.connect() as conn:
             fairy = await conn.get_raw_connection()
-            driver: asyncpg.Connection = fairy.driver_connection
-            try:
-                rows = await driver.fetch(compiled.sql, *args)
-            except Exception as e:
-                raise await _asyncpg_error(compiled.sql, e, conn) from e
-        return [compiled.row(row) for row in rows]
-
-    async def _sqlite_rows(self, compiled: _Compiled, args: tuple[Any, ...]) -> Iterable[Any]:
-        try:
-            connection = self._sqlite or await self._open_sqlite()
-            return await connection.statement(compiled.sql, args, compiled.returns_rows)
-        except sqlite3.Error as e:
-            # The connection stays: every statement here is a transaction of its own and
-            # is read to its end, so none is left open, and sign-ins and refreshes of
-            # this process share it.
-            raise _sqlite_error(compiled.sql, e) from e
+            return await _on_asyncpg(conn, fairy.driver_connection, compiled, args)
 
     async def _open_sqlite(self) -> InlineSqlite:
         """The connection, opened by the first statement (once, however many arrive)."""
@@ -201,15 +193,12 @@ class Autocommit:
                 self._sqlite = connection
         return self._sqlite
 
-    async def _close_sqlite(self) -> None:
+    async def dispose(self) -> None:
+        """Close the SQLite connection (PostgreSQL's are the engine's)."""
         connection, self._sqlite = self._sqlite, None
         if connection is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await connection.close()
-
-    async def dispose(self) -> None:
-        """Close the SQLite connection (PostgreSQL's are the engine's)."""
-        await self._close_sqlite()
 
 
 # What runs a statement straight on the driver (`execute_direct`): a session's transaction,
@@ -284,19 +273,19 @@ class _Compiled:
 _COMPILED: dict[tuple[int, str], _Compiled] = {}
 
 
-def insert_row(model: type[Base]) -> Insert:
-    """An INSERT of one row of `model`'s table, every column a parameter named after it
-    (each must be given: no column default applies), for `execute_direct`."""
-    table = cast(Table, model.__table__)
-    return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in table.columns})
-
-
 def _compiled(statement: Executable, dialect: Dialect) -> _Compiled:
     key = (id(statement), dialect.name)
     compiled = _COMPILED.get(key)
     if compiled is None:
         compiled = _COMPILED[key] = _Compiled(statement, dialect)
     return compiled
+
+
+def insert_row(model: type[Base]) -> Insert:
+    """An INSERT of one row of `model`'s table, every column a parameter named after it
+    (each must be given: no column default applies), for `execute_direct`."""
+    table = cast(Table, model.__table__)
+    return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in table.columns})
 
 
 async def execute_direct(
@@ -315,24 +304,40 @@ async def execute_direct(
         return await db.rows(statement, params)
     conn, fairy = await _connection(db)
     compiled = _compiled(statement, conn.dialect)
-    sql, args = compiled.sql, compiled.arguments(params)
-    rows: Iterable[Sequence[Any]]
+    args = compiled.arguments(params)
     if conn.dialect.name == "sqlite":
         sqlite_driver: InlineSqlite = fairy.driver_connection  # type: ignore[assignment]
+        return await _on_sqlite(sqlite_driver, compiled, args)
+    # SQLAlchemy's asyncpg adapter, which begins a transaction at its first statement.
+    adapted: Any = fairy.dbapi_connection
+    if adapted._transaction is None:
         try:
-            rows = await sqlite_driver.statement(sql, args, compiled.returns_rows)
-        except sqlite3.Error as e:
-            raise _sqlite_error(sql, e) from e
-    else:
-        # SQLAlchemy's asyncpg adapter, which begins a transaction at its first statement.
-        adapted: Any = fairy.dbapi_connection
-        driver: asyncpg.Connection = fairy.driver_connection
-        try:
-            if adapted._transaction is None:
-                await adapted._start_transaction()
-            rows = await driver.fetch(sql, *args)
+            await adapted._start_transaction()
         except Exception as e:
-            raise await _asyncpg_error(sql, e, conn) from e
+            raise await _asyncpg_error(compiled.sql, e, conn) from e
+    return await _on_asyncpg(conn, fairy.driver_connection, compiled, args)
+
+
+async def _on_sqlite(
+    connection: InlineSqlite, compiled: _Compiled, args: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """`compiled` run on a SQLite connection: its rows, or SQLAlchemy's exception."""
+    try:
+        rows = await connection.statement(compiled.sql, args, compiled.returns_rows)
+    except sqlite3.Error as e:
+        raise _sqlite_error(compiled.sql, e) from e
+    return [compiled.row(row) for row in rows]
+
+
+async def _on_asyncpg(
+    conn: AsyncConnection, driver: asyncpg.Connection, compiled: _Compiled, args: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """`compiled` run on `conn`'s asyncpg connection: its rows, or SQLAlchemy's exception
+    (the connection invalidated when it is lost)."""
+    try:
+        rows = await driver.fetch(compiled.sql, *args)
+    except Exception as e:
+        raise await _asyncpg_error(compiled.sql, e, conn) from e
     return [compiled.row(row) for row in rows]
 
 
