@@ -7,7 +7,11 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from conductor_api.auth.principal import PrincipalLoader, make_principal_loader
+from conductor_api.auth.principal import (
+    PostgresPrincipalLoader,
+    PrincipalLoader,
+    make_principal_loader,
+)
 from conductor_api.auth.second_step import SecondStep
 from conductor_api.auth.service import SignInService
 from conductor_api.clock import Clock
@@ -22,6 +26,7 @@ from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
+from conductor_api.sessions.rotation import Rotations, make_rotations
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Container:
     clock: Clock
     engine: AsyncEngine
     autocommit: Autocommit
+    rotations: Rotations
     sessionmaker: async_sessionmaker[AsyncSession]
     hasher: PasswordHasher
     tokens: TokenService
@@ -86,11 +92,13 @@ class Container:
             settings, clock, sessionmaker, autocommit, hasher, tokens, mfa, passkeys
         )
         principals = make_principal_loader(settings)
+        pool = principals.pool if isinstance(principals, PostgresPrincipalLoader) else None
         return cls(
             settings=settings,
             clock=clock,
             engine=engine,
             autocommit=autocommit,
+            rotations=make_rotations(settings, autocommit, pool),
             sessionmaker=sessionmaker,
             hasher=hasher,
             tokens=tokens,

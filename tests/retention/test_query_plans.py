@@ -33,6 +33,7 @@ from conductor_api.events import repository as events
 from conductor_api.retention.pruner import batch_delete
 from conductor_api.retention.rules import RULES, Retention
 from conductor_api.sessions import repository as sessions
+from conductor_api.sessions import rotation
 from tests.conftest import create_pg_database, drop_pg_database, make_settings, pg_url
 
 FILL = """
@@ -191,8 +192,15 @@ def _queries(url: str) -> dict[str, list[Query]]:
             for rule in RULES:
                 await db.execute(batch_delete(rule, retention, 500, "postgresql"))
 
+        batch = [uuid.uuid4() for _ in range(3)]
         return {
             "session check": [(POSTGRES_SQL, ([uuid.uuid4()],))],
+            "refresh swaps": [
+                (
+                    rotation.POSTGRES_SQL,
+                    (batch, [user_id] * 3, ["0" * 64] * 3, ["1" * 64] * 3, [now] * 3, [now] * 3),
+                )
+            ],
             "sessions of a user": await _statements(
                 url, lambda db: sessions.list_active(db, user_id, now)
             ),
@@ -225,6 +233,7 @@ def queries(filled_url: str) -> dict[str, list[Query]]:
 
 HOT = (
     "session check",
+    "refresh swaps",
     "sessions of a user",
     "events of a user",
     "address counter",

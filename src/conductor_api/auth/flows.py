@@ -80,7 +80,7 @@ async def refresh(
             raise c.dpop.error(proof, now.timestamp(), resource=False)
         raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
     return await sessions.refresh(
-        c.sessionmaker, c.autocommit, c.tokens, c.settings, token, claims, client, now
+        c.sessionmaker, c.rotations, c.tokens, c.settings, token, claims, client, now
     )
 
 

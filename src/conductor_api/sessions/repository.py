@@ -137,7 +137,7 @@ def _rotate_statement() -> Update:
         .values(
             previous_token_hash=bindparam("p_presented_hash"),
             refresh_token_hash=bindparam("p_child_hash"),
-            rotated_at=bindparam("p_rotated_at"),
+            rotated_at=bindparam("p_now"),
             expires_at=bindparam("p_expires_at"),
             last_used_at=bindparam("p_now"),
             generation=s.generation + 1,
@@ -157,7 +157,6 @@ def rotate_if_current(
     presented_hash: str,
     child_hash: str,
     now: datetime,
-    rotated_at: datetime,
     expires_at: datetime,
 ) -> tuple[Update, dict[str, object]]:
     """Replace the current refresh token in one compare-and-swap statement: it applies only
@@ -169,7 +168,6 @@ def rotate_if_current(
         "p_presented_hash": presented_hash,
         "p_child_hash": child_hash,
         "p_now": now,
-        "p_rotated_at": rotated_at,
         "p_expires_at": expires_at,
     }
 

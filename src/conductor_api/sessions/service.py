@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.config import Settings
-from conductor_api.db import Autocommit
 from conductor_api.errors import InvalidRefreshToken, NotFound, RefreshTokenReused
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
 from conductor_api.sessions import repository
+from conductor_api.sessions.rotation import Rotations, Swap
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
 
@@ -108,7 +108,7 @@ def _child(
 
 async def refresh(
     sessionmaker: async_sessionmaker[AsyncSession],
-    autocommit: Autocommit,
+    rotations: Rotations,
     tokens: TokenService,
     settings: Settings,
     token: str,
@@ -123,9 +123,9 @@ async def refresh(
     whichever copy the client keeps works. A spent token outside the window revokes the
     session: only a genuine token, already verified here, can prove theft.
 
-    The usual case is one compare-and-swap UPDATE, atomic on its own and so sent without
-    a transaction around it; the grace window, reuse and refusals take the slower path
-    that reads the session under a lock.
+    The usual case is one compare-and-swap (`rotation`: an UPDATE atomic on its own, so
+    sent without a transaction around it); the grace window, reuse and refusals take the
+    slower path that reads the session under a lock.
     """
     presented = token_digest(token)
     # The exact time, not cut to whole seconds: the grace window is measured from it.
@@ -134,12 +134,10 @@ async def refresh(
     expires_at = datetime.fromtimestamp(expires, now.tzinfo)
     # The digests are compared by the database: they are SHA-256 of random tokens, so
     # timing reveals nothing about a token that the digest itself would not.
-    swap, params = repository.rotate_if_current(
-        claims.session_id, claims.user_id, presented, token_digest(child), now, rotated_at,
-        expires_at,
-    )  # fmt: skip
-    rotated = await autocommit.first(swap, params)
-    if rotated is not None:
+    swap = Swap(
+        claims.session_id, claims.user_id, presented, token_digest(child), rotated_at, expires_at
+    )
+    if await rotations.swap(swap):
         return _pair(
             tokens, claims.user_id, claims.session_id, child, expires,
             claims.session_expires_at, now, claims.jkt or None,
