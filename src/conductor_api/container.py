@@ -57,7 +57,10 @@ class Container:
         """Build every service; the dummy hash is computed here, once."""
         engine = make_engine(settings)
         sessionmaker = make_session_factory(engine)
-        autocommit = Autocommit(settings, engine)
+        # On PostgreSQL the loader's pool serves the statements that need no ORM.
+        principals = make_principal_loader(settings)
+        pool = principals.pool if isinstance(principals, PostgresPrincipalLoader) else None
+        autocommit = Autocommit(settings, engine, pool)
         metrics = Metrics()
         hasher = PasswordHasher(settings.password_hash_concurrency, metrics)
         await hasher.start()
@@ -91,8 +94,6 @@ class Container:
         signin = SignInService(
             settings, clock, sessionmaker, autocommit, hasher, tokens, mfa, passkeys
         )
-        principals = make_principal_loader(settings)
-        pool = principals.pool if isinstance(principals, PostgresPrincipalLoader) else None
         return cls(
             settings=settings,
             clock=clock,

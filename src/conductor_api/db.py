@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -118,31 +118,86 @@ def make_engine(settings: Settings, *, inline: bool = True) -> AsyncEngine:
     return engine
 
 
+class RawPool:
+    """A small asyncpg pool of plain connections, made on first use (so that a database
+    down at start is answered with 503s rather than a process that will not start): the
+    per-request statements that need no ORM and no transaction run on it."""
+
+    def __init__(self, dsn: str, timeout: float, max_size: int = 8) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RawPool:
+        """A pool on the configured PostgreSQL database."""
+        dsn = settings.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        return cls(dsn, settings.database_timeout_seconds)
+
+    async def get(self) -> asyncpg.Pool:
+        """The pool (made now, if this is its first use)."""
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._max_size,
+                        timeout=self._timeout, command_timeout=self._timeout, reset=_kept,
+                    )  # fmt: skip
+        return self._pool
+
+    async def close(self) -> None:
+        """Close every connection."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+async def _kept(_connection: asyncpg.Connection) -> None:
+    """A connection goes back to a `RawPool` as it is.
+
+    By default asyncpg resets every connection it takes back (advisory locks, cursors,
+    LISTEN, settings: four statements and a round trip after every query, as much work
+    for the database as the query itself). Nothing sent on these pools changes any of
+    those: single statements, each its own transaction. asyncpg still rolls back a
+    transaction left open."""
+
+
 class Autocommit:
-    """Runs single statements that are atomic on their own (the refresh-token swap, a
-    sign-in's lockout counters and its first read of the user) with no transaction or
-    session around them: no BEGIN or COMMIT round trip on PostgreSQL, and none of an
+    """Runs single statements that are atomic on their own (a sign-in's lockout counters
+    and its first read of the user, the refresh-token swap on SQLite) with no transaction
+    or session around them: no BEGIN or COMMIT round trip on PostgreSQL, and none of an
     ORM session's work (about 0.2 ms a transaction, more than the statement's own).
 
     Each statement is compiled once (`_Compiled`) and sent straight to the driver:
     SQLAlchemy's per-execution work (cache key, parameter and result processing) cost
-    more than the database's for this one-row UPDATE, on a path that runs on every
-    refresh. On SQLite it runs on a connection of its own (`InlineSqlite`: on the event
-    loop's thread, and on aiosqlite's only to wait for another connection's write lock),
-    in autocommit mode. A driver's error is raised as SQLAlchemy's (`DBAPIError` and its
-    subclasses), as from any other query, so that an outage is a 503.
+    more than the database's for a one-row statement, on paths that run on every sign-in.
+    On SQLite it runs on a connection of its own (`InlineSqlite`: on the event loop's
+    thread, and on aiosqlite's only to wait for another connection's write lock), in
+    autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by
+    default one of its own). A driver's error is raised as SQLAlchemy's (`DBAPIError` and
+    its subclasses), as from any other query, so that an outage is a 503.
     """
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
-        self._async: AsyncEngine | None = None
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        pool: Callable[[], Awaitable[asyncpg.Pool]] | None = None,
+    ) -> None:
         self._dialect = engine.dialect
         # SQLite: the connection (opened on first use), and how to open it.
         self._sqlite: InlineSqlite | None = None
         self._opening = asyncio.Lock()
         self._path = settings.sqlite_path if settings.is_sqlite else ""
         self._timeout = settings.database_timeout_seconds
-        if not settings.is_sqlite:
-            self._async = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL: the pool, and the one this object made (and closes), if any.
+        self._own: RawPool | None = None
+        self._pool = pool
+        if not settings.is_sqlite and pool is None:
+            self._own = RawPool.for_settings(settings)
+            self._pool = self._own.get
 
     @property
     def dialect_name(self) -> str:
@@ -162,18 +217,25 @@ class Autocommit:
         """Execute `statement` with `params` and return its rows."""
         compiled = _compiled(statement, self._dialect)
         args = compiled.arguments(params)
-        if self._async is None:
-            # On an error the connection stays: every statement here is a transaction of
-            # its own and is read to its end, so none is left open, and sign-ins and
-            # refreshes of this process share it.
+        if self._pool is not None:
+            # A connection that fails is the pool's to replace; an error that means no
+            # answer (no connection, a timeout) is already an outage (`app.DATABASE_DOWN`).
+            pool = await self._pool()
             try:
-                connection = self._sqlite or await self._open_sqlite()
-            except sqlite3.Error as e:
-                raise _sqlite_error(compiled.sql, e) from e
-            return await _on_sqlite(connection, compiled, args)
-        async with self._async.connect() as conn:
-            fairy = await conn.get_raw_connection()
-            return await _on_asyncpg(conn, fairy.driver_connection, compiled, args)
+                rows = await pool.fetch(compiled.sql, *args, timeout=self._timeout)
+            except (OSError, TimeoutError):
+                raise
+            except Exception as e:
+                raise _asyncpg_dbapi_error(compiled.sql, e) from e
+            return [compiled.row(row) for row in rows]
+        # On an error the connection stays: every statement here is a transaction of its
+        # own and is read to its end, so none is left open, and sign-ins and refreshes of
+        # this process share it.
+        try:
+            connection = self._sqlite or await self._open_sqlite()
+        except sqlite3.Error as e:
+            raise _sqlite_error(compiled.sql, e) from e
+        return await _on_sqlite(connection, compiled, args)
 
     async def _open_sqlite(self) -> InlineSqlite:
         """The connection, opened by the first statement (once, however many arrive)."""
@@ -194,11 +256,13 @@ class Autocommit:
         return self._sqlite
 
     async def dispose(self) -> None:
-        """Close the SQLite connection (PostgreSQL's are the engine's)."""
+        """Close the SQLite connection, or the pool this object made."""
         connection, self._sqlite = self._sqlite, None
         if connection is not None:
             with contextlib.suppress(sqlite3.Error, ValueError):
                 await connection.close()
+        if self._own is not None:
+            await self._own.close()
 
 
 # What runs a statement straight on the driver (`execute_direct`): a session's transaction,
@@ -368,13 +432,20 @@ def _sqlite_error(sql: str, error: sqlite3.Error) -> DBAPIError:
 
 
 async def _asyncpg_error(sql: str, error: Exception, conn: AsyncConnection) -> DBAPIError:
-    """SQLAlchemy's exception for an error raised by asyncpg on `conn`'s connection. A
-    server error about the statement leaves the connection usable; anything else (the
-    server going away, a socket error, a protocol out of step after a killed backend:
-    asyncpg's InternalClientError) means it is lost, and it is invalidated."""
-    lost = not isinstance(error, asyncpg.PostgresError) or isinstance(error, ASYNCPG_LOST)
-    if lost:
+    """SQLAlchemy's exception for an error raised by asyncpg on `conn`'s connection, which
+    is invalidated when the error means it is lost."""
+    wrapped = _asyncpg_dbapi_error(sql, error)
+    if wrapped.connection_invalidated:
         await conn.invalidate(error)
+    return wrapped
+
+
+def _asyncpg_dbapi_error(sql: str, error: Exception) -> DBAPIError:
+    """SQLAlchemy's exception for an error raised by asyncpg. A server error about the
+    statement leaves the connection usable; anything else (the server going away, a
+    socket error, a protocol out of step after a killed backend: asyncpg's
+    InternalClientError) means it is lost (`connection_invalidated`: an outage)."""
+    lost = not isinstance(error, asyncpg.PostgresError) or isinstance(error, ASYNCPG_LOST)
     if isinstance(error, asyncpg.IntegrityConstraintViolationError):
         return IntegrityError(sql, None, error, hide_parameters=True)
     return DBAPIError(sql, None, error, hide_parameters=True, connection_invalidated=lost)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from conductor_api.config import Settings
-from conductor_api.db import ASYNCPG_UNAVAILABLE
+from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool
 from conductor_api.errors import ServiceUnavailable
 
 _SQL = (
@@ -114,16 +114,6 @@ class SqlitePrincipalLoader:
             self._conn = None
 
 
-async def _kept(_connection: asyncpg.Connection) -> None:
-    """A connection goes back to the loader's pool as it is.
-
-    By default asyncpg resets every connection it takes back (advisory locks, cursors,
-    LISTEN, settings: four statements and a round trip after every query, as much work
-    for the database as the query itself). Nothing sent on this pool changes any of
-    those: the loader's SELECT and the DPoP replay cache's single statements. asyncpg
-    still rolls back a transaction left open."""
-
-
 class PostgresPrincipalLoader:
     """Lookups on a small asyncpg pool, coalesced: the requests that arrive while a query is
     out share the next one, a single `WHERE s.id = ANY($1)` query.
@@ -142,30 +132,18 @@ class PostgresPrincipalLoader:
     """
 
     def __init__(self, dsn: str, timeout: float, max_size: int = 8, in_flight: int = 1) -> None:
-        self._dsn = dsn
         self._timeout = timeout
-        self._max_size = max_size
         self._max_in_flight = in_flight
         self._in_flight = 0
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._pool = RawPool(dsn, timeout, max_size)
         self._sql = POSTGRES_SQL
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def pool(self) -> asyncpg.Pool:
-        """The loader's pool (the DPoP replay cache shares it)."""
-        return await self._get_pool()
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=self._max_size,
-                        timeout=self._timeout, command_timeout=self._timeout, reset=_kept,
-                    )  # fmt: skip
-        return self._pool
+        """The loader's asyncpg pool, made on first use (the DPoP replay cache, the
+        refresh-token swaps and `Autocommit` share it)."""
+        return await self._pool.get()
 
     async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
         """See `PrincipalLoader.load`."""
@@ -202,7 +180,7 @@ class PostgresPrincipalLoader:
 
     async def _answer(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
         try:
-            pool = await self._get_pool()
+            pool = await self._pool.get()
             rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
         except ASYNCPG_UNAVAILABLE:
             # Those that waited for this query waited for the database as long as it may
@@ -230,9 +208,7 @@ class PostgresPrincipalLoader:
 
     async def close(self) -> None:
         """See `PrincipalLoader.close`."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._pool.close()
 
 
 def make_principal_loader(settings: Settings) -> PrincipalLoader:
