@@ -59,7 +59,10 @@ class Spy:
         rotations.swap = counted  # type: ignore[method-assign]
 
     async def held(self, first: Awaitable[httpx.Response]) -> asyncio.Task[httpx.Response]:
-        """`first` started, its statement out and held at the gate."""
+        """`first` started, its statement out and held at the gate (what was sent before
+        is forgotten)."""
+        self.batches.clear()
+        self.sent.clear()
         self.gate.clear()
         task = asyncio.ensure_future(first)
         await self.sent.wait()
@@ -84,6 +87,11 @@ def rotations(container: Container) -> PostgresRotations:
 
 
 @pytest.fixture
+def spy(rotations: PostgresRotations) -> Spy:
+    return Spy(rotations)
+
+
+@pytest.fixture
 async def pairs(client: httpx.AsyncClient, alice: Account) -> list[dict[str, str]]:
     """Three sessions of alice, each with its token pair."""
     return [await tokens(client, fingerprint=f"phone-{i}") for i in range(3)]
@@ -94,12 +102,8 @@ def ids(*pairs: dict[str, str]) -> list[uuid.UUID]:
 
 
 async def test_refreshes_that_arrive_while_a_swap_is_out_share_the_next_one(
-    client: httpx.AsyncClient,
-    container: Container,
-    rotations: PostgresRotations,
-    pairs: list[dict[str, str]],
+    client: httpx.AsyncClient, container: Container, spy: Spy, pairs: list[dict[str, str]]
 ) -> None:
-    spy = Spy(rotations)
     first = await spy.held(refresh(client, pairs[0]["refresh_token"]))
     later = await spy.release(*(refresh(client, p["refresh_token"]) for p in pairs[1:]))
     responses = [await first, *later]
@@ -117,12 +121,8 @@ async def test_refreshes_that_arrive_while_a_swap_is_out_share_the_next_one(
 
 
 async def test_a_session_twice_goes_in_the_statement_after(
-    client: httpx.AsyncClient,
-    container: Container,
-    rotations: PostgresRotations,
-    pairs: list[dict[str, str]],
+    client: httpx.AsyncClient, container: Container, spy: Spy, pairs: list[dict[str, str]]
 ) -> None:
-    spy = Spy(rotations)
     first = await spy.held(refresh(client, pairs[0]["refresh_token"]))
     twice = pairs[2]["refresh_token"]
     later = await spy.release(
@@ -143,13 +143,12 @@ async def test_a_session_twice_goes_in_the_statement_after(
 async def test_a_spent_token_in_a_batch_revokes_only_its_own_session(
     client: httpx.AsyncClient,
     container: Container,
-    rotations: PostgresRotations,
+    spy: Spy,
     pairs: list[dict[str, str]],
     clock: FrozenClock,
 ) -> None:
     assert (await refresh(client, pairs[1]["refresh_token"])).status_code == 200
     clock.advance(minutes=1)  # past the grace window
-    spy = Spy(rotations)
     first = await spy.held(refresh(client, pairs[0]["refresh_token"]))
     fresh, reused = await spy.release(
         refresh(client, pairs[2]["refresh_token"]), refresh(client, pairs[1]["refresh_token"])
