@@ -133,8 +133,7 @@ class RawPool:
     @classmethod
     def for_settings(cls, settings: Settings) -> RawPool:
         """A pool on the configured PostgreSQL database."""
-        dsn = settings.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        return cls(dsn, settings.database_timeout_seconds)
+        return cls(asyncpg_dsn(settings), settings.database_timeout_seconds)
 
     async def get(self) -> asyncpg.Pool:
         """The pool (made now, if this is its first use)."""
@@ -152,6 +151,11 @@ class RawPool:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+
+def asyncpg_dsn(settings: Settings) -> str:
+    """The configured PostgreSQL database's address as asyncpg takes it."""
+    return settings.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _kept(_connection: asyncpg.Connection) -> None:

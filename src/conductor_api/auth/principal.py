@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from conductor_api.config import Settings
-from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool
+from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool, asyncpg_dsn
 from conductor_api.errors import ServiceUnavailable
 
 _SQL = (
@@ -216,7 +216,4 @@ def make_principal_loader(settings: Settings) -> PrincipalLoader:
     url = settings.sqlalchemy_url
     if settings.is_sqlite:
         return SqlitePrincipalLoader(url.split(":///", 1)[1], settings.database_timeout_seconds)
-    return PostgresPrincipalLoader(
-        url.replace("postgresql+asyncpg://", "postgresql://", 1),
-        settings.database_timeout_seconds,
-    )
+    return PostgresPrincipalLoader(asyncpg_dsn(settings), settings.database_timeout_seconds)
