@@ -27,6 +27,7 @@ from conductor_api.retention.task import PeriodicPruner
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.security.tokens import TokenService
 from conductor_api.sessions.rotation import Rotations, make_rotations
+from conductor_api.sqlite_wal import WalCheckpointer
 
 
 @dataclass
@@ -51,16 +52,19 @@ class Container:
     keys: KeyManager | None
     metrics: Metrics
     dpop: DPoP
+    checkpointer: WalCheckpointer | None
 
     @classmethod
     async def start(cls, settings: Settings, clock: Clock) -> Container:
         """Build every service; the dummy hash is computed here, once."""
-        engine = make_engine(settings)
+        # On SQLite the WAL is checkpointed by a thread of its own, not on the event loop.
+        checkpointer = WalCheckpointer(settings.sqlite_path) if settings.is_sqlite else None
+        engine = make_engine(settings, autocheckpoint=checkpointer is None)
         sessionmaker = make_session_factory(engine)
         # On PostgreSQL the loader's pool serves the statements that need no ORM.
         principals = make_principal_loader(settings)
         pool = principals.pool if isinstance(principals, PostgresPrincipalLoader) else None
-        autocommit = Autocommit(settings, engine, pool)
+        autocommit = Autocommit(settings, engine, pool, autocheckpoint=checkpointer is None)
         metrics = Metrics()
         hasher = PasswordHasher(settings.password_hash_concurrency, metrics)
         await hasher.start()
@@ -94,6 +98,8 @@ class Container:
         signin = SignInService(
             settings, clock, sessionmaker, autocommit, hasher, tokens, mfa, passkeys
         )
+        if checkpointer is not None:
+            checkpointer.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -112,6 +118,7 @@ class Container:
             keys=keys,
             metrics=metrics,
             dpop=DPoP.for_database(settings, principals),
+            checkpointer=checkpointer,
         )
 
     async def close(self) -> None:
@@ -124,4 +131,6 @@ class Container:
         await self.principals.close()
         await self.autocommit.dispose()
         await self.engine.dispose()
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
         self.hasher.close()

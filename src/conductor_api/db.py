@@ -76,11 +76,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(settings: Settings, *, inline: bool = True) -> AsyncEngine:
+def make_engine(
+    settings: Settings, *, inline: bool = True, autocheckpoint: bool = True
+) -> AsyncEngine:
     """Create the async engine for the configured database. On SQLite its statements run
     on the event loop's thread (`InlineSqlite`) unless `inline` is False: then each goes
     through aiosqlite's thread (the background pruner's, whose batched deletes take long
-    enough that the event loop must not wait for them)."""
+    enough that the event loop must not wait for them). Without `autocheckpoint` its
+    connections leave the WAL to a `sqlite_wal.WalCheckpointer` (the server's)."""
     url = settings.sqlalchemy_url
     timeout = settings.database_timeout_seconds
     # hide_parameters: statement parameters (hashes, token digests) never reach a message.
@@ -111,7 +114,7 @@ def make_engine(settings: Settings, *, inline: bool = True) -> AsyncEngine:
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         # InlineSqlite keeps a busy timeout of zero and waits for a lock itself.
-        _sqlite_pragmas(engine.sync_engine, None if inline else timeout)
+        _sqlite_pragmas(engine.sync_engine, None if inline else timeout, autocheckpoint)
         _begin_immediate(engine)
     else:
         _drop_closed_connections(engine)
@@ -189,8 +192,11 @@ class Autocommit:
         settings: Settings,
         engine: AsyncEngine,
         pool: Callable[[], Awaitable[asyncpg.Pool]] | None = None,
+        *,
+        autocheckpoint: bool = True,
     ) -> None:
         self._dialect = engine.dialect
+        self._pragmas = sqlite_pragmas(autocheckpoint)
         # SQLite: the connection (opened on first use), and how to open it.
         self._sqlite: InlineSqlite | None = None
         self._opening = asyncio.Lock()
@@ -250,7 +256,7 @@ class Autocommit:
                 )
                 await connection
                 try:
-                    for pragma in _SQLITE_PRAGMAS:
+                    for pragma in self._pragmas:
                         await connection.statement(pragma, (), False)
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error, ValueError):
@@ -581,13 +587,24 @@ _BUSY_POLL_SECONDS = 0.0005
 
 # Every SQLite connection's settings (and its busy timeout: InlineSqlite's is zero).
 _SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
+# A server's connections: its `sqlite_wal.WalCheckpointer` copies the WAL back, off the
+# event loop, instead of the connection whose commit filled it.
+NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 
 
-def _sqlite_pragmas(engine: Engine, timeout: float | None) -> None:
+def sqlite_pragmas(autocheckpoint: bool) -> tuple[str, ...]:
+    """What a connection runs first: `_SQLITE_PRAGMAS`, and `NO_AUTOCHECKPOINT` unless
+    `autocheckpoint`."""
+    return _SQLITE_PRAGMAS if autocheckpoint else (*_SQLITE_PRAGMAS, NO_AUTOCHECKPOINT)
+
+
+def _sqlite_pragmas(engine: Engine, timeout: float | None, autocheckpoint: bool) -> None:
+    pragmas = sqlite_pragmas(autocheckpoint)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        for pragma in _SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cursor.execute(pragma)
         if timeout is not None:
             cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
