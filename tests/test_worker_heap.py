@@ -4,10 +4,10 @@ what requests made (`serving.worker.settle_heap`)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any, cast
+
+from tests.test_worker_imports import run_probe
 
 # In a process of its own: freezing the test process's heap would outlive the test.
 PROBE = """
@@ -32,14 +32,7 @@ asyncio.run(main())
 
 
 def test_the_started_application_is_frozen_out_of_the_collectors_sight(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "CONDUCTOR_DATA_DIR": str(tmp_path)},
-    )
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen = cast(dict[str, Any], run_probe(PROBE, tmp_path))
     assert seen["before"] == 0
     assert seen["started"] is True
     # Modules, routes, the container: tens of thousands of objects, none left tracked but

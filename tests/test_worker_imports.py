@@ -22,12 +22,18 @@ print(json.dumps(sorted(m for m in ("webauthn", "OpenSSL", "zxcvbn", "confusable
 """
 
 
-def test_a_worker_starts_without_the_features_it_may_never_use(tmp_path: Path) -> None:
+def run_probe(code: str, data_dir: Path) -> object:
+    """Run `code` in a fresh interpreter with no settings but a data directory; the JSON of
+    the last line it prints."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
-        env={"PATH": "/usr/bin:/bin", "CONDUCTOR_DATA_DIR": str(tmp_path)},
+        env={"PATH": "/usr/bin:/bin", "CONDUCTOR_DATA_DIR": str(data_dir)},
     )
-    assert json.loads(result.stdout) == []
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_worker_starts_without_the_features_it_may_never_use(tmp_path: Path) -> None:
+    assert run_probe(PROBE, tmp_path) == []
