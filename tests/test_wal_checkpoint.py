@@ -37,11 +37,22 @@ def fill_wal(path: Path, rows: int) -> None:
 _held: list[sqlite3.Connection] = []
 
 
-async def wait_for_size(path: Path, size: int, seconds: float = 10.0) -> int:
+def size_reached(path: Path, size: int, seconds: float = 10.0) -> int:
+    """The file's size once it reaches `size`, or after `seconds` (on a thread: the
+    checkpointer works meanwhile)."""
     deadline = time.monotonic() + seconds
     while path.stat().st_size < size and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)
     return path.stat().st_size
+
+
+async def wait_for_size(path: Path, size: int) -> int:
+    return await asyncio.to_thread(size_reached, path, size)
+
+
+def sizes(path: Path) -> tuple[int, int]:
+    """The database file's size and its WAL's."""
+    return path.stat().st_size, Path(f"{path}-wal").stat().st_size
 
 
 async def test_the_checkpointer_copies_the_wal_into_the_database_file(tmp_path: Path) -> None:
@@ -49,8 +60,9 @@ async def test_the_checkpointer_copies_the_wal_into_the_database_file(tmp_path: 
     fill_wal(path, 500)
     try:
         # Every page is in the WAL; the database file holds the schema only.
-        assert path.stat().st_size < 10 * PAGE
-        assert Path(f"{path}-wal").stat().st_size > 500 * PAGE
+        database, wal = sizes(path)
+        assert database < 10 * PAGE
+        assert wal > 500 * PAGE
         checkpointer = WalCheckpointer(str(path), interval=0.05)
         checkpointer.start()
         try:
@@ -69,7 +81,7 @@ async def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
     checkpointer.start()
     await asyncio.sleep(0.2)
     await checkpointer.close()
-    assert not path.exists()
+    assert not await asyncio.to_thread(path.exists)
 
 
 async def test_a_servers_connections_leave_the_wal_to_its_checkpointer(tmp_path: Path) -> None:
@@ -87,7 +99,7 @@ async def test_a_servers_connections_leave_the_wal_to_its_checkpointer(tmp_path:
         own = await inline.statement("PRAGMA wal_autocheckpoint", (), True)
         assert (pooled, own) == (0, [(0,)])
         # What the server commits still reaches the database file, by the thread.
-        before = (tmp_path / "conductor.db").stat().st_size
+        before, _ = await asyncio.to_thread(sizes, tmp_path / "conductor.db")
         async with container.engine.begin() as conn:
             await conn.execute(text("CREATE TABLE scratch (v BLOB)"))
             for _ in range(10):
