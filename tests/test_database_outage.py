@@ -364,6 +364,24 @@ class TestPostgresDown:
         await expect_service(device)
         await assert_nothing_counted(pg_app.state.container, "alice", sessions=2)
 
+    async def test_statements_on_the_raw_pool_wait_one_timeout_not_a_cancellation(
+        self, pg_app: FastAPI, proxy: TcpProxy, pg_device: Device
+    ) -> None:
+        # The sign-in's counters, the refresh swap and the session check run on the raw
+        # asyncpg pool (`db.fetch_bounded`): a statement that times out drops its
+        # connection rather than waiting, in its release, for asyncpg to cancel it over a
+        # new connection to the database that does not answer (which doubled the wait).
+        device = pg_device
+        proxy.pause()
+        for _ in range(2):
+            chosen = {k: v for k, v in db_requests(device).items() if k != "ready"}
+            results = await asyncio.gather(*(timed(r) for r in chosen.values()))
+            for name, (response, elapsed) in zip(chosen, results, strict=True):
+                assert_unavailable(name, response, elapsed)
+                assert elapsed < DATABASE_TIMEOUT + 1.5, (name, elapsed)
+        proxy.resume()
+        await expect_service(device)
+
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:

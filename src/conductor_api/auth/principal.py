@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from conductor_api.config import Settings
-from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool, asyncpg_dsn
+from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool, asyncpg_dsn, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
 
 _SQL = (
@@ -181,7 +181,7 @@ class PostgresPrincipalLoader:
     async def _answer(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
         try:
             pool = await self._pool.get()
-            rows = await pool.fetch(self._sql, list(batch), timeout=self._timeout)
+            rows = await fetch_bounded(pool, self._sql, list(batch), bound=self._timeout)
         except ASYNCPG_UNAVAILABLE:
             # Those that waited for this query waited for the database as long as it may
             # take: they are answered now, not after a query of their own times out too.

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import asyncpg
 
-from conductor_api.db import ASYNCPG_UNAVAILABLE
+from conductor_api.db import ASYNCPG_UNAVAILABLE, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.storage import make_private_file
 
@@ -214,14 +214,15 @@ class PostgresReplayCache:
             pool = await self._pool()
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
-                await pool.execute(
+                await fetch_bounded(
+                    pool,
                     "DELETE FROM dpop_proofs WHERE expires_at < $1",
                     datetime.fromtimestamp(self._now, UTC),
-                    timeout=self._timeout,
+                    bound=self._timeout,
                 )
-            rows = await pool.fetch(
-                self._INSERT, list(first),
-                [datetime.fromtimestamp(e, UTC) for e in first.values()], timeout=self._timeout,
+            rows = await fetch_bounded(
+                pool, self._INSERT, list(first),
+                [datetime.fromtimestamp(e, UTC) for e in first.values()], bound=self._timeout,
             )  # fmt: skip
         except BaseException as e:
             error = ServiceUnavailable() if isinstance(e, ASYNCPG_UNAVAILABLE) else e

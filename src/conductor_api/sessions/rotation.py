@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol
 import asyncpg
 
 from conductor_api.config import Settings
-from conductor_api.db import ASYNCPG_UNAVAILABLE, Autocommit
+from conductor_api.db import ASYNCPG_UNAVAILABLE, Autocommit, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.sessions import repository
 
@@ -132,7 +132,14 @@ class PostgresRotations:
             swapped = await self._apply([swap for swap, _ in batch.values()])
         except BaseException as e:
             error = ServiceUnavailable() if isinstance(e, ASYNCPG_UNAVAILABLE) else e
-            for _, future in batch.values():
+            failed = list(batch.values())
+            if isinstance(e, (OSError, TimeoutError)):
+                # No answer: the swaps that waited for this one waited for the database
+                # as long as it may take, and are answered now, not after a statement of
+                # their own times out too (as the principal loader does).
+                failed += [*self._waiting.values(), *self._later]
+                self._waiting, self._later = {}, []
+            for _, future in failed:
                 if not future.done():
                     future.set_exception(error)
             if error is e:
@@ -151,7 +158,7 @@ class PostgresRotations:
         tries = 1
         while True:
             try:
-                rows = await pool.fetch(POSTGRES_SQL, *columns, timeout=self._timeout)
+                rows = await fetch_bounded(pool, POSTGRES_SQL, *columns, bound=self._timeout)
             except asyncpg.DeadlockDetectedError:
                 if tries == _DEADLOCK_TRIES:
                     raise
