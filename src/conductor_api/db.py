@@ -162,19 +162,40 @@ async def fetch_bounded(
     """`sql`'s rows on a connection of `pool`, in about twice `bound` seconds at most: as
     long to get a connection, as long for the statement.
 
-    `Pool.fetch` would wait for a free connection without a bound, and a statement that
-    timed out is cancelled over a new connection to the server that did not answer, which
-    the connection's release then waits for: against a silent database one statement took
-    twice the timeout, and a request queued behind it more than three times. Here a
-    connection whose statement timed out is dropped at once (the database did not answer
-    on it; the pool opens another when one is needed)."""
-    async with pool.acquire(timeout=bound) as conn:
-        try:
-            rows: list[asyncpg.Record] = await conn.fetch(sql, *args, timeout=bound)
-        except TimeoutError:
-            conn.terminate()
-            raise
-        return rows
+    `Pool.fetch` would wait for a free connection without a bound, and the release of a
+    connection whose statement timed out waits until asyncpg has cancelled the statement,
+    over a new connection to the server that did not answer: against a silent database
+    one statement took twice the timeout, and a request queued behind it more than three
+    times. Here that release (and the cancellation, which keeps a statement stuck on a
+    lock from running later) goes on in the background, and the caller has its error."""
+    conn = await pool.acquire(timeout=bound)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args, timeout=bound)
+    except TimeoutError:
+        _release_later(pool, conn)
+        raise
+    except BaseException:
+        await pool.release(conn)
+        raise
+    await pool.release(conn)
+    return rows
+
+
+# Releases under way in the background (a reference, so that they are not collected).
+_RELEASING: set[asyncio.Task[None]] = set()
+
+
+def _release_later(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    task = asyncio.get_running_loop().create_task(pool.release(conn))
+    _RELEASING.add(task)
+    task.add_done_callback(_released)
+
+
+def _released(task: asyncio.Task[None]) -> None:
+    _RELEASING.discard(task)
+    # A release that failed has closed its connection, which is all it could do.
+    if not task.cancelled():
+        task.exception()
 
 
 def asyncpg_dsn(settings: Settings) -> str:
