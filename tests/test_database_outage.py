@@ -368,9 +368,9 @@ class TestPostgresDown:
         self, pg_app: FastAPI, proxy: TcpProxy, pg_device: Device
     ) -> None:
         # The sign-in's counters, the refresh swap and the session check run on the raw
-        # asyncpg pool (`db.fetch_bounded`): a statement that times out drops its
-        # connection rather than waiting, in its release, for asyncpg to cancel it over a
-        # new connection to the database that does not answer (which doubled the wait).
+        # asyncpg pool (`db.fetch_bounded`): a statement that times out is released in the
+        # background, the request not waiting while asyncpg cancels it over a new
+        # connection to the database that does not answer (which doubled the wait).
         device = pg_device
         proxy.pause()
         for _ in range(2):
