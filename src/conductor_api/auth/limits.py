@@ -100,14 +100,15 @@ class _Window:
 
     async def take(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
         """A slot when failures and checks in flight leave one; else the refusal, or None
-        to wait. The guarded UPDATE comes first: it is the one statement that takes the
-        row's lock, so attempts get their slots in the order they arrive."""
+        to wait. The guarded upsert comes first: it is the one statement that takes the
+        row's lock, so attempts get their slots in the order they arrive, and a key seen for
+        the first time costs it alone."""
         taken = await self._take(db, key, now)
         if taken is None:
             counter = await throttle.read(db, self.scope, key, now, window=self.window)
+            # No counter: it went (emptied) between the two statements; take it again.
             if counter is not None:
                 return self.refusal(counter)
-            await throttle.create(db, self.scope, key, now)
             taken = await self._take(db, key, now)
             if taken is None:
                 return None

@@ -18,7 +18,6 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Table,
-    Update,
     bindparam,
     case,
     delete,
@@ -92,23 +91,41 @@ def _read(windowed: bool) -> Select[Any]:
     return select(failures, pending, locked, _c.window_started_at).where(_ROW)
 
 
-def _take(windowed: bool) -> Update:
+_SLOTS_UNTIL = bindparam("slots_until", type_=UTCDateTime())
+
+
+@cache
+def _take(dialect: str, windowed: bool) -> Any:
+    """One upsert: a new counter with this slot in it, or the existing one's slot taken if
+    the key is open. A counter that is closed is left as it is (no row comes back)."""
     restart = _restart(windowed)
     failures, pending, locked = _effective(windowed)
     open_ = (locked.is_(None) | (locked <= _NOW)) & (failures + pending < bindparam("limit"))
     # A name's row dates from its last attempt (retention prunes rows idle for a window);
     # an address's from the start of its failure window.
     started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        update(_t)
-        .where(_ROW, open_)
+        insert(_t)
         .values(
+            scope=bindparam("in_scope"),
+            key=bindparam("in_key"),
+            failures=0,
+            pending=1,
+            pending_until=_SLOTS_UNTIL,
+            window_started_at=_NOW,
+        )
+        .on_conflict_do_update(
+            index_elements=["scope", "key"],
             # Every right-hand side sees the row as it was before this statement.
-            failures=failures,
-            window_started_at=started,
-            locked_until=locked,
-            pending=pending + 1,
-            pending_until=bindparam("slots_until", type_=UTCDateTime()),
+            set_={
+                "failures": failures,
+                "window_started_at": started,
+                "locked_until": locked,
+                "pending": pending + 1,
+                "pending_until": _SLOTS_UNTIL,
+            },
+            where=open_,
         )
         .returning(*_RETURNING)
     )
@@ -116,7 +133,6 @@ def _take(windowed: bool) -> Update:
 
 # Keyed by whether the counter has a fixed window (an address) or a lock (a name).
 _READ = {windowed: _read(windowed) for windowed in (False, True)}
-_TAKE = {windowed: _take(windowed) for windowed in (False, True)}
 _RELEASE = case((_c.pending > 0, _c.pending - 1), else_=0)
 _RELEASE_ROW = update(_t).where(_ROW).values(pending=_RELEASE)
 _DROP_IF_EMPTY = delete(_t).where(_ROW, _c.failures == 0, _c.pending == 0)
@@ -169,11 +185,6 @@ def _new_row(dialect: str, failures: int) -> Any:
 
 
 @cache
-def _create(dialect: str) -> Any:
-    return _new_row(dialect, 0).on_conflict_do_nothing(index_elements=["scope", "key"])
-
-
-@cache
 def _add_failure(dialect: str) -> Any:
     return (
         _new_row(dialect, 1)
@@ -209,11 +220,6 @@ async def read(
     return None if row is None else _counter(row)
 
 
-async def create(db: Executor, scope: str, key: str, now: datetime) -> None:
-    """A counter at zero, unless there is one."""
-    await execute_direct(db, _create(_dialect(db)), {"in_scope": scope, "in_key": key, "now": now})
-
-
 async def take(
     db: Executor,
     scope: str,
@@ -225,15 +231,17 @@ async def take(
     ttl: timedelta,
 ) -> Counter | None:
     """Reserve a slot for one check if the key is not locked and its failures and checks in
-    flight stay under `limit`: one guarded UPDATE, whose condition PostgreSQL evaluates
-    again on the locked row, so that no two requests take the last slot. The counter as it
-    was before (None when nothing was taken). All slots are stale after `ttl` without a new
-    one: a process killed during its checks cannot give them back."""
+    flight stay under `limit`: one upsert (a key with no counter gets one, holding this
+    slot), whose guard PostgreSQL evaluates on the locked row, so that no two requests take
+    the last slot. The counter as it was before (None when nothing was taken: the key is
+    closed). All slots are stale after `ttl` without a new one: a process killed during its
+    checks cannot give them back."""
     params = {
         "in_scope": scope, "in_key": key, "limit": limit, "slots_until": now + ttl,
         **_at(now, window),
     }  # fmt: skip
-    row = _first(await execute_direct(db, _TAKE[window is not None], params))
+    statement = _take(_dialect(db), window is not None)
+    row = _first(await execute_direct(db, statement, params))
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
 
 
