@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Uuid, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import execute_direct
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 
 # Built once: every password sign-in asks it.
@@ -18,8 +19,10 @@ _CONFIRMED = select(TotpFactor.confirmed).where(
 
 
 async def factor_confirmed(db: AsyncSession, user_id: uuid.UUID) -> bool:
-    """Whether the user has a TOTP factor and it is confirmed."""
-    return bool(await db.scalar(_CONFIRMED, {"user_id": user_id}))
+    """Whether the user has a TOTP factor and it is confirmed (straight to the driver: no
+    caller has a factor of its own unflushed when it asks)."""
+    rows = await execute_direct(db, _CONFIRMED, {"user_id": user_id})
+    return bool(rows and rows[0][0])
 
 
 async def get_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:
