@@ -9,11 +9,12 @@ import asyncio
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,6 +25,7 @@ from conductor_api.db import (
     execute_direct,
     make_engine,
     make_session_factory,
+    sqlite_utc_text,
 )
 from tests.conftest import end_other_backends, make_settings
 
@@ -99,6 +101,29 @@ async def test_no_matching_row_is_none_and_changes_nothing(probe: Probe) -> None
     row = await probe.autocommit.first(probe.bump, {"p_id": 2, "p_label": "x", "p_at": WHEN})
     assert row is None
     assert await stored(probe) == (1, "start", WHEN)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        WHEN,
+        WHEN.replace(microsecond=0),  # SQLAlchemy writes ".000000"; so must the fast path
+        datetime(2026, 3, 29, 1, 30, 0, 5, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+        datetime(999, 1, 1, tzinfo=UTC),
+        None,
+    ],
+)
+def test_the_sqlite_fast_bind_writes_what_sqlalchemy_writes(value: datetime | None) -> None:
+    # The text a direct statement stores must sort and compare with what the ORM stored.
+    dialect = sqlite.dialect()
+    sqlalchemys = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlalchemys is not None
+    assert sqlite_utc_text(value) == sqlalchemys(value)
+
+
+def test_the_sqlite_fast_bind_refuses_a_naive_time() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_utc_text(datetime(2026, 1, 1))
 
 
 async def test_a_parameter_left_out_is_an_error_not_a_null(probe: Probe) -> None:

@@ -76,6 +76,26 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """What `UTCDateTime` then SQLite's DATETIME make of a value for SQLite, in one step:
+    the naive UTC time as "YYYY-MM-DD HH:MM:SS.ffffff" (microseconds always written, so that
+    text comparison orders correctly). `execute_direct` binds with it: the two processors
+    in a row were a few percent of a sign-in's CPU."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """The function that turns a value of `type_` into the driver's, for `dialect`."""
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
+        return sqlite_utc_text
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
+    return processor
+
+
 def make_engine(
     settings: Settings, *, inline: bool = True, autocheckpoint: bool = True
 ) -> AsyncEngine:
@@ -359,7 +379,7 @@ class _Compiled:
             (
                 name,
                 _GIVEN if binds[name].required else binds[name].value,
-                binds[name].type.dialect_impl(dialect).bind_processor(dialect),
+                _bind_processor(binds[name].type, dialect),
             )
             for name in compiled.positiontup
         ]
