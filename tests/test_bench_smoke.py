@@ -5,6 +5,7 @@ that the harness works, never how fast the server is."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,21 @@ def test_bench_quick_sqlite(tmp_path: Path) -> None:
             assert any(row.startswith(f"| sqlite | {workers} | {scenario}") for row in rows), (
                 f"no row for {scenario!r} with {workers} worker(s) in:\n{proc.stdout}"
             )
+    # (d): the hash bound is the mean of the timings before and after it, and the ratio is
+    # the login rate over that mean.
+    for workers in (1, 2):
+        (login_row,) = [
+            line for line in lines if line.startswith(f"| sqlite | {workers} | d. POST")
+        ]
+        found = re.search(
+            r"hash bound ([\d.]+)/s \(mean of ([\d.]+) before and ([\d.]+) after, .*\): ([\d.]+)",
+            login_row,
+        )
+        assert found is not None, login_row
+        bound, before, after, share = (float(x) for x in found.groups())
+        assert bound == pytest.approx((before + after) / 2, abs=0.06)
+        rate = float(login_row.split("|")[4].strip().replace(",", ""))
+        assert share == pytest.approx(rate / bound, abs=0.01)
     # (s): one round of 1 worker against 2, side by side, and its target from the median.
     section = proc.stdout.split("## s. /auth/me, 1 worker against 2, alternating", 1)[1]
     (round_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | 1 | ")]

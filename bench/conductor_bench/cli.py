@@ -244,7 +244,7 @@ def main(argv: list[str]) -> int:
             f"(e) one keep-alive connection at {args.probe_rate:g} req/s; "
             f"Argon2id m={ARGON2_MEMORY_KIB} KiB t={ARGON2_TIME_COST} p={ARGON2_PARALLELISM}, "
             f"hash bound: {args.hash_rounds} verifies at once through the server's own "
-            "hasher and pool" + (" (--quick: figures are not meaningful)" if args.quick else ""),
+            "hasher and pool, timed before and after (d)" + (" (--quick: figures are not meaningful)" if args.quick else ""),
         }
         text, _checks = report(configs, scalings, header, opts)
         print(text, end="", flush=True)
