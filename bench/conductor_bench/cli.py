@@ -121,6 +121,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--scaling-seconds", type=int, default=4, help="(s) seconds per server per round (4)"
     )
+    p.add_argument(
+        "--login-rounds",
+        type=int,
+        default=5,
+        help="(d') rounds of the hash bound and of logins, alternating, after (d) (5; 0: none)",
+    )
+    p.add_argument(
+        "--login-round-seconds", type=int, default=4, help="(d') seconds of logins per round (4)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, pools)")
     args = p.parse_args(argv)
     try:
@@ -138,8 +147,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.retries = 0
         args.scaling_rounds = min(args.scaling_rounds, 1)
         args.scaling_seconds = 1
+        args.login_rounds = min(args.login_rounds, 1)
+        args.login_round_seconds = 1
     if args.scaling_rounds < 0:
         p.error("--scaling-rounds must not be negative")
+    if args.login_rounds < 0:
+        p.error("--login-rounds must not be negative")
     for name in (
         "duration",
         "mixed_duration",
@@ -147,6 +160,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "threads",
         "timeout",
         "scaling_seconds",
+        "login_round_seconds",
     ):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -211,6 +225,8 @@ def main(argv: list[str]) -> int:
             server_env=dict(item.split("=", 1) for item in args.server_env),
             retries=args.retries,
             patience=args.patience,
+            login_rounds=args.login_rounds,
+            login_round_seconds=args.login_round_seconds,
         )
         load_tool = Load(wrk, args.threads, args.connections, args.timeout, workdir)
         started = datetime.now(UTC)
@@ -244,7 +260,8 @@ def main(argv: list[str]) -> int:
             f"(e) one keep-alive connection at {args.probe_rate:g} req/s; "
             f"Argon2id m={ARGON2_MEMORY_KIB} KiB t={ARGON2_TIME_COST} p={ARGON2_PARALLELISM}, "
             f"hash bound: {args.hash_rounds} verifies at once through the server's own "
-            "hasher and pool, timed before and after (d)" + (" (--quick: figures are not meaningful)" if args.quick else ""),
+            "hasher and pool, timed before and after (d)"
+            + (" (--quick: figures are not meaningful)" if args.quick else ""),
         }
         text, _checks = report(configs, scalings, header, opts)
         print(text, end="", flush=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conductor_bench.common import BUSY_CORES, SCENARIOS, BenchError, log
@@ -23,6 +24,23 @@ class ConfigResult:
     results: dict[str, Result]
     hash: HashBound  # the server's hasher, timed alone just before (d)
     hash_after: HashBound | None = None  # and again just after it
+    # (d) again in short rounds, each beside a timing of the bound: (logins/s, bound/s).
+    login_rounds: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def login_ratios(self) -> list[float]:
+        """Each round's logins per second over the bound timed beside them."""
+        return [login / bound if bound else 0.0 for login, bound in self.login_rounds]
+
+    @property
+    def login_ratio(self) -> float:
+        """(d)'s figure: the median round's ratio (one round that the machine's drift or a
+        neighbour disturbed moves it no more than any other); without rounds, (d)'s own
+        run over the mean bound."""
+        if self.login_rounds:
+            return statistics.median(self.login_ratios)
+        d = self.results.get("d")
+        return d.rps / self.hash_bound if d is not None and self.hash_bound else 0.0
 
     @property
     def hash_bound(self) -> float:
@@ -56,6 +74,8 @@ class Options:
     server_env: dict[str, str]
     retries: int
     patience: float  # seconds in all for quiet waits and repeated runs; spent as used
+    login_rounds: int = 5  # (d)'s alternating rounds of the bound and of logins
+    login_round_seconds: int = 4
 
     def spend(self, seconds: float) -> None:
         self.patience = max(0.0, self.patience - seconds)
@@ -238,6 +258,12 @@ def run_config(
         assert login.probe is not None
         log(f"[{tag}] timing the Argon2id verifies again, after (d)")
         hash_after = measure(server_python, opts.hash_rounds, clean_env(**env))
+        login_rounds = alternate_login_and_bound(
+            tag, opts, lambda n, name: load_tool.run(
+                url + "/", "login.lua", n, {"BENCH_USERS": str(users)}, name, server, db_pids
+            ).rps,
+            lambda: measure(server_python, opts.hash_rounds, clean_env(**env)).bound,
+        )  # fmt: skip
         results["e"] = login.probe
         results["e"].rss_peak = login.rss_peak
         if results["e"].errors:
@@ -260,4 +286,33 @@ def run_config(
         # what each worker keeps.
         time.sleep(2.0)
         results["f"].worker_rss_after = [proc_rss(pid) for pid in server.worker_pids()]
-        return ConfigResult(db, workers, results, hash_bound, hash_after)
+        return ConfigResult(db, workers, results, hash_bound, hash_after, login_rounds)
+
+
+def alternate_login_and_bound(
+    tag: str,
+    opts: Options,
+    logins: Callable[[int, str], float],
+    bound: Callable[[], float],
+) -> list[tuple[float, float]]:
+    """(d) in `opts.login_rounds` short rounds, each a timing of the hash bound and a flood
+    of logins (`logins(seconds, name)`: logins per second), the order swapped every round,
+    so that each pair was measured seconds apart: this machine's speed drifts by more than
+    the margin of the target within a minute (the hash bound timed 41.7/s in one row group
+    and 51.1/s in the next, same code)."""
+    if opts.login_rounds <= 0:
+        return []
+    seconds = opts.login_round_seconds
+    log(f"[{tag}] {opts.login_rounds} rounds of the hash bound and {seconds}s of logins")
+    rounds = []
+    for i in range(opts.login_rounds):
+        got: dict[str, float] = {}
+        for what in ("bound", "login") if i % 2 == 0 else ("login", "bound"):
+            got[what] = bound() if what == "bound" else logins(seconds, f"{tag}-d-round{i}")
+        rounds.append((got["login"], got["bound"]))
+        ratio = got["login"] / got["bound"] if got["bound"] else 0.0
+        log(
+            f"[{tag}] round {i + 1}: {got['login']:.1f} logins/s, bound {got['bound']:.1f}/s, "
+            f"{ratio:.2f} x"
+        )
+    return rounds
