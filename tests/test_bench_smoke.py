@@ -66,23 +66,23 @@ def test_bench_quick_sqlite(tmp_path: Path) -> None:
         rate = float(login_row.split("|")[4].strip().replace(",", ""))
         assert share == pytest.approx(rate / bound, abs=0.01)
     # (d'): one round of the bound and of logins, side by side; (d)'s target is its median.
-    section = proc.stdout.split("## d'. Login against the hash bound, alternating", 1)[1]
-    section = section.split("\n## ", 1)[0]
+    rounds = proc.stdout.split("## d'. Login against the hash bound, alternating", 1)[1]
+    rounds = rounds.split("\n## ", 1)[0]
     for workers in (1, 2):
         (round_row,) = [
-            line for line in section.splitlines() if line.startswith(f"| sqlite | {workers} | 1 |")
+            line for line in rounds.splitlines() if line.startswith(f"| sqlite | {workers} | 1 |")
         ]
         logins, bound, ratio = (float(x.strip()) for x in round_row.split("|")[4:7])
         assert logins > 0 and bound > 0 and ratio == pytest.approx(logins / bound, abs=0.01)
         (median_row,) = [
-            line for line in section.splitlines()
+            line for line in rounds.splitlines()
             if line.startswith(f"| sqlite | {workers} | median |")
         ]  # fmt: skip
         assert f"**{ratio:.2f}**" in median_row
-        (target,) = [
+        (login_target,) = [
             line for line in lines if line.startswith(f"| sqlite w{workers} d: login ≥ 0.85")
         ]
-        assert f"| {ratio:.2f} |" in target
+        assert f"| {ratio:.2f} |" in login_target
     # (s): one round of 1 worker against 2, side by side, and its target from the median.
     section = proc.stdout.split("## s. /auth/me, 1 worker against 2, alternating", 1)[1]
     (round_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | 1 | ")]
