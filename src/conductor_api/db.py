@@ -64,9 +64,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
+        value = _utc(value)
         # SQLite has no time zones: keep naive UTC so that text comparison orders correctly.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -76,6 +74,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive one is refused (its zone would be a guess)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
+
+
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """What `UTCDateTime` then SQLite's DATETIME make of a value for SQLite, in one step:
     the naive UTC time as "YYYY-MM-DD HH:MM:SS.ffffff" (microseconds always written, so that
@@ -83,9 +88,7 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
     in a row were a few percent of a sign-in's CPU."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:

@@ -106,9 +106,9 @@ class _Window:
         taken = await self._take(db, key, now)
         if taken is None:
             counter = await throttle.read(db, self.scope, key, now, window=self.window)
-            # No counter: it went (emptied) between the two statements; take it again.
             if counter is not None:
                 return self.refusal(counter)
+            # No counter: it went (emptied) between the two statements; take it again.
             taken = await self._take(db, key, now)
             if taken is None:
                 return None

@@ -91,6 +91,15 @@ def _read(windowed: bool) -> Select[Any]:
     return select(failures, pending, locked, _c.window_started_at).where(_ROW)
 
 
+def _new_row(dialect: str, failures: int, pending: int = 0) -> Any:
+    """An INSERT of a counter (this dialect's, for its ON CONFLICT clause)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(_t).values(
+        scope=bindparam("in_scope"), key=bindparam("in_key"), failures=failures,
+        pending=pending, window_started_at=_NOW,
+    )  # fmt: skip
+
+
 _SLOTS_UNTIL = bindparam("slots_until", type_=UTCDateTime())
 
 
@@ -104,17 +113,9 @@ def _take(dialect: str, windowed: bool) -> Any:
     # A name's row dates from its last attempt (retention prunes rows idle for a window);
     # an address's from the start of its failure window.
     started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(_t)
-        .values(
-            scope=bindparam("in_scope"),
-            key=bindparam("in_key"),
-            failures=0,
-            pending=1,
-            pending_until=_SLOTS_UNTIL,
-            window_started_at=_NOW,
-        )
+        _new_row(dialect, 0, pending=1)
+        .values(pending_until=_SLOTS_UNTIL)
         .on_conflict_do_update(
             index_elements=["scope", "key"],
             # Every right-hand side sees the row as it was before this statement.
@@ -174,15 +175,6 @@ _FAIL_IP = (
         window_started_at=case((_WINDOW_OVER, _NOW), else_=_c.window_started_at),
     )
 )
-
-
-def _new_row(dialect: str, failures: int) -> Any:
-    """An INSERT of a counter (this dialect's, for its ON CONFLICT clause)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(_t).values(
-        scope=bindparam("in_scope"), key=bindparam("in_key"), failures=failures, pending=0,
-        window_started_at=_NOW,
-    )  # fmt: skip
 
 
 @cache
