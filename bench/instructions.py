@@ -24,6 +24,7 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,7 +132,7 @@ def main() -> None:
         return
     if args.n < 1:
         p.error("--n must be at least 1")
-    if subprocess.run(["which", "valgrind"], capture_output=True).returncode != 0:
+    if shutil.which("valgrind") is None:
         sys.exit("instructions: error: valgrind not found (Debian: apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="conductor-callgrind-"))
     # Side by side: instructions do not depend on what else runs.

@@ -37,8 +37,11 @@ class ConfigResult:
         """(d)'s figure: the median round's ratio (one round that the machine's drift or a
         neighbour disturbed moves it no more than any other); without rounds, (d)'s own
         run over the mean bound."""
-        if self.login_rounds:
-            return statistics.median(self.login_ratios)
+        return statistics.median(self.login_ratios) if self.login_rounds else self.login_row_ratio
+
+    @property
+    def login_row_ratio(self) -> float:
+        """(d)'s own run over the mean bound."""
         d = self.results.get("d")
         return d.rps / self.hash_bound if d is not None and self.hash_bound else 0.0
 
@@ -249,7 +252,11 @@ def run_config(
 
         quiet("the Argon2id timing")
         log(f"[{tag}] timing {opts.hash_rounds} Argon2id verifies with the server's hasher")
-        hash_bound = measure(server_python, opts.hash_rounds, clean_env(**env))
+
+        def time_bound() -> HashBound:
+            return measure(server_python, opts.hash_rounds, clean_env(**env))
+
+        hash_bound = time_bound()
 
         log(f"[{tag}] (e) probes /health/live at {opts.probe_rate:g} req/s during (d)")
         login = scenario(
@@ -257,12 +264,12 @@ def run_config(
         )
         assert login.probe is not None
         log(f"[{tag}] timing the Argon2id verifies again, after (d)")
-        hash_after = measure(server_python, opts.hash_rounds, clean_env(**env))
+        hash_after = time_bound()
         login_rounds = alternate_login_and_bound(
             tag, opts, lambda n, name: load_tool.run(
                 url + "/", "login.lua", n, {"BENCH_USERS": str(users)}, name, server, db_pids
             ).rps,
-            lambda: measure(server_python, opts.hash_rounds, clean_env(**env)).bound,
+            lambda: time_bound().bound,
         )  # fmt: skip
         results["e"] = login.probe
         results["e"].rss_peak = login.rss_peak
