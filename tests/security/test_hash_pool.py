@@ -13,10 +13,11 @@ import platform
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from conductor_api.security.passwords import HASH_NICENESS, PasswordHasher
+from conductor_api.security.passwords import HASH_NICENESS, HASH_THREAD_NAME, PasswordHasher
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -62,6 +63,26 @@ async def test_hashing_threads_run_below_the_event_loop() -> None:
             assert thread.native_id is not None
             niceness = os.getpriority(os.PRIO_PROCESS, thread.native_id)
             assert niceness == min(19, mine + HASH_NICENESS)
+    finally:
+        hasher.close()
+
+
+def _system_name(tid: int | None) -> str:
+    """A thread's name as the system shows it."""
+    return Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="thread names in /proc are Linux's")
+async def test_hashing_threads_carry_their_name_in_the_system() -> None:
+    hasher = PasswordHasher(concurrency=2)
+    try:
+        await asyncio.gather(*(hasher.hash("x" * 16) for _ in range(2)))
+        threads = [t for t in threading.enumerate() if t.name.startswith("pwhash")]
+        assert len(threads) == 2
+        for thread in threads:
+            assert _system_name(thread.native_id) == HASH_THREAD_NAME
+        # Only those: the event loop's thread keeps its own name.
+        assert _system_name(threading.get_native_id()) != HASH_THREAD_NAME
     finally:
         hasher.close()
 
