@@ -72,8 +72,16 @@ def test_bench_quick_sqlite(tmp_path: Path) -> None:
         (round_row,) = [
             line for line in rounds.splitlines() if line.startswith(f"| sqlite | {workers} | 1 |")
         ]
-        logins, bound, ratio = (float(x.strip()) for x in round_row.split("|")[4:7])
+        logins, bound, ratio, hashing, ceiling = (
+            float(x.strip()) for x in round_row.split("|")[4:9]
+        )
         assert logins > 0 and bound > 0 and ratio == pytest.approx(logins / bound, abs=0.01)
+        # The workers' hashing threads (named pwhash) did the verifies of the round: their
+        # CPU is found and counted apart, and over the cores the bound hashes on (one per
+        # hashing thread, a thread per core by default) it is the round's ceiling.
+        hashing_on = len(os.sched_getaffinity(0))
+        assert 0 < hashing <= hashing_on + 0.1
+        assert ceiling == pytest.approx(hashing / hashing_on, abs=0.01)
         (median_row,) = [
             line for line in rounds.splitlines()
             if line.startswith(f"| sqlite | {workers} | median |")

@@ -46,9 +46,14 @@ class HashBound:
         return self.rounds / self.wall_s
 
     @property
+    def cores(self) -> int:
+        """The cores the timing hashed on: one per thread, as many as the machine has."""
+        return min(self.pool, cores())
+
+    @property
     def cpu_rate(self) -> float:
         """Verifies per second had no other process taken CPU, from the CPU time."""
-        return min(self.pool, cores()) * self.rounds / self.cpu_s
+        return self.cores * self.rounds / self.cpu_s
 
     @property
     def disturbed(self) -> bool:

@@ -34,6 +34,7 @@ class Result:
     # CPU cores busy on average: server workers, PostgreSQL backends, wrk, everything else
     server_cpu: float | None = None
     worker_cpu: list[float] = field(default_factory=list)  # each worker's share
+    hash_cpu: float | None = None  # the workers' hashing threads (part of server_cpu)
     db_cpu: float | None = None
     loadgen_cpu: float | None = None
     other_cpu: float | None = None
@@ -157,6 +158,7 @@ class Load:
         res.worker_rss = [sampler.peak_per_worker.get(pid, 0) for pid in server.worker_pids()]
         res.server_cpu = sampler.server_cpu
         res.worker_cpu = sampler.worker_cpu
+        res.hash_cpu = sampler.hash_cpu
         if uneven(res):
             split = "+".join(f"{x:.2f}" for x in res.worker_cpu)
             res.note = "; ".join(

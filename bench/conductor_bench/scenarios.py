@@ -24,13 +24,14 @@ class ConfigResult:
     results: dict[str, Result]
     hash: HashBound  # the server's hasher, timed alone just before (d)
     hash_after: HashBound | None = None  # and again just after it
-    # (d) again in short rounds, each beside a timing of the bound: (logins/s, bound/s).
-    login_rounds: list[tuple[float, float]] = field(default_factory=list)
+    # (d) again in short rounds, each beside a timing of the bound: (logins/s, bound/s,
+    # cores the hashing threads used during the logins).
+    login_rounds: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
     def login_ratios(self) -> list[float]:
         """Each round's logins per second over the bound timed beside them."""
-        return [login / bound if bound else 0.0 for login, bound in self.login_rounds]
+        return [login / bound if bound else 0.0 for login, bound, _ in self.login_rounds]
 
     @property
     def login_ratio(self) -> float:
@@ -268,7 +269,7 @@ def run_config(
         login_rounds = alternate_login_and_bound(
             tag, opts, lambda n, name: load_tool.run(
                 url + "/", "login.lua", n, {"BENCH_USERS": str(users)}, name, server, db_pids
-            ).rps,
+            ),
             lambda: time_bound().bound,
         )  # fmt: skip
         results["e"] = login.probe
@@ -299,27 +300,32 @@ def run_config(
 def alternate_login_and_bound(
     tag: str,
     opts: Options,
-    logins: Callable[[int, str], float],
+    logins: Callable[[int, str], Result],
     bound: Callable[[], float],
-) -> list[tuple[float, float]]:
+) -> list[tuple[float, float, float]]:
     """(d) in `opts.login_rounds` short rounds, each a timing of the hash bound and a flood
-    of logins (`logins(seconds, name)`: logins per second), the order swapped every round,
-    so that each pair was measured seconds apart: this machine's speed drifts by more than
-    the margin of the target within a minute (the hash bound timed 41.7/s in one row group
-    and 51.1/s in the next, same code)."""
+    of logins (`logins(seconds, name)`), the order swapped every round, so that each pair
+    was measured seconds apart: this machine's speed drifts by more than the margin of the
+    target within a minute (the hash bound timed 41.7/s in one row group and 51.1/s in the
+    next, same code). Each round also keeps the cores the hashing threads used during its
+    logins: what the rest of a login's work (event loop, database, kernel, wrk) left them."""
     if opts.login_rounds <= 0:
         return []
     seconds = opts.login_round_seconds
     log(f"[{tag}] {opts.login_rounds} rounds of the hash bound and {seconds}s of logins")
     rounds = []
     for i in range(opts.login_rounds):
-        got: dict[str, float] = {}
+        timed, flood = 0.0, None
         for what in ("bound", "login") if i % 2 == 0 else ("login", "bound"):
-            got[what] = bound() if what == "bound" else logins(seconds, f"{tag}-d-round{i}")
-        rounds.append((got["login"], got["bound"]))
-        ratio = got["login"] / got["bound"] if got["bound"] else 0.0
+            if what == "bound":
+                timed = bound()
+            else:
+                flood = logins(seconds, f"{tag}-d-round{i}")
+        assert flood is not None
+        rounds.append((flood.rps, timed, flood.hash_cpu or 0.0))
+        ratio = flood.rps / timed if timed else 0.0
         log(
-            f"[{tag}] round {i + 1}: {got['login']:.1f} logins/s, bound {got['bound']:.1f}/s, "
-            f"{ratio:.2f} x"
+            f"[{tag}] round {i + 1}: {flood.rps:.1f} logins/s, bound {timed:.1f}/s, "
+            f"{ratio:.2f} x; hashing threads {flood.hash_cpu or 0.0:.2f} cores"
         )
     return rounds

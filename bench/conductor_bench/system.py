@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,11 @@ from conductor_bench.common import HOST
 
 if TYPE_CHECKING:
     from conductor_bench.servers import Server
+
+
+# What a worker's hashing threads are called in the system (the server's
+# `passwords.HASH_THREAD_NAME`).
+HASH_THREADS = "pwhash"
 
 
 def free_port() -> int:
@@ -70,6 +76,25 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_seconds(pid: int, name: str) -> float:
+    """User + system CPU time so far of the threads of `pid` that the system names `name`
+    (a server worker's hashing threads: `pwhash`)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] == name:
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -112,7 +137,8 @@ def postgres_backends(dbname: str) -> list[int]:
 
 class Sampler:
     """While a scenario runs: the summed RSS of the workers (sampled), and the CPU time of the
-    workers, of the PostgreSQL backends serving the run's database, and of the whole machine."""
+    workers (and of their hashing threads), of the PostgreSQL backends serving the run's
+    database, and of the whole machine."""
 
     def __init__(
         self, server: Server, db_pids: Callable[[], list[int]], interval: float = 0.25
@@ -127,21 +153,22 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._lock = threading.Lock()
         # pid -> (CPU seconds when first seen, latest CPU seconds), per group
-        self._cpu: dict[str, dict[int, tuple[float, float]]] = {"server": {}, "db": {}}
+        self._cpu: dict[str, dict[int, tuple[float, float]]] = {"server": {}, "db": {}, "hash": {}}
         self._t0 = 0.0
         self._machine0 = 0.0
         self._self0 = 0.0
         self.elapsed = 0.0
         self.server_cpu = 0.0
         self.worker_cpu: list[float] = []
+        self.hash_cpu = 0.0
         self.db_cpu = 0.0
         self.machine_cpu = 0.0
         self.self_cpu = 0.0
 
-    def _track(self, group: str, pids: list[int], first: bool) -> None:
+    def _track(self, group: str, pids: list[int], first: bool, cpu: Callable[[int], float]) -> None:
         seen = self._cpu[group]
         for pid in pids:
-            now = proc_cpu_seconds(pid)
+            now = cpu(pid)
             if pid in seen:
                 seen[pid] = (seen[pid][0], max(now, seen[pid][1]))
             else:
@@ -156,8 +183,9 @@ class Sampler:
             self.peak_sum = max(self.peak_sum, sum(per.values()))
             for pid, rss in per.items():
                 self.peak_per_worker[pid] = max(self.peak_per_worker.get(pid, 0), rss)
-            self._track("server", workers, first)
-            self._track("db", self.db_pids(), first)
+            self._track("server", workers, first, proc_cpu_seconds)
+            self._track("hash", workers, first, partial(threads_cpu_seconds, name=HASH_THREADS))
+            self._track("db", self.db_pids(), first, proc_cpu_seconds)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -186,6 +214,7 @@ class Sampler:
         self.worker_cpu = [
             (b - a) / self.elapsed for _, (a, b) in sorted(self._cpu["server"].items())
         ]
+        self.hash_cpu = used("hash")
         self.db_cpu = used("db")
         self.machine_cpu = (machine_busy_seconds() - self._machine0) / self.elapsed
         self.self_cpu = (self_cpu_seconds() - self._self0) / self.elapsed
