@@ -1,6 +1,7 @@
 """The refresh-token swap on PostgreSQL: refreshes that arrive while a swap is out share the
 next statement, a session at most once in it, each swap still applying only to its own
-current token; a batch that loses a deadlock is sent again.
+current token; a statement the database does not answer fails the swaps waiting behind it
+too; a batch that loses a deadlock is sent again.
 
 PostgreSQL only (SQLite's swap is one statement per refresh); the database is a real one
 of this module's own."""
@@ -40,12 +41,18 @@ class Spy:
         self.sent = asyncio.Event()
         self.gate = asyncio.Event()
         self.gate.set()
+        # Raised by the next statement once through the gate, instead of reaching the
+        # database (a database that does not answer: TimeoutError).
+        self.error: BaseException | None = None
         apply: Callable[[list[Swap]], Awaitable[set[uuid.UUID]]] = rotations._apply
 
         async def spied(swaps: list[Swap]) -> set[uuid.UUID]:
             self.batches.append(sorted(s.session_id for s in swaps))
             self.sent.set()
             await self.gate.wait()
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
             return await apply(swaps)
 
         original: Callable[[Swap], Awaitable[bool]] = rotations.swap
@@ -162,6 +169,30 @@ async def test_a_spent_token_in_a_batch_revokes_only_its_own_session(
     kept = await session_row(container, pairs[2]["session_id"])
     assert kept.revoked_at is None
     assert kept.refresh_token_hash == digest(fresh.json()["refresh_token"])
+
+
+async def test_swaps_waiting_behind_a_statement_with_no_answer_are_answered_with_it(
+    client: httpx.AsyncClient, container: Container, spy: Spy, pairs: list[dict[str, str]]
+) -> None:
+    spy.error = TimeoutError()
+    first = await spy.held(refresh(client, pairs[0]["refresh_token"]))
+    async with asyncio.timeout(10):  # a swap left waiting would never be answered
+        later = await spy.release(*(refresh(client, p["refresh_token"]) for p in pairs[1:]))
+
+    # Those that waited behind the statement waited for the database as long as it may
+    # take: they are answered with it, without a statement (and a timeout) of their own.
+    assert spy.batches == [ids(pairs[0])]
+    for response in [await first, *later]:
+        assert_error(response, 503, "service_unavailable")
+    for pair in pairs:
+        row = await session_row(container, pair["session_id"])
+        assert row.generation == 0
+        assert row.refresh_token_hash == digest(pair["refresh_token"])
+        assert row.revoked_at is None
+    # The tokens are still good once the database answers again.
+    answered = await refresh(client, pairs[1]["refresh_token"])
+    assert answered.status_code == 200, answered.text
+    assert spy.batches[-1] == ids(pairs[1])
 
 
 async def test_a_batch_that_loses_a_deadlock_is_sent_again(
