@@ -137,7 +137,7 @@ def make_engine(
     engine = create_async_engine(url, **kwargs)
     if settings.is_sqlite:
         # InlineSqlite keeps a busy timeout of zero and waits for a lock itself.
-        _sqlite_pragmas(engine.sync_engine, None if inline else timeout, autocheckpoint)
+        _pragmas_on_connect(engine.sync_engine, None if inline else timeout, autocheckpoint)
         _begin_immediate(engine)
     else:
         _drop_closed_connections(engine)
@@ -663,7 +663,9 @@ def sqlite_pragmas(autocheckpoint: bool) -> tuple[str, ...]:
     return _SQLITE_PRAGMAS if autocheckpoint else (*_SQLITE_PRAGMAS, NO_AUTOCHECKPOINT)
 
 
-def _sqlite_pragmas(engine: Engine, timeout: float | None, autocheckpoint: bool) -> None:
+def _pragmas_on_connect(engine: Engine, timeout: float | None, autocheckpoint: bool) -> None:
+    """Every connection `engine` opens runs `sqlite_pragmas` first (and sets its busy
+    timeout, when `timeout` is given)."""
     pragmas = sqlite_pragmas(autocheckpoint)
 
     @event.listens_for(engine, "connect")
