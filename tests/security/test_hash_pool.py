@@ -77,7 +77,7 @@ async def test_hashing_threads_carry_their_name_in_the_system() -> None:
     hasher = PasswordHasher(concurrency=2)
     try:
         await asyncio.gather(*(hasher.hash("x" * 16) for _ in range(2)))
-        threads = [t for t in threading.enumerate() if t.name.startswith("pwhash")]
+        threads = [t for t in threading.enumerate() if t.name.startswith(HASH_THREAD_NAME)]
         assert len(threads) == 2
         for thread in threads:
             assert _system_name(thread.native_id) == HASH_THREAD_NAME

@@ -66,6 +66,18 @@ _TRIM_THRESHOLD = 256 << 20
 
 
 @cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, loaded once per process (finding it runs `ldconfig`), or None."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        return ctypes.CDLL(libc_name)
+    except OSError:
+        return None
+
+
+@cache
 def tune_allocator() -> Callable[[int], int] | None:
     """Keep Argon2id buffers mapped while hashes run, so that they can be given back when
     hashing stops; glibc's `malloc_trim` to give them back, or None off glibc. Once per
@@ -78,13 +90,12 @@ def tune_allocator() -> Callable[[int], int] | None:
     out of `malloc_trim`'s reach. Here the thresholds are fixed and every thread shares the
     main arena: buffers are reused hash after hash, and `malloc_trim(0)` (called once the
     hash pool has been idle for a moment) returns every free page to the system."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(libc_name)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     if (
         mallopt(_M_ARENA_MAX, 1)
@@ -109,11 +120,11 @@ def _name_thread(name: str) -> None:
     """Name the calling thread in the operating system (Linux; elsewhere nothing): so that
     an operator's `top -H` tells the hashing threads from the event loop, and the benchmark
     counts their CPU apart."""
-    if sys.platform != "linux":
+    libc = _libc() if sys.platform == "linux" else None
+    if libc is None:
         return
-    libc_name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(libc_name).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    with contextlib.suppress(AttributeError):
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def hashing_thread() -> None:
