@@ -315,13 +315,12 @@ def alternate_login_and_bound(
     log(f"[{tag}] {opts.login_rounds} rounds of the hash bound and {seconds}s of logins")
     rounds = []
     for i in range(opts.login_rounds):
-        timed, flood = 0.0, None
-        for what in ("bound", "login") if i % 2 == 0 else ("login", "bound"):
-            if what == "bound":
-                timed = bound()
-            else:
-                flood = logins(seconds, f"{tag}-d-round{i}")
-        assert flood is not None
+        if i % 2 == 0:
+            timed = bound()
+            flood = logins(seconds, f"{tag}-d-round{i}")
+        else:
+            flood = logins(seconds, f"{tag}-d-round{i}")
+            timed = bound()
         rounds.append((flood.rps, timed, flood.hash_cpu or 0.0))
         ratio = flood.rps / timed if timed else 0.0
         log(

@@ -67,32 +67,37 @@ def proc_rss(pid: int) -> int:
     return 0
 
 
+def _stat_cpu(path: str) -> tuple[str, float] | None:
+    """A process's or thread's name and user + system CPU seconds, from its /proc `stat`
+    file (None if it is gone)."""
+    try:
+        stat = Path(path).read_text()
+    except OSError:
+        return None
+    name, rest = stat[stat.index("(") + 1 :].rsplit(")", 1)
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    found = _stat_cpu(f"/proc/{pid}/stat")
+    return found[1] if found else 0.0
 
 
 def threads_cpu_seconds(pid: int, name: str) -> float:
     """User + system CPU time so far of the threads of `pid` that the system names `name`
     (a server worker's hashing threads: `pwhash`)."""
-    total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0.0
+    total = 0.0
     for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        if stat[stat.index("(") + 1 : stat.rindex(")")] == name:
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        found = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        if found is not None and found[0] == name:
+            total += found[1]
+    return total
 
 
 def cores() -> int:
