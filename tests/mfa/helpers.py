@@ -54,7 +54,13 @@ async def verify(client: httpx.AsyncClient, mfa_token: str, **code: str) -> http
 
 
 async def event_types(container: Container) -> list[str]:
-    """Every recorded event type, oldest first."""
+    """Every recorded event type, oldest first.
+
+    The tests' clock is frozen, so events share a time; their ids are time-ordered and break
+    the tie (the events API orders the same way).
+    """
     async with container.sessionmaker() as db:
-        rows = await db.scalars(select(SecurityEvent).order_by(SecurityEvent.created_at))
+        rows = await db.scalars(
+            select(SecurityEvent).order_by(SecurityEvent.created_at, SecurityEvent.id)
+        )
         return [e.type for e in rows.all()]
