@@ -1,7 +1,9 @@
 """Statements compiled once and sent straight to the driver, on SQLite and PostgreSQL:
-`Autocommit` (the refresh-token swap's path, no transaction) and `execute_direct` (the
-sign-in's, in a session's transaction). Their rows, their parameters' conversions, and a
-driver's error raised as SQLAlchemy's, so that an outage is still a 503."""
+`Autocommit` (the refresh-token swap's path, no transaction), `execute_direct` (the
+sign-in's, in a session's transaction) and `Autocommit.transaction` (SQLite: a password
+sign-in's write transaction, on the connection of the single statements). Their rows,
+their parameters' conversions, and a driver's error raised as SQLAlchemy's, so that an
+outage is still a 503."""
 
 from __future__ import annotations
 
@@ -265,3 +267,155 @@ async def test_sqlite_caller_cancelled_while_waiting_leaves_no_lock(
         holder.close()
     row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "next", "p_at": WHEN})
     assert row == (3, "next")
+
+
+# Autocommit.transaction: a direct write transaction on the same (SQLite) connection
+
+
+def sqlite_only(database_url: str) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's direct transactions")
+
+
+async def test_transaction_commits_at_the_end_of_its_block(probe: Probe, database_url: str) -> None:
+    sqlite_only(database_url)
+    later = WHEN + timedelta(minutes=5)
+    async with probe.autocommit.transaction() as tx:
+        rows = await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "t", "p_at": later})
+        assert rows == [(2, "t")]
+        await execute_direct(tx, probe.add, {"p_id": 2, "p_n": 5, "p_at": WHEN})
+        # Its own writes are visible to it, and to nobody else until the commit.
+        assert await execute_direct(tx, probe.read, {"p_id": 2}) == [(2, 5, None, WHEN)]
+        reader = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            every = probe.table.select().order_by(probe.table.c.id)
+            rows = reader.execute(str(every.compile(dialect=sqlite.dialect()))).fetchall()
+            assert [row[:3] for row in rows] == [(1, 1, "start")]
+        finally:
+            reader.close()
+    assert await stored(probe) == (2, "t", later)
+    assert await probe.autocommit.first(probe.read, {"p_id": 2}) == (2, 5, None, WHEN)
+
+
+async def test_transaction_that_raises_is_rolled_back_whole(
+    probe: Probe, database_url: str
+) -> None:
+    sqlite_only(database_url)
+    with pytest.raises(IntegrityError):
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "gone", "p_at": WHEN})
+            await execute_direct(tx, probe.add, {"p_id": 1, "p_n": 1, "p_at": WHEN})
+    assert await stored(probe) == (1, "start", WHEN)
+    # The connection is left with no transaction open: the next statement commits alone,
+    # and another connection can take the write lock at once.
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "after", "p_at": WHEN})
+    assert row == (2, "after")
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert await stored(probe) == (2, "after", WHEN)
+
+
+async def test_statements_of_other_tasks_wait_for_the_transaction(
+    probe: Probe, database_url: str
+) -> None:
+    sqlite_only(database_url)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def long_transaction() -> None:
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "tx", "p_at": WHEN})
+            entered.set()
+            await release.wait()
+            raise RuntimeError("rolled back")
+
+    holder = asyncio.ensure_future(long_transaction())
+    await entered.wait()
+    # A single statement sent meanwhile must not join the open transaction (and be rolled
+    # back with it), nor commit it: it waits, and runs on its own afterwards.
+    single = asyncio.ensure_future(
+        probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "single", "p_at": WHEN})
+    )
+    other = asyncio.ensure_future(probe.autocommit.first(probe.read, {"p_id": 1}))
+    await asyncio.sleep(0.05)
+    assert not single.done() and not other.done()
+    release.set()
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await holder
+    assert await single == (2, "single")
+    assert await stored(probe) == (2, "single", WHEN)
+    assert (await other) is not None
+
+
+async def test_a_statement_inside_its_own_tasks_transaction_is_refused(
+    probe: Probe, database_url: str
+) -> None:
+    sqlite_only(database_url)
+    with pytest.raises(RuntimeError, match="inside this task's transaction"):
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "a", "p_at": WHEN})
+            # Waiting for its own transaction would never end.
+            async with asyncio.timeout(2):
+                await probe.autocommit.first(probe.read, {"p_id": 1})
+    assert await stored(probe) == (1, "start", WHEN)
+
+
+async def test_transaction_cancelled_is_rolled_back_and_frees_the_connection(
+    probe: Probe, database_url: str
+) -> None:
+    sqlite_only(database_url)
+    entered = asyncio.Event()
+
+    async def cancelled() -> None:
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "c", "p_at": WHEN})
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(cancelled())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored(probe) == (1, "start", WHEN)
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "next", "p_at": WHEN})
+    assert row == (2, "next")
+
+
+async def test_transaction_waits_for_another_connections_lock_then_an_outage(
+    probe: Probe, database_url: str
+) -> None:
+    sqlite_only(database_url)
+    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        # Held past DATABASE_TIMEOUT_SECONDS (0.5 s here): the transaction never began.
+        with pytest.raises(OperationalError) as raised:
+            async with probe.autocommit.transaction():
+                pytest.fail("began while another connection held the write lock")
+        assert database_down(raised.value)
+
+        # Released within the timeout: it waits, then begins.
+        async def release_soon() -> None:
+            await asyncio.sleep(0.1)
+            holder.execute("ROLLBACK")
+
+        releasing = asyncio.ensure_future(release_soon())
+        async with probe.autocommit.transaction() as tx:
+            rows = await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "w", "p_at": WHEN})
+        await releasing
+    finally:
+        holder.close()
+    assert rows == [(2, "w")]
+    assert await stored(probe) == (2, "w", WHEN)
+
+
+async def test_transaction_is_sqlites_only(probe: Probe, database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's refusal")
+    with pytest.raises(RuntimeError, match="SQLite's"):
+        async with probe.autocommit.transaction():
+            pass

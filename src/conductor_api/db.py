@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -247,9 +247,10 @@ class Autocommit:
     more than the database's for a one-row statement, on paths that run on every sign-in.
     On SQLite it runs on a connection of its own (`InlineSqlite`: on the event loop's
     thread, and on aiosqlite's only to wait for another connection's write lock), in
-    autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by
-    default one of its own). A driver's error is raised as SQLAlchemy's (`DBAPIError` and
-    its subclasses), as from any other query, so that an outage is a 503.
+    autocommit mode, where `transaction` also opens the write transactions of sign-ins; on
+    PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by default one of its own).
+    A driver's error is raised as SQLAlchemy's (`DBAPIError` and its subclasses), as from
+    any other query, so that an outage is a 503.
     """
 
     def __init__(
@@ -265,6 +266,10 @@ class Autocommit:
         # SQLite: the connection (opened on first use), and how to open it.
         self._sqlite: InlineSqlite | None = None
         self._opening = asyncio.Lock()
+        # SQLite: held by a `transaction` for its whole length (statements wait for it),
+        # and the task that holds it.
+        self._writing = asyncio.Lock()
+        self._writer: asyncio.Task[Any] | None = None
         self._path = settings.sqlite_path if settings.is_sqlite else ""
         self._timeout = settings.database_timeout_seconds
         # PostgreSQL: the pool, and the one this object made (and closes), if any.
@@ -306,11 +311,50 @@ class Autocommit:
         # On an error the connection stays: every statement here is a transaction of its
         # own and is read to its end, so none is left open, and sign-ins and refreshes of
         # this process share it.
+        if self._writing.locked():
+            # A `transaction` is open on the connection: a statement now would join it.
+            if self._writer is asyncio.current_task():
+                raise RuntimeError("an autocommit statement inside this task's transaction")
+            async with self._writing:
+                return await _on_sqlite(await self._connection(compiled.sql), compiled, args)
+        return await _on_sqlite(await self._connection(compiled.sql), compiled, args)
+
+    async def _connection(self, sql: str) -> InlineSqlite:
         try:
-            connection = self._sqlite or await self._open_sqlite()
+            return self._sqlite or await self._open_sqlite()
         except sqlite3.Error as e:
-            raise _sqlite_error(compiled.sql, e) from e
-        return await _on_sqlite(connection, compiled, args)
+            raise _sqlite_error(sql, e) from e
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[DirectTransaction]:
+        """SQLite: a write transaction on this object's own connection, for statements sent
+        with `execute_direct` (no ORM), committed at the end of the block and rolled back
+        if it raises (or is cancelled). Meanwhile this object's single statements, and
+        other transactions, wait for it.
+
+        A sign-in's transaction, on the connection of its single statements rather than on
+        the engine's pool: a SQLite connection drops its page cache whenever another
+        connection has written, so two connections taking turns read their pages afresh at
+        every turn: that and the ORM session's own work were about a quarter of a password
+        sign-in's CPU outside the hash (bench/RESULTS.md). Not on PostgreSQL, whose pages
+        are the server's."""
+        if self._pool is not None:
+            raise RuntimeError("direct transactions are SQLite's")
+        async with self._writing:
+            self._writer = asyncio.current_task()
+            try:
+                connection = await self._connection("BEGIN IMMEDIATE")
+                await _run_sqlite(connection, "BEGIN IMMEDIATE")
+                try:
+                    yield DirectTransaction(connection, self._dialect)
+                    await _run_sqlite(connection, "COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        with contextlib.suppress(DBAPIError):
+                            await _run_sqlite(connection, "ROLLBACK")
+                    raise
+            finally:
+                self._writer = None
 
     async def _open_sqlite(self) -> InlineSqlite:
         """The connection, opened by the first statement (once, however many arrive)."""
@@ -340,9 +384,37 @@ class Autocommit:
             await self._own.close()
 
 
+class DirectTransaction:
+    """An open `Autocommit.transaction`: what `execute_direct` runs its statements in."""
+
+    __slots__ = ("_connection", "_dialect", "dialect_name")
+
+    def __init__(self, connection: InlineSqlite, dialect: Dialect) -> None:
+        self._connection = connection
+        self._dialect = dialect
+        self.dialect_name = dialect.name
+
+    async def rows(
+        self, statement: Executable, params: Mapping[str, object]
+    ) -> list[tuple[Any, ...]]:
+        """Execute `statement` with `params` in the transaction and return its rows."""
+        compiled = _compiled(statement, self._dialect)
+        return await _on_sqlite(self._connection, compiled, compiled.arguments(params))
+
+
+async def _run_sqlite(connection: InlineSqlite, sql: str) -> None:
+    """A statement with no parameters and no rows (BEGIN, COMMIT), its error SQLAlchemy's."""
+    try:
+        await connection.statement(sql, (), False)
+    except sqlite3.Error as e:
+        raise _sqlite_error(sql, e) from e
+
+
 # What runs a statement straight on the driver (`execute_direct`): a session's transaction,
-# or no transaction at all.
-Executor = AsyncSession | Autocommit
+# a direct one, or no transaction at all.
+Executor = AsyncSession | DirectTransaction | Autocommit
+# What holds a transaction: a session's, or (SQLite) a direct one.
+Writer = AsyncSession | DirectTransaction
 
 
 # asyncpg errors that end the connection: it failed, the server is shutting down or an
@@ -439,7 +511,7 @@ async def execute_direct(
     insert) cost more than SQLite's own. The statement is compiled once per dialect
     (`_Compiled`), with SQLAlchemy's own type processing; a driver's error is raised as
     SQLAlchemy's, as from any other query, and the session's transaction is the same."""
-    if isinstance(db, Autocommit):
+    if isinstance(db, Autocommit | DirectTransaction):
         return await db.rows(statement, params)
     conn, fairy = await _connection(db)
     compiled = _compiled(statement, conn.dialect)

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
-from conductor_api.db import Autocommit, Executor, UTCDateTime, execute_direct
+from conductor_api.db import Autocommit, DirectTransaction, Executor, UTCDateTime, execute_direct
 
 USER = "user"
 IP = "ip"
@@ -197,7 +197,11 @@ def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
 
 
 def _dialect(db: Executor) -> str:
-    return db.dialect_name if isinstance(db, Autocommit) else db.get_bind().dialect.name
+    return (
+        db.dialect_name
+        if isinstance(db, Autocommit | DirectTransaction)
+        else db.get_bind().dialect.name
+    )
 
 
 def _at(now: datetime, window: timedelta | None) -> dict[str, datetime]:
