@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth import throttle
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
-from conductor_api.db import Executor
+from conductor_api.db import Executor, Writer
 from conductor_api.errors import AccountLocked, AppError, TooManyAttempts
 
 # Slots not given back within this time (the process died during the check) are dropped.
@@ -56,13 +56,13 @@ class Limit(Protocol):
     def busy(self) -> AppError:
         """The refusal of an attempt that waited its whole turn."""
 
-    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+    async def failed(self, db: Writer, slot: Slot, now: datetime) -> bool:
         """The check failed: count it; whether this locked the key."""
 
-    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+    async def succeeded(self, db: Writer, slot: Slot) -> None:
         """The check succeeded: give the slot back (and forgive what the limit forgives)."""
 
-    async def released(self, db: AsyncSession, slot: Slot) -> None:
+    async def released(self, db: Writer, slot: Slot) -> None:
         """Give the slot back without counting anything (refused later, or abandoned)."""
 
 
@@ -147,16 +147,16 @@ class AddressLimit(_Window):
         """Too many logins from this address are being checked at once."""
         return TooManyAttempts(BUSY_RETRY_AFTER)
 
-    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+    async def failed(self, db: Writer, slot: Slot, now: datetime) -> bool:
         """One more failure for the address; it is refused, not locked, at its limit."""
         await throttle.fail_ip(db, slot.key, now, window=self.lockout)
         return False
 
-    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+    async def succeeded(self, db: Writer, slot: Slot) -> None:
         """Successes do not count against an address."""
         await throttle.release_ip(db, slot.key)
 
-    async def released(self, db: AsyncSession, slot: Slot) -> None:
+    async def released(self, db: Writer, slot: Slot) -> None:
         """Nothing counted: the slot goes back."""
         await throttle.release_ip(db, slot.key)
 
@@ -214,21 +214,21 @@ class UsernameLimit(_Window):
         """The name's slots stayed taken by checks in flight for the whole wait."""
         return AccountLocked(BUSY_RETRY_AFTER)
 
-    async def failed(self, db: AsyncSession, slot: Slot, now: datetime) -> bool:
+    async def failed(self, db: Writer, slot: Slot, now: datetime) -> bool:
         """One more failure for the name; whether it locked the name."""
         return await throttle.fail_user(
             db, slot.key, now, max_failures=self.settings.max_failed_login_attempts,
             lockout=self.lockout, scope=self.scope,
         )  # fmt: skip
 
-    async def succeeded(self, db: AsyncSession, slot: Slot) -> None:
+    async def succeeded(self, db: Writer, slot: Slot) -> None:
         """A right password forgives the failures settled before its slot."""
         await throttle.forgive_user(
             db, slot.key, slot.failures_before,
             max_failures=self.settings.max_failed_login_attempts, scope=self.scope,
         )  # fmt: skip
 
-    async def released(self, db: AsyncSession, slot: Slot) -> None:
+    async def released(self, db: Writer, slot: Slot) -> None:
         """Nothing counted: the slot goes back."""
         await throttle.release(db, self.scope, slot.key)
 

@@ -23,7 +23,7 @@ from conductor_api.auth.signin import PasskeyOutcome, SignIn, Steps
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
-from conductor_api.db import Autocommit
+from conductor_api.db import Autocommit, Writer
 from conductor_api.devices import service as devices
 from conductor_api.devices.service import TrustedDevice
 from conductor_api.errors import MfaRequired, NotFound
@@ -85,7 +85,7 @@ class SignInService:
 
     async def start(
         self,
-        db: AsyncSession,
+        db: Writer,
         attempt: SignIn,
         user: User,
         device: Device,
@@ -127,7 +127,7 @@ class SignInService:
             # 1. the client address's limit; 2. the name's, or the device token's instead
             await attempt.limits(*self.limits(attempt, trusted.id if trusted else None))
             verified = await attempt.password(password)  # 3. the credential
-            async with attempt.finish(verified) as db:
+            async with attempt.finish_direct(verified) as db:
                 user = verified.user
                 if await self.mfa.is_on(db, user.id):
                     # 4. the second factor: a pending sign-in, finished by `SecondStep.verify`
@@ -198,7 +198,7 @@ class SignInService:
         async with SignIn(self.steps, principal.username, client) as attempt:
             await attempt.limits(*self.limits(attempt))
             verified = await attempt.password(password)
-            async with attempt.finish(verified):
+            async with attempt.finish_direct(verified):
                 pass
 
     async def change_password(

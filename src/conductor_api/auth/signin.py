@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from conductor_api.auth.limits import Limit, Slot
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
-from conductor_api.db import Autocommit
+from conductor_api.db import Autocommit, Writer
 from conductor_api.errors import AccountDisabled, AppError, InvalidCredentials, InvalidMfaCode
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
@@ -42,6 +42,9 @@ from conductor_api.users.models import User
 from conductor_api.values import ClientInfo
 
 log = logging.getLogger("conductor_api")
+
+# The transaction of a step 5: a session's, or a direct one (`SignIn.finish_direct`).
+W = TypeVar("W", bound=Writer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +224,23 @@ class SignIn:
         self._committed()
         raise error or InvalidCredentials()
 
+    def finish(self, verified: Verified) -> AbstractAsyncContextManager[AsyncSession]:
+        """Step 5 in an ORM session (`_finish`), for the flows whose step 5 needs the ORM."""
+        return self._finish(verified, self._s.sessionmaker.begin)
+
+    def finish_direct(self, verified: Verified) -> AbstractAsyncContextManager[Writer]:
+        """Step 5 (`_finish`) for a flow that sends every statement with `execute_direct`:
+        on SQLite a direct transaction (`Autocommit.transaction`), on the connection of the
+        attempt's single statements; on PostgreSQL a session's."""
+        direct = self._s.direct
+        if direct.dialect_name == "sqlite":
+            return self._finish(verified, direct.transaction)
+        return self._finish(verified, self._s.sessionmaker.begin)
+
     @asynccontextmanager
-    async def finish(self, verified: Verified) -> AsyncIterator[AsyncSession]:
+    async def _finish(
+        self, verified: Verified, begin: Callable[[], AbstractAsyncContextManager[W]]
+    ) -> AsyncIterator[W]:
         """Step 5: the transaction that acts on the sign-in (starts the session).
 
         The user row is read again under a shared row lock, one that a password change or a
@@ -230,7 +248,7 @@ class SignIn:
         this attempt was checked ends as a wrong password or a disabled account, never in a
         live session. Sign-ins of one user share the lock, so they never queue on it."""
         refusal: AppError | None = None
-        async with self._s.sessionmaker.begin() as db:
+        async with begin() as db:
             current = await users.hold(db, verified.user.id)
             if current is None or not verified.still_holds(current):
                 await self._fail(db, current)
@@ -269,7 +287,7 @@ class SignIn:
 
     async def record(
         self,
-        db: AsyncSession,
+        db: Writer,
         type_: EventType,
         user: User | None,
         session_id: uuid.UUID | None = None,
@@ -285,7 +303,7 @@ class SignIn:
         )  # fmt: skip
 
     async def _fail(
-        self, db: AsyncSession, user: User | None, event: EventType = EventType.LOGIN_FAILED
+        self, db: Writer, user: User | None, event: EventType = EventType.LOGIN_FAILED
     ) -> None:
         now = self._s.clock.now()
         locked = False

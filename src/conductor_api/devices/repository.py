@@ -5,17 +5,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import execute_direct, insert_row
+from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_row
 from conductor_api.devices.models import DeviceToken
 
 _INSERT = insert_row(DeviceToken)
 
 
 async def add(
-    db: AsyncSession,
+    db: Writer,
     token_id: uuid.UUID,
     user_id: uuid.UUID,
     token_hash: str,
@@ -43,15 +43,23 @@ async def find_live(db: AsyncSession, token_hash: str, now: datetime) -> DeviceT
     )
 
 
-async def get_live(db: AsyncSession, token_id: uuid.UUID, now: datetime) -> DeviceToken | None:
-    """The unrevoked, unexpired device token with this id."""
-    return await db.scalar(
-        select(DeviceToken).where(
-            DeviceToken.id == token_id,
-            DeviceToken.revoked_at.is_(None),
-            DeviceToken.expires_at > now,
-        )
-    )
+# Built once, for `execute_direct`: a sign-in that presents its device token runs both.
+_LIVE_OWNER = select(DeviceToken.user_id).where(
+    DeviceToken.id == bindparam("token_id", type_=Uuid()),
+    DeviceToken.revoked_at.is_(None),
+    DeviceToken.expires_at > bindparam("now", type_=UTCDateTime()),
+)
+_TOUCH = (
+    update(DeviceToken)
+    .where(DeviceToken.id == bindparam("token_id", type_=Uuid()))
+    .values(last_used_at=bindparam("now", type_=UTCDateTime()))
+)
+
+
+async def live_owner(db: Writer, token_id: uuid.UUID, now: datetime) -> uuid.UUID | None:
+    """The user of the unrevoked, unexpired device token with this id, if there is one."""
+    rows = await execute_direct(db, _LIVE_OWNER, {"token_id": token_id, "now": now})
+    return rows[0][0] if rows else None
 
 
 async def ids_for_user(db: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
@@ -61,9 +69,9 @@ async def ids_for_user(db: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:
     )
 
 
-async def touch(db: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:
+async def touch(db: Writer, token_id: uuid.UUID, now: datetime) -> None:
     """Record a sign-in with this device token."""
-    await db.execute(update(DeviceToken).where(DeviceToken.id == token_id).values(last_used_at=now))
+    await execute_direct(db, _TOUCH, {"token_id": token_id, "now": now})
 
 
 async def revoke_for_user(db: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:

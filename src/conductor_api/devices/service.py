@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import Writer
 from conductor_api.devices import repository
 from conductor_api.security.tokens import token_digest
 
@@ -48,12 +49,11 @@ async def live_id(
     token may have been revoked since), else None."""
     if token_id is None:
         return None
-    row = await repository.get_live(db, token_id, now)
-    return row.id if row is not None and row.user_id == user_id else None
+    return token_id if await repository.live_owner(db, token_id, now) == user_id else None
 
 
 async def issue(
-    db: AsyncSession,
+    db: Writer,
     user_id: uuid.UUID,
     now: datetime,
     *,
@@ -62,11 +62,9 @@ async def issue(
 ) -> str:
     """The device token of a successful sign-in: the one presented, if it is still live for
     this user, or a new one (only its digest is stored)."""
-    if presented is not None:
-        row = await repository.get_live(db, presented.id, now)
-        if row is not None and row.user_id == user_id:
-            await repository.touch(db, row.id, now)
-            return presented.token
+    if presented is not None and await repository.live_owner(db, presented.id, now) == user_id:
+        await repository.touch(db, presented.id, now)
+        return presented.token
     token = secrets.token_urlsafe(32)
     await repository.add(
         db, uuid.uuid4(), user_id, token_digest(token), now, now + timedelta(days=days)

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import execute_direct, insert_row
+from conductor_api.db import Writer, execute_direct, insert_row
 from conductor_api.events.models import EventType, SecurityEvent
 from conductor_api.logs import security_event
 
@@ -63,7 +63,7 @@ _INSERT = insert_row(SecurityEvent)
 
 
 async def record(
-    db: AsyncSession,
+    db: Writer,
     type_: EventType,
     *,
     now: datetime,

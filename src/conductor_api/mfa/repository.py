@@ -9,16 +9,17 @@ from datetime import datetime
 from sqlalchemy import Uuid, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import execute_direct
+from conductor_api.db import Writer, execute_direct, insert_row
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 
-# Built once: every password sign-in asks it.
+# Built once: every password sign-in asks it, and one with TOTP on adds a pending sign-in.
 _CONFIRMED = select(TotpFactor.confirmed).where(
     TotpFactor.user_id == bindparam("user_id", type_=Uuid())
 )
+_INSERT_PENDING = insert_row(MfaToken)
 
 
-async def factor_confirmed(db: AsyncSession, user_id: uuid.UUID) -> bool:
+async def factor_confirmed(db: Writer, user_id: uuid.UUID) -> bool:
     """Whether the user has a TOTP factor and it is confirmed (straight to the driver: no
     caller has a factor of its own unflushed when it asks)."""
     rows = await execute_direct(db, _CONFIRMED, {"user_id": user_id})
@@ -119,10 +120,9 @@ async def users_with_totp(db: AsyncSession) -> set[uuid.UUID]:
     return set(rows.all())
 
 
-async def add_pending(db: AsyncSession, token: MfaToken) -> None:
-    """Insert a pending sign-in."""
-    db.add(token)
-    await db.flush()
+async def add_pending(db: Writer, values: dict[str, object]) -> None:
+    """Insert a pending sign-in: `values` has every column."""
+    await execute_direct(db, _INSERT_PENDING, values)
 
 
 async def get_pending(

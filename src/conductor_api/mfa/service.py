@@ -13,11 +13,12 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import Writer
 from conductor_api.errors import MfaAlreadyEnabled, MfaNotEnabled, MfaNotSetUp
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.mfa import repository
-from conductor_api.mfa.models import MfaToken, TotpFactor
+from conductor_api.mfa.models import TotpFactor
 from conductor_api.security import otp
 from conductor_api.security.encryption import DecryptionError, SecretBox, derive_key
 from conductor_api.security.tokens import token_digest
@@ -101,7 +102,7 @@ class SecondFactor:
         left = await repository.recovery_codes_left(db, user_id) if on else 0
         return Status(totp=on, recovery_codes_left=left)
 
-    async def is_on(self, db: AsyncSession, user_id: uuid.UUID) -> bool:
+    async def is_on(self, db: Writer, user_id: uuid.UUID) -> bool:
         """Whether the user's sign-ins need a second factor."""
         return await repository.factor_confirmed(db, user_id)
 
@@ -226,7 +227,7 @@ class SecondFactor:
 
     async def start_pending(
         self,
-        db: AsyncSession,
+        db: Writer,
         user_id: uuid.UUID,
         now: datetime,
         *,
@@ -238,19 +239,14 @@ class SecondFactor:
         token = secrets.token_urlsafe(32)
         await repository.add_pending(
             db,
-            MfaToken(
-                id=uuid.uuid4(),
-                token_hash=token_digest(token),
-                user_id=user_id,
-                device_name=device_name,
-                device_fingerprint=fingerprint,
-                device_token_id=device_token_id,
-                created_at=now,
-                expires_at=now + timedelta(seconds=PENDING_SECONDS),
-                failures=0,
-                spent_at=None,
-            ),
-        )
+            {
+                "id": uuid.uuid4(), "token_hash": token_digest(token), "user_id": user_id,
+                "device_name": device_name, "device_fingerprint": fingerprint,
+                "device_token_id": device_token_id, "created_at": now,
+                "expires_at": now + timedelta(seconds=PENDING_SECONDS), "failures": 0,
+                "spent_at": None,
+            },
+        )  # fmt: skip
         return token
 
     async def find_pending(

@@ -9,14 +9,14 @@ from datetime import datetime
 from sqlalchemy import Update, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import UTCDateTime, execute_direct, insert_row
+from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_row
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
 _INSERT = insert_row(DeviceSession)
 
 
-async def add(db: AsyncSession, values: dict[str, object]) -> None:
+async def add(db: Writer, values: dict[str, object]) -> None:
     """Insert a session row: `values` has every column (built once: every sign-in starts
     a session)."""
     await execute_direct(db, _INSERT, values)
@@ -77,7 +77,7 @@ _REVOKE = {(a, b): _revoke_statement(a, b) for a in (False, True) for b in (Fals
 
 
 async def revoke_for_user(
-    db: AsyncSession,
+    db: Writer,
     user_id: uuid.UUID,
     now: datetime,
     reason: str,

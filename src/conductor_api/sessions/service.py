@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.config import Settings
+from conductor_api.db import Writer
 from conductor_api.errors import InvalidRefreshToken, NotFound, RefreshTokenReused
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
@@ -53,7 +54,7 @@ def _refresh_expiry(settings: Settings, issued_at: int, session_expires_at: int)
 
 
 async def start_session(
-    db: AsyncSession,
+    db: Writer,
     tokens: TokenService,
     settings: Settings,
     user: User,
@@ -252,7 +253,7 @@ async def revoke_users_session(
 
 
 async def revoke_many(
-    db: AsyncSession,
+    db: Writer,
     user: User,
     now: datetime,
     client: ClientInfo | None,

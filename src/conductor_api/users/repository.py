@@ -10,7 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Table, Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import Executor, execute_direct
+from conductor_api.db import Executor, Writer, execute_direct
 from conductor_api.users.models import User
 
 # Built once, with bind parameters: every sign-in runs these, and building and cache-keying
@@ -47,7 +47,7 @@ async def read_by_key(db: Executor, username_key: str) -> User | None:
     return _detached(await execute_direct(db, _ROW_BY_KEY, {"key": username_key}))
 
 
-async def read_shared(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+async def read_shared(db: Writer, user_id: uuid.UUID) -> User | None:
     """A copy of the user with this id, read under a shared row lock (PostgreSQL; on
     SQLite every transaction already holds the write lock), not tracked by `db`."""
     return _detached(await execute_direct(db, _ROW_SHARED, {"user_id": user_id}))

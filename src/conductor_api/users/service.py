@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import Executor
+from conductor_api.db import Executor, Writer
 from conductor_api.devices import service as devices
 from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
@@ -131,7 +131,7 @@ async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await repository.get(db, user_id, lock=True)
 
 
-async def hold(db: AsyncSession, user_id: uuid.UUID) -> User | None:
+async def hold(db: Writer, user_id: uuid.UUID) -> User | None:
     """The user row read afresh under the shared lock of a sign-in's start of session: it
     orders the sign-in against password changes and disables (`lock`), not against the
     user's other sign-ins, so a burst of right passwords does not queue on the row. A copy
