@@ -125,7 +125,7 @@ class SignIn:
     ) -> None:
         # Refused, failed or cancelled before a settlement committed: nothing is counted.
         if self._held:
-            async with self._s.sessionmaker.begin() as db:
+            async with self._direct() as db:
                 for slot in self._held:
                     await slot.limit.released(db, slot)
             self._committed()
@@ -217,10 +217,13 @@ class SignIn:
     ) -> NoReturn:
         """A credential (or factor) that did not verify: every slot becomes a failure, the
         event is recorded, in one transaction; then `error` (`InvalidCredentials`)."""
-        async with self._s.sessionmaker.begin() as db:
-            await self._fail(db, user, event)
-            if also is not None:
-                await also(db)
+        if also is None:
+            async with self._direct() as db:
+                await self._fail(db, user, event)
+        else:
+            async with self._s.sessionmaker.begin() as session:
+                await self._fail(session, user, event)
+                await also(session)
         self._committed()
         raise error or InvalidCredentials()
 
@@ -229,13 +232,18 @@ class SignIn:
         return self._finish(verified, self._s.sessionmaker.begin)
 
     def finish_direct(self, verified: Verified) -> AbstractAsyncContextManager[Writer]:
-        """Step 5 (`_finish`) for a flow that sends every statement with `execute_direct`:
-        on SQLite a direct transaction (`Autocommit.transaction`), on the connection of the
-        attempt's single statements; on PostgreSQL a session's."""
+        """Step 5 (`_finish`) in `_direct`'s transaction, for a flow that sends every
+        statement of it with `execute_direct`."""
+        return self._finish(verified, self._direct)
+
+    def _direct(self) -> AbstractAsyncContextManager[Writer]:
+        """A transaction for statements sent with `execute_direct` only: on SQLite a direct
+        one (`Autocommit.transaction`), on the connection of the attempt's single
+        statements; on PostgreSQL a session's."""
         direct = self._s.direct
         if direct.dialect_name == "sqlite":
-            return self._finish(verified, direct.transaction)
-        return self._finish(verified, self._s.sessionmaker.begin)
+            return direct.transaction()
+        return self._s.sessionmaker.begin()
 
     @asynccontextmanager
     async def _finish(
