@@ -4,6 +4,7 @@ supervisor; a busy port or a clash with METRICS_PORT is one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -12,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conductor_api.security.passwords import HASH_THREAD_NAME
 from tests.e2e.server import Server, clean_env, cli_path, free_port
 
 pytestmark = pytest.mark.e2e
@@ -128,6 +131,56 @@ class TestShutdown:
             # busy machine), and none is refused.
             for _ in range(20):
                 assert httpx.get(server.url + "/health/live", timeout=60).status_code == 200
+
+
+def hashing_threads(pid: int) -> int:
+    """How many of a worker's threads carry the password-hashing threads' name."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            count += (task / "comm").read_text().strip() == HASH_THREAD_NAME
+    return count
+
+
+class TestHashingThreads:
+    """The hash pool's default size, the core count, is the machine's: `serve --workers N`
+    shares it among the workers, and an explicit PASSWORD_HASH_CONCURRENCY is each one's."""
+
+    PASSWORD = secrets.token_urlsafe(18)
+
+    def burst(self, server: Server) -> list[int]:
+        """Sign-ins at once, each on a connection of its own (the kernel spreads them over
+        the workers); then each worker's hashing threads (its pool grows a thread per hash
+        waiting, up to its size, and keeps them)."""
+        names = [f"hasher{i}" for i in range(8)]
+        for name in names:
+            body = {"username": name, "password": self.PASSWORD}
+            response = httpx.post(f"{server.url}/api/v1/auth/register", json=body, timeout=60)
+            assert response.status_code == 201, response.text
+
+        def login(i: int) -> int:
+            body = {"username": names[i % 8], "password": self.PASSWORD, "device_name": "t"}
+            return httpx.post(f"{server.url}/api/v1/auth/login", json=body, timeout=60).status_code
+
+        with ThreadPoolExecutor(24) as pool:
+            assert set(pool.map(login, range(48))) == {200}
+        return [hashing_threads(pid) for pid in workers_of(server)]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**SECRETS, "ALLOW_REGISTRATION": "true", "MAX_REGISTRATIONS_PER_IP": "100", **extra}
+
+    def test_two_workers_share_the_cores(self, tmp_path: Path) -> None:
+        share = max(1, (os.cpu_count() or 1) // 2)
+        with Server(tmp_path, self.env(), workers=2) as server:
+            threads = self.burst(server)
+        assert len(threads) == 2
+        assert max(threads) == share, threads
+        assert min(threads) >= 1, threads
+
+    def test_an_explicit_size_is_each_workers(self, tmp_path: Path) -> None:
+        with Server(tmp_path, self.env(PASSWORD_HASH_CONCURRENCY="3"), workers=2) as server:
+            threads = self.burst(server)
+        assert max(threads) == 3, threads
 
 
 def serve_fails(tmp_path: Path, port: int, **env: str) -> str:

@@ -20,7 +20,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from conductor_api.config import Settings
+from conductor_api.config import Settings, hash_threads_per_worker
 from conductor_api.serving.worker import STARTUP_FAILURE
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class Supervisor:
         self.stopping = False
         self.metrics_dir: str | None = None
         self.env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+        if "password_hash_concurrency" not in settings.model_fields_set:
+            # The default is the machine's cores, shared among the workers (not each's).
+            self.env["PASSWORD_HASH_CONCURRENCY"] = str(hash_threads_per_worker(workers))
 
     def run(self) -> int:
         """Serve until a stop signal; the exit status."""
