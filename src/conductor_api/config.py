@@ -51,8 +51,8 @@ def hash_threads_per_worker(workers: int) -> int:
     """PASSWORD_HASH_CONCURRENCY's default for each of `workers` workers: the machine's
     cores shared among them, at least one each. Argon2id keeps a core busy for a whole
     hash: more hashing threads than cores add no verifies per second, only a 19 MiB buffer
-    each and turns taken on the cores (a verify cost 15 % more CPU with two workers of two
-    threads each on two cores than with one of two)."""
+    each and turns taken on the cores (two workers of two threads each on two cores spent
+    about a sixth more CPU a verify than the threads of one: bench/RESULTS.md)."""
     return max(1, (os.cpu_count() or 1) // workers)
 
 

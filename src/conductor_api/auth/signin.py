@@ -9,7 +9,10 @@ The service drives an attempt top to bottom (see `SignInService.login` and
 3. `password(...)` or `passkey(...)`: the credential;
 4. the second factor, when the account has one: it goes between the credential and
    `finish`, and settles a wrong code with `reject` exactly like a wrong password;
-5. `finish(verified)`: the transaction that starts the session and its token pair.
+5. `finish(verified)`: the transaction that starts the session and its token pair (an ORM
+   session's; `finish_direct` for a flow whose statements all go through
+   `execute_direct`: a password sign-in's, on SQLite straight on the connection of its
+   single statements).
 
 Every slot taken in steps 1 and 2 is settled once: as a failure by `reject`, as a success
 by `finish`, or released uncounted when the attempt ends any other way.
