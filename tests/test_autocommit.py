@@ -1,9 +1,10 @@
 """Statements compiled once and sent straight to the driver, on SQLite and PostgreSQL:
 `Autocommit` (the refresh-token swap's path, no transaction), `execute_direct` (the
-sign-in's, in a session's transaction) and `Autocommit.transaction` (SQLite: a password
-sign-in's write transaction, on the connection of the single statements). Their rows,
-their parameters' conversions, and a driver's error raised as SQLAlchemy's, so that an
-outage is still a 503."""
+sign-in's, in a session's transaction) and `Autocommit.transaction` (a password sign-in's
+write transaction, with no ORM session: on SQLite on the connection of the single
+statements, on PostgreSQL on a connection of their pool). Their rows, their parameters'
+conversions, and a driver's error raised as SQLAlchemy's, so that an outage is still a
+503."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import asyncpg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    text,
+    update,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +37,7 @@ from conductor_api.db import (
     Autocommit,
     UTCDateTime,
     execute_direct,
+    insert_later,
     make_engine,
     make_session_factory,
     sqlite_utc_text,
@@ -269,16 +282,44 @@ async def test_sqlite_caller_cancelled_while_waiting_leaves_no_lock(
     assert row == (3, "next")
 
 
-# Autocommit.transaction: a direct write transaction on the same (SQLite) connection
+# Autocommit.transaction: a direct write transaction (SQLite: on the same connection;
+# PostgreSQL: on a connection of the pool)
 
 
 def sqlite_only(database_url: str) -> None:
     if not database_url.startswith("sqlite"):
-        pytest.skip("SQLite's direct transactions")
+        pytest.skip("SQLite's single connection")
+
+
+async def others_see(probe: Probe, database_url: str) -> list[tuple[int, int, str | None]]:
+    """The table's rows as another connection sees them (the engine's, on PostgreSQL; on
+    SQLite a plain reader, the engine's connections taking the write lock to begin)."""
+    every = probe.table.select().order_by(probe.table.c.id)
+    if database_url.startswith("sqlite"):
+        reader = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            rows = reader.execute(str(every.compile(dialect=sqlite.dialect()))).fetchall()
+        finally:
+            reader.close()
+        return [tuple(row[:3]) for row in rows]
+    async with probe.engine.connect() as conn:  # type: ignore[attr-defined]
+        return [(row.id, row.n, row.label) for row in await conn.execute(every)]
+
+
+async def idle_in_transaction(database_url: str) -> int:
+    """Connections to the run's PostgreSQL database left inside a transaction."""
+    admin = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        count: int = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'"
+        )
+    finally:
+        await admin.close()
+    return count
 
 
 async def test_transaction_commits_at_the_end_of_its_block(probe: Probe, database_url: str) -> None:
-    sqlite_only(database_url)
     later = WHEN + timedelta(minutes=5)
     async with probe.autocommit.transaction() as tx:
         rows = await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "t", "p_at": later})
@@ -286,13 +327,7 @@ async def test_transaction_commits_at_the_end_of_its_block(probe: Probe, databas
         await execute_direct(tx, probe.add, {"p_id": 2, "p_n": 5, "p_at": WHEN})
         # Its own writes are visible to it, and to nobody else until the commit.
         assert await execute_direct(tx, probe.read, {"p_id": 2}) == [(2, 5, None, WHEN)]
-        reader = sqlite3.connect(database_url.removeprefix("sqlite:///"))
-        try:
-            every = probe.table.select().order_by(probe.table.c.id)
-            rows = reader.execute(str(every.compile(dialect=sqlite.dialect()))).fetchall()
-            assert [row[:3] for row in rows] == [(1, 1, "start")]
-        finally:
-            reader.close()
+        assert await others_see(probe, database_url) == [(1, 1, "start")]
     assert await stored(probe) == (2, "t", later)
     assert await probe.autocommit.first(probe.read, {"p_id": 2}) == (2, 5, None, WHEN)
 
@@ -300,29 +335,28 @@ async def test_transaction_commits_at_the_end_of_its_block(probe: Probe, databas
 async def test_transaction_that_raises_is_rolled_back_whole(
     probe: Probe, database_url: str
 ) -> None:
-    sqlite_only(database_url)
     with pytest.raises(IntegrityError):
         async with probe.autocommit.transaction() as tx:
             await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "gone", "p_at": WHEN})
             await execute_direct(tx, probe.add, {"p_id": 1, "p_n": 1, "p_at": WHEN})
     assert await stored(probe) == (1, "start", WHEN)
     # The connection is left with no transaction open: the next statement commits alone,
-    # and another connection can take the write lock at once.
+    # and another connection can take the write lock (the row's lock) at once.
     row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "after", "p_at": WHEN})
     assert row == (2, "after")
-    holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
-        holder.execute("ROLLBACK")
-    finally:
-        holder.close()
+    if database_url.startswith("sqlite"):
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+    else:
+        assert await idle_in_transaction(database_url) == 0
     assert await stored(probe) == (2, "after", WHEN)
 
 
-async def test_statements_of_other_tasks_wait_for_the_transaction(
-    probe: Probe, database_url: str
-) -> None:
-    sqlite_only(database_url)
+async def test_other_tasks_never_join_the_transaction(probe: Probe, database_url: str) -> None:
     entered, release = asyncio.Event(), asyncio.Event()
 
     async def long_transaction() -> None:
@@ -335,13 +369,19 @@ async def test_statements_of_other_tasks_wait_for_the_transaction(
     holder = asyncio.ensure_future(long_transaction())
     await entered.wait()
     # A single statement sent meanwhile must not join the open transaction (and be rolled
-    # back with it), nor commit it: it waits, and runs on its own afterwards.
+    # back with it), nor commit it: on SQLite it waits for the transaction, on PostgreSQL
+    # it runs on another connection, where the row's lock makes a write wait too.
     single = asyncio.ensure_future(
         probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "single", "p_at": WHEN})
     )
     other = asyncio.ensure_future(probe.autocommit.first(probe.read, {"p_id": 1}))
     await asyncio.sleep(0.05)
-    assert not single.done() and not other.done()
+    assert not single.done()
+    if database_url.startswith("sqlite"):
+        assert not other.done()
+    else:
+        # A read does not wait, and sees nothing of the open transaction.
+        assert await other == (1, 1, "start", WHEN)
     release.set()
     with pytest.raises(RuntimeError, match="rolled back"):
         await holder
@@ -366,7 +406,6 @@ async def test_a_statement_inside_its_own_tasks_transaction_is_refused(
 async def test_transaction_cancelled_is_rolled_back_and_frees_the_connection(
     probe: Probe, database_url: str
 ) -> None:
-    sqlite_only(database_url)
     entered = asyncio.Event()
 
     async def cancelled() -> None:
@@ -381,8 +420,11 @@ async def test_transaction_cancelled_is_rolled_back_and_frees_the_connection(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await stored(probe) == (1, "start", WHEN)
+    # On PostgreSQL, a row lock left behind would make this wait past the 0.5 s timeout.
     row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "next", "p_at": WHEN})
     assert row == (2, "next")
+    if not database_url.startswith("sqlite"):
+        assert await idle_in_transaction(database_url) == 0
 
 
 async def test_transaction_waits_for_another_connections_lock_then_an_outage(
@@ -413,9 +455,94 @@ async def test_transaction_waits_for_another_connections_lock_then_an_outage(
     assert await stored(probe) == (2, "w", WHEN)
 
 
-async def test_transaction_is_sqlites_only(probe: Probe, database_url: str) -> None:
+async def test_transaction_on_a_statement_past_the_timeout_closes_its_connection(
+    probe: Probe, database_url: str
+) -> None:
     if database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's refusal")
-    with pytest.raises(RuntimeError, match="SQLite's"):
-        async with probe.autocommit.transaction():
-            pass
+        pytest.skip("PostgreSQL's statement timeout")
+    slow = text("SELECT pg_sleep(5)")
+    with pytest.raises(TimeoutError) as raised:
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "slow", "p_at": WHEN})
+            # DATABASE_TIMEOUT_SECONDS is 0.5 s here: an outage (a 503), not a wait.
+            await execute_direct(tx, slow, {})
+    assert database_down(raised.value)
+    # Neither committed nor left holding the row: the connection was closed, and the
+    # server rolled its transaction back.
+    assert await stored(probe) == (1, "start", WHEN)
+    row = await probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "then", "p_at": WHEN})
+    assert row == (2, "then")
+    assert await idle_in_transaction(database_url) == 0
+
+
+async def test_transaction_on_a_lost_server_is_an_outage_then_recovers(
+    probe: Probe, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's backends")
+    with pytest.raises(DBAPIError) as raised:
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "lost", "p_at": WHEN})
+            assert await end_other_backends(database_url) >= 1
+            await execute_direct(tx, probe.read, {"p_id": 1})
+    assert database_down(raised.value)
+    assert await stored(probe) == (1, "start", WHEN)
+    async with probe.autocommit.transaction() as tx:
+        rows = await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "back", "p_at": WHEN})
+    assert rows == [(2, "back")]
+
+
+# insert_later: inserts queued in a direct PostgreSQL transaction, sent as one statement
+# before the next one or the commit (SQLite, and anything else, runs them at once)
+
+
+async def test_queued_inserts_keep_each_rows_own_values(probe: Probe, database_url: str) -> None:
+    def at(i: int) -> datetime:
+        return WHEN + timedelta(seconds=i)
+
+    async with probe.autocommit.transaction() as tx:
+        for i in (2, 3, 4):
+            await insert_later(tx, probe.add, {"p_id": i, "p_n": 10 * i, "p_at": at(i)})
+        # The next statement sees every row queued before it.
+        assert await execute_direct(tx, probe.read, {"p_id": 3}) == [(3, 30, None, at(3))]
+        assert await execute_direct(tx, probe.read, {"p_id": 4}) == [(4, 40, None, at(4))]
+        await insert_later(tx, probe.add, {"p_id": 5, "p_n": 50, "p_at": at(5)})
+        await insert_later(tx, probe.add, {"p_id": 6, "p_n": 60, "p_at": None})
+    # The commit sent the last two.
+    assert await others_see(probe, database_url) == [
+        (1, 1, "start"), (2, 20, None), (3, 30, None), (4, 40, None), (5, 50, None),
+        (6, 60, None),
+    ]  # fmt: skip
+    assert await probe.autocommit.first(probe.read, {"p_id": 2}) == (2, 20, None, at(2))
+    assert await probe.autocommit.first(probe.read, {"p_id": 5}) == (5, 50, None, at(5))
+    assert await probe.autocommit.first(probe.read, {"p_id": 6}) == (6, 60, None, None)
+
+
+async def test_a_queued_insert_that_fails_rolls_the_transaction_back(
+    probe: Probe, database_url: str
+) -> None:
+    with pytest.raises(IntegrityError):
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "q", "p_at": WHEN})
+            await insert_later(tx, probe.add, {"p_id": 2, "p_n": 2, "p_at": WHEN})
+            # The key is taken: on PostgreSQL the error comes with the commit's statement.
+            await insert_later(tx, probe.add, {"p_id": 1, "p_n": 9, "p_at": WHEN})
+    assert await others_see(probe, database_url) == [(1, 1, "start")]
+    if not database_url.startswith("sqlite"):
+        assert await idle_in_transaction(database_url) == 0
+
+
+async def test_outside_a_direct_transaction_an_insert_is_not_queued(probe: Probe) -> None:
+    await insert_later(probe.autocommit, probe.add, {"p_id": 2, "p_n": 2, "p_at": WHEN})
+    assert await probe.autocommit.first(probe.read, {"p_id": 2}) == (2, 2, None, WHEN)
+
+
+async def test_only_inserts_that_return_nothing_are_queued(probe: Probe, database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's queue")
+    async with probe.autocommit.transaction() as tx:
+        with pytest.raises(ValueError, match="only inserts"):
+            tx.queue(probe.bump, {"p_id": 1, "p_label": "no", "p_at": WHEN})
+        with pytest.raises(ValueError, match="only inserts"):
+            tx.queue(probe.add.returning(probe.table.c.id), {"p_id": 2, "p_n": 2, "p_at": WHEN})
+    assert await others_see(probe, database_url) == [(1, 1, "start")]

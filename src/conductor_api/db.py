@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, cast
@@ -209,7 +210,11 @@ _RELEASING: set[asyncio.Task[None]] = set()
 
 
 def _release_later(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
-    task = asyncio.get_running_loop().create_task(pool.release(conn))
+    _in_background(pool.release(conn))
+
+
+def _in_background(release: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(release)
     _RELEASING.add(task)
     task.add_done_callback(_released)
 
@@ -247,8 +252,9 @@ class Autocommit:
     more than the database's for a one-row statement, on paths that run on every sign-in.
     On SQLite it runs on a connection of its own (`InlineSqlite`: on the event loop's
     thread, and on aiosqlite's only to wait for another connection's write lock), in
-    autocommit mode, where `transaction` also opens the write transactions of sign-ins; on
-    PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by default one of its own).
+    autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by
+    default one of its own). `transaction` opens the write transactions of sign-ins on
+    the same connection or pool.
     A driver's error is raised as SQLAlchemy's (`DBAPIError` and its subclasses), as from
     any other query, so that an outage is a 503.
     """
@@ -327,26 +333,32 @@ class Autocommit:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[DirectTransaction]:
-        """SQLite: a write transaction on this object's own connection, for statements sent
-        with `execute_direct` (no ORM), committed at the end of the block and rolled back
-        if it raises (or is cancelled). Meanwhile this object's single statements, and
-        other transactions, wait for it.
+        """A write transaction for statements sent with `execute_direct` (no ORM), committed
+        at the end of the block and rolled back if it raises (or is cancelled).
 
-        A sign-in's transaction, on the connection of its single statements rather than on
-        the engine's pool: a SQLite connection drops its page cache whenever another
-        connection has written, so two connections taking turns read their pages afresh at
-        every turn: that and the ORM session's own work were about a quarter of a password
-        sign-in's CPU outside the hash (bench/RESULTS.md). Not on PostgreSQL, whose pages
-        are the server's."""
+        SQLite: on this object's own connection; meanwhile its single statements, and other
+        transactions, wait for it. A sign-in's transaction, on the connection of its single
+        statements rather than on the engine's pool: a SQLite connection drops its page
+        cache whenever another connection has written, so two connections taking turns
+        read their pages afresh at every turn: that and the ORM session's own work were
+        about a quarter of a password sign-in's CPU outside the hash (bench/RESULTS.md).
+
+        PostgreSQL: on a connection of the pool, held for the block (the single statements
+        go on on the others). An ORM session's transaction costs more CPU than its
+        statements: about 0.5 ms a sign-in, on cores the database shares. A connection
+        whose transaction could not be ended (a timeout, a lost server) is closed, never
+        given back with the transaction open."""
         if self._pool is not None:
-            raise RuntimeError("direct transactions are SQLite's")
+            async with self._pg_transaction() as transaction:
+                yield transaction
+            return
         async with self._writing:
             self._writer = asyncio.current_task()
             try:
                 connection = await self._connection("BEGIN IMMEDIATE")
                 await _run_sqlite(connection, "BEGIN IMMEDIATE")
                 try:
-                    yield DirectTransaction(connection, self._dialect)
+                    yield DirectTransaction(connection, self._dialect, self._timeout)
                     await _run_sqlite(connection, "COMMIT")
                 except BaseException:
                     if connection.in_transaction:
@@ -355,6 +367,27 @@ class Autocommit:
                     raise
             finally:
                 self._writer = None
+
+    @contextlib.asynccontextmanager
+    async def _pg_transaction(self) -> AsyncIterator[DirectTransaction]:
+        assert self._pool is not None
+        pool = await self._pool()
+        connection: asyncpg.Connection = await pool.acquire(timeout=self._timeout)
+        try:
+            await _run_asyncpg(connection, "BEGIN", self._timeout)
+            transaction = DirectTransaction(connection, self._dialect, self._timeout)
+            yield transaction
+            await transaction.flush()
+            await _run_asyncpg(connection, "COMMIT", self._timeout)
+        except TimeoutError:
+            # asyncpg is cancelling the statement, and the rollback waits for that: in the
+            # background, so that the caller has its error after one timeout, not two.
+            _in_background(_abandon(pool, connection, self._timeout))
+            raise
+        except BaseException:
+            await _abandon(pool, connection, self._timeout)
+            raise
+        await pool.release(connection)
 
     async def _open_sqlite(self) -> InlineSqlite:
         """The connection, opened by the first statement (once, however many arrive)."""
@@ -385,21 +418,83 @@ class Autocommit:
 
 
 class DirectTransaction:
-    """An open `Autocommit.transaction`: what `execute_direct` runs its statements in."""
+    """An open `Autocommit.transaction`: what `execute_direct` runs its statements in, and
+    `insert_later` queues its inserts in (PostgreSQL)."""
 
-    __slots__ = ("_connection", "_dialect", "dialect_name")
+    __slots__ = ("_connection", "_dialect", "_later", "_timeout", "dialect_name")
 
-    def __init__(self, connection: InlineSqlite, dialect: Dialect) -> None:
+    def __init__(
+        self, connection: InlineSqlite | asyncpg.Connection, dialect: Dialect, timeout: float
+    ) -> None:
         self._connection = connection
         self._dialect = dialect
+        self._timeout = timeout
         self.dialect_name = dialect.name
+        self._later: list[tuple[_Compiled, tuple[Any, ...]]] = []
 
     async def rows(
         self, statement: Executable, params: Mapping[str, object]
     ) -> list[tuple[Any, ...]]:
-        """Execute `statement` with `params` in the transaction and return its rows."""
+        """Execute `statement` with `params` in the transaction and return its rows (the
+        inserts queued before it first)."""
         compiled = _compiled(statement, self._dialect)
-        return await _on_sqlite(self._connection, compiled, compiled.arguments(params))
+        args = compiled.arguments(params)
+        if isinstance(self._connection, InlineSqlite):
+            return await _on_sqlite(self._connection, compiled, args)
+        if self._later:
+            await self.flush()
+        rows = await self._fetch(compiled.sql, args)
+        return [compiled.row(row) for row in rows]
+
+    def queue(self, statement: Executable, params: Mapping[str, object]) -> None:
+        """Queue an insert that returns nothing, for the next `flush` (PostgreSQL)."""
+        compiled = _compiled(statement, self._dialect)
+        if compiled.returns_rows or not isinstance(statement, Insert):
+            raise ValueError("only inserts that return nothing are queued")
+        self._later.append((compiled, compiled.arguments(params)))
+
+    async def flush(self) -> None:
+        """Send the queued inserts, as one statement (each but the last a data-modifying
+        CTE: PostgreSQL runs them all, with one plan and one round trip)."""
+        later, self._later = self._later, []
+        if not later:
+            return
+        sql = _chained(tuple(compiled for compiled, _ in later))
+        await self._fetch(sql, tuple(arg for _, args in later for arg in args))
+
+    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+        connection = cast(asyncpg.Connection, self._connection)
+        try:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args, timeout=self._timeout)
+        except (OSError, TimeoutError):
+            raise
+        except Exception as e:
+            raise _asyncpg_dbapi_error(sql, e) from e
+        return rows
+
+
+_CHAINED: dict[tuple[int, ...], str] = {}
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _chained(parts: tuple[_Compiled, ...]) -> str:
+    """PostgreSQL's text of `parts` (inserts made by `insert_row`, whose only `$` are their
+    parameters) as one statement, their parameters numbered on from one part to the next."""
+    key = tuple(id(part) for part in parts)
+    sql = _CHAINED.get(key)
+    if sql is None:
+        texts: list[str] = []
+        offset = 0
+        for part in parts:
+            texts.append(_PLACEHOLDER.sub(partial(_renumbered, offset), part.sql))
+            offset += part.parameter_count
+        ctes = ", ".join(f"later_{i} AS ({text})" for i, text in enumerate(texts[:-1]))
+        sql = _CHAINED[key] = f"WITH {ctes} {texts[-1]}" if ctes else texts[-1]
+    return sql
+
+
+def _renumbered(offset: int, placeholder: re.Match[str]) -> str:
+    return f"${int(placeholder.group(1)) + offset}"
 
 
 async def _run_sqlite(connection: InlineSqlite, sql: str) -> None:
@@ -408,6 +503,41 @@ async def _run_sqlite(connection: InlineSqlite, sql: str) -> None:
         await connection.statement(sql, (), False)
     except sqlite3.Error as e:
         raise _sqlite_error(sql, e) from e
+
+
+async def _run_asyncpg(connection: asyncpg.Connection, sql: str, bound: float) -> None:
+    """A statement with no parameters and no rows (BEGIN, COMMIT), a driver's error (other
+    than no answer at all: an outage already) SQLAlchemy's."""
+    try:
+        await connection.execute(sql, timeout=bound)
+    except (OSError, TimeoutError):
+        raise
+    except Exception as e:
+        raise _asyncpg_dbapi_error(sql, e) from e
+
+
+async def _abandon(pool: asyncpg.Pool, connection: asyncpg.Connection, bound: float) -> None:
+    """Give back a connection whose transaction failed, rolled back; one that cannot be
+    (lost, or no answer in time) is closed, and the server rolls its transaction back."""
+    try:
+        if _open(connection):
+            await connection.execute("ROLLBACK", timeout=bound)
+    except Exception:
+        connection.terminate()
+    except BaseException:
+        connection.terminate()
+        raise
+    finally:
+        await pool.release(connection)
+
+
+def _open(connection: asyncpg.Connection) -> bool:
+    """Whether a pool's asyncpg connection is still in a transaction it could not end."""
+    try:
+        return not connection.is_closed() and connection.is_in_transaction()
+    except asyncpg.InterfaceError:
+        # Lost, and so given back to its pool already.
+        return False
 
 
 # What runs a statement straight on the driver (`execute_direct`): a session's transaction,
@@ -458,6 +588,7 @@ class _Compiled:
             )
             for name in compiled.positiontup
         ]
+        self.parameter_count = len(self._slots)
         self._results = [
             column[3].dialect_impl(dialect).result_processor(dialect, None)
             for column in compiled._result_columns
@@ -527,6 +658,18 @@ async def execute_direct(
         except Exception as e:
             raise await _asyncpg_error(compiled.sql, e, conn) from e
     return await _on_asyncpg(conn, fairy.driver_connection, compiled, args)
+
+
+async def insert_later(db: Executor, statement: Insert, params: Mapping[str, object]) -> None:
+    """An insert that returns nothing (`insert_row`'s): in a direct PostgreSQL transaction,
+    queued and sent with the others queued, as one statement, before the transaction's next
+    statement or its commit (a round trip each fewer; every statement still sees the rows
+    queued before it); anywhere else, as `execute_direct` now. An error it raises (none is
+    expected: its keys are new) comes from the statement it is sent with."""
+    if isinstance(db, DirectTransaction) and db.dialect_name == "postgresql":
+        db.queue(statement, params)
+    else:
+        await execute_direct(db, statement, params)
 
 
 async def _on_sqlite(

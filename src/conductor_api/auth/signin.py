@@ -11,8 +11,7 @@ The service drives an attempt top to bottom (see `SignInService.login` and
    `finish`, and settles a wrong code with `reject` exactly like a wrong password;
 5. `finish(verified)`: the transaction that starts the session and its token pair (an ORM
    session's; `finish_direct` for a flow whose statements all go through
-   `execute_direct`: a password sign-in's, on SQLite straight on the connection of its
-   single statements).
+   `execute_direct`: a password sign-in's, straight on the driver's connection).
 
 Every slot taken in steps 1 and 2 is settled once: as a failure by `reject`, as a success
 by `finish`, or released uncounted when the attempt ends any other way.
@@ -240,13 +239,10 @@ class SignIn:
         return self._finish(verified, self._direct)
 
     def _direct(self) -> AbstractAsyncContextManager[Writer]:
-        """A transaction for statements sent with `execute_direct` only: on SQLite a direct
-        one (`Autocommit.transaction`), on the connection of the attempt's single
-        statements; on PostgreSQL a session's."""
-        direct = self._s.direct
-        if direct.dialect_name == "sqlite":
-            return direct.transaction()
-        return self._s.sessionmaker.begin()
+        """A transaction for statements sent with `execute_direct` only, with no ORM
+        session (`Autocommit.transaction`): on SQLite on the connection of the attempt's
+        single statements, on PostgreSQL on a connection of their pool."""
+        return self._s.direct.transaction()
 
     @asynccontextmanager
     async def _finish(

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_row
+from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_later, insert_row
 from conductor_api.devices.models import DeviceToken
 
 _INSERT = insert_row(DeviceToken)
@@ -23,7 +23,7 @@ async def add(
     expires_at: datetime,
 ) -> None:
     """Insert a device token row (built once: every sign-in issues one)."""
-    await execute_direct(
+    await insert_later(
         db, _INSERT,
         {
             "id": token_id, "user_id": user_id, "token_hash": token_hash, "created_at": now,

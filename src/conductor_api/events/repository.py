@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import Writer, execute_direct, insert_row
+from conductor_api.db import Writer, insert_later, insert_row
 from conductor_api.events.models import EventType, SecurityEvent
 from conductor_api.logs import security_event
 
@@ -77,7 +77,7 @@ async def record(
 ) -> uuid.UUID:
     """Insert an event in the current transaction, and log it; its id."""
     event_id = new_event_id()
-    await execute_direct(
+    await insert_later(
         db, _INSERT,
         {
             "id": event_id, "user_id": user_id, "username_key": username_key,

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Update, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_row
+from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_later, insert_row
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
@@ -19,7 +19,7 @@ _INSERT = insert_row(DeviceSession)
 async def add(db: Writer, values: dict[str, object]) -> None:
     """Insert a session row: `values` has every column (built once: every sign-in starts
     a session)."""
-    await execute_direct(db, _INSERT, values)
+    await insert_later(db, _INSERT, values)
 
 
 async def get(
