@@ -129,7 +129,7 @@ class SignInService:
             verified = await attempt.password(password)  # 3. the credential
             async with attempt.finish_direct(verified) as db:
                 user = verified.user
-                if await self.mfa.is_on(db, user.id):
+                if attempt.second_factor:
                     # 4. the second factor: a pending sign-in, finished by `SecondStep.verify`
                     # (the password's slots are given back, not settled as a success).
                     attempt.second_step_follows()

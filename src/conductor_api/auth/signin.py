@@ -118,6 +118,8 @@ class SignIn:
         self._settled: list[Slot] = []
         # Set by `second_step_follows`: `finish` then gives the slots back uncounted.
         self._unfinished = False
+        # Set by `finish`, read with the user row: whether the sign-in needs a second factor.
+        self.second_factor = False
 
     async def __aenter__(self) -> SignIn:
         return self
@@ -256,7 +258,8 @@ class SignIn:
         live session. Sign-ins of one user share the lock, so they never queue on it."""
         refusal: AppError | None = None
         async with begin() as db:
-            current = await users.hold(db, verified.user.id)
+            held = await users.hold(db, verified.user.id)
+            current, self.second_factor = held if held is not None else (None, False)
             if current is None or not verified.still_holds(current):
                 await self._fail(db, current)
                 refusal = InvalidCredentials()

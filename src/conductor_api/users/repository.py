@@ -11,6 +11,7 @@ from sqlalchemy import Table, Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import Executor, Writer, execute_direct
+from conductor_api.mfa.models import TotpFactor
 from conductor_api.users.models import User
 
 # Built once, with bind parameters: every sign-in runs these, and building and cache-keying
@@ -30,11 +31,15 @@ _ROW_BY_KEY = select(*cast(Table, User.__table__).columns).where(
     User.username_key == bindparam("key")
 )
 # FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
-# them wait, but sign-ins of one user do not wait for each other.
+# them wait, but sign-ins of one user do not wait for each other. With the row, whether
+# the user's sign-ins need a second factor: one round trip fewer on PostgreSQL.
 _ROW_SHARED = (
-    select(*cast(Table, User.__table__).columns)
+    select(
+        *cast(Table, User.__table__).columns,
+        select(TotpFactor.confirmed).where(TotpFactor.user_id == User.id).scalar_subquery(),
+    )
     .where(User.id == bindparam("user_id", type_=Uuid()))
-    .with_for_update(read=True)
+    .with_for_update(read=True, of=User)
 )
 
 
@@ -47,10 +52,15 @@ async def read_by_key(db: Executor, username_key: str) -> User | None:
     return _detached(await execute_direct(db, _ROW_BY_KEY, {"key": username_key}))
 
 
-async def read_shared(db: Writer, user_id: uuid.UUID) -> User | None:
+async def read_shared(db: Writer, user_id: uuid.UUID) -> tuple[User, bool] | None:
     """A copy of the user with this id, read under a shared row lock (PostgreSQL; on
-    SQLite every transaction already holds the write lock), not tracked by `db`."""
-    return _detached(await execute_direct(db, _ROW_SHARED, {"user_id": user_id}))
+    SQLite every transaction already holds the write lock), not tracked by `db`, and
+    whether the user has a confirmed TOTP factor."""
+    rows = await execute_direct(db, _ROW_SHARED, {"user_id": user_id})
+    if not rows:
+        return None
+    *columns, confirmed = rows[0]
+    return User(**dict(zip(_COLUMNS, columns, strict=True))), bool(confirmed)
 
 
 async def get_by_key(db: AsyncSession, username_key: str) -> User | None:
