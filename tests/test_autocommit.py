@@ -546,3 +546,38 @@ async def test_only_inserts_that_return_nothing_are_queued(probe: Probe, databas
         with pytest.raises(ValueError, match="only inserts"):
             tx.queue(probe.add.returning(probe.table.c.id), {"p_id": 2, "p_n": 2, "p_at": WHEN})
     assert await others_see(probe, database_url) == [(1, 1, "start")]
+
+
+async def test_a_statement_on_other_tables_carries_the_queued_inserts(
+    probe: Probe, database_url: str
+) -> None:
+    other = probe_table()
+    async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+        await conn.run_sync(other.metadata.create_all)
+        await conn.execute(other.insert().values(id=1, n=100, label="other", at=WHEN))
+    bump_other = (
+        update(other)
+        .where(other.c.id == bindparam("p_id"))
+        .values(n=other.c.n + bindparam("p_by"))
+        .returning(other.c.n)
+    )
+    try:
+        async with probe.autocommit.transaction() as tx:
+            await insert_later(tx, probe.add, {"p_id": 2, "p_n": 20, "p_at": WHEN})
+            await insert_later(tx, probe.add, {"p_id": 3, "p_n": 30, "p_at": None})
+            # Sent with the two inserts as one statement on PostgreSQL: its own rows come
+            # back, with its own parameters.
+            assert await execute_direct(tx, bump_other, {"p_id": 1, "p_by": 5}) == [(105,)]
+            assert await execute_direct(tx, probe.read, {"p_id": 3}) == [(3, 30, None, None)]
+        assert await others_see(probe, database_url) == [
+            (1, 1, "start"), (2, 20, None), (3, 30, None),
+        ]  # fmt: skip
+        with pytest.raises(IntegrityError):
+            async with probe.autocommit.transaction() as tx:
+                await insert_later(tx, probe.add, {"p_id": 2, "p_n": 9, "p_at": WHEN})
+                await execute_direct(tx, bump_other, {"p_id": 1, "p_by": 1000})
+        async with probe.engine.connect() as conn:  # type: ignore[attr-defined]
+            assert (await conn.execute(other.select())).all() == [(1, 105, "other", WHEN)]
+    finally:
+        async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.run_sync(other.metadata.drop_all)

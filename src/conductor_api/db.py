@@ -36,6 +36,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.elements import ClauseElement, TextClause
+from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
 from conductor_api.config import Settings
@@ -421,7 +423,7 @@ class DirectTransaction:
     """An open `Autocommit.transaction`: what `execute_direct` runs its statements in, and
     `insert_later` queues its inserts in (PostgreSQL)."""
 
-    __slots__ = ("_connection", "_dialect", "_later", "_timeout", "dialect_name")
+    __slots__ = ("_connection", "_dialect", "_later", "_later_tables", "_timeout", "dialect_name")
 
     def __init__(
         self, connection: InlineSqlite | asyncpg.Connection, dialect: Dialect, timeout: float
@@ -431,32 +433,42 @@ class DirectTransaction:
         self._timeout = timeout
         self.dialect_name = dialect.name
         self._later: list[tuple[_Compiled, tuple[Any, ...]]] = []
+        self._later_tables: set[str] = set()
 
     async def rows(
         self, statement: Executable, params: Mapping[str, object]
     ) -> list[tuple[Any, ...]]:
         """Execute `statement` with `params` in the transaction and return its rows (the
-        inserts queued before it first)."""
+        inserts queued before it first: in the same statement, as CTEs, when it touches
+        none of their tables, since it would not see their rows)."""
         compiled = _compiled(statement, self._dialect)
         args = compiled.arguments(params)
         if isinstance(self._connection, InlineSqlite):
             return await _on_sqlite(self._connection, compiled, args)
-        if self._later:
+        if self._later and compiled.tables and compiled.tables.isdisjoint(self._later_tables):
+            later, self._later = self._later, []
+            self._later_tables.clear()
+            sql = _chained((*(part for part, _ in later), compiled))
+            args = (*(arg for _, part_args in later for arg in part_args), *args)
+        else:
             await self.flush()
-        rows = await self._fetch(compiled.sql, args)
-        return [compiled.row(row) for row in rows]
+            sql = compiled.sql
+        return [compiled.row(row) for row in await self._fetch(sql, args)]
 
     def queue(self, statement: Executable, params: Mapping[str, object]) -> None:
-        """Queue an insert that returns nothing, for the next `flush` (PostgreSQL)."""
+        """Queue an insert that returns nothing, for the next statement or `flush`
+        (PostgreSQL)."""
         compiled = _compiled(statement, self._dialect)
-        if compiled.returns_rows or not isinstance(statement, Insert):
+        if compiled.returns_rows or not isinstance(statement, Insert) or not compiled.tables:
             raise ValueError("only inserts that return nothing are queued")
         self._later.append((compiled, compiled.arguments(params)))
+        self._later_tables |= compiled.tables
 
     async def flush(self) -> None:
         """Send the queued inserts, as one statement (each but the last a data-modifying
         CTE: PostgreSQL runs them all, with one plan and one round trip)."""
         later, self._later = self._later, []
+        self._later_tables.clear()
         if not later:
             return
         sql = _chained(tuple(compiled for compiled, _ in later))
@@ -478,8 +490,9 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 def _chained(parts: tuple[_Compiled, ...]) -> str:
-    """PostgreSQL's text of `parts` (inserts made by `insert_row`, whose only `$` are their
-    parameters) as one statement, their parameters numbered on from one part to the next."""
+    """PostgreSQL's text of `parts` as one statement: each but the last (inserts) a CTE,
+    the last the statement whose rows it returns; their parameters numbered on from one
+    part to the next (in SQL that SQLAlchemy built: its only `$` are parameters)."""
     key = tuple(id(part) for part in parts)
     sql = _CHAINED.get(key)
     if sql is None:
@@ -589,6 +602,8 @@ class _Compiled:
             for name in compiled.positiontup
         ]
         self.parameter_count = len(self._slots)
+        # What `DirectTransaction` needs to send it with queued inserts as one statement.
+        self.tables = _tables(statement, self.sql)
         self._results = [
             column[3].dialect_impl(dialect).result_processor(dialect, None)
             for column in compiled._result_columns
@@ -610,6 +625,17 @@ class _Compiled:
             value if process is None or value is None else process(value)
             for process, value in zip(self._results, raw, strict=True)
         )
+
+
+def _tables(statement: Executable, sql: str) -> frozenset[str]:
+    """The tables a statement reads or writes; none when they are not known (SQL text) or
+    it has a WITH of its own."""
+    if isinstance(statement, TextClause) or sql.lstrip()[:4].upper() == "WITH":
+        return frozenset()
+    found = find_tables(
+        cast(ClauseElement, statement), include_aliases=True, include_joins=True, include_crud=True
+    )
+    return frozenset(table.name for table in found)
 
 
 _COMPILED: dict[tuple[int, str], _Compiled] = {}
