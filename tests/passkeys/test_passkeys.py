@@ -13,6 +13,7 @@ import pytest
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
+from conductor_api.passkeys import repository as passkeys_repository
 from conductor_api.users import service as users_service
 from tests.conftest import Account, add_user, bearer, login, tokens
 from tests.dpop.conftest import claims_of, dpop_headers, session_jkt
@@ -99,6 +100,26 @@ class TestLife:
         assert refused.json() == {
             "detail": "The passkey could not be verified", "code": "invalid_passkey",
         }  # fmt: skip
+
+    async def test_a_sign_in_records_its_counter_only_over_the_one_it_checked(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        # The sign-in's last transaction (a direct one) updates the passkey guarded by the
+        # counter its assertion was checked against: of two assertions with one counter,
+        # the second finds it changed and is refused (InvalidPasskey), changing nothing.
+        pair = await tokens(client)
+        await add_passkey(client, pair["access_token"], Authenticator())
+        (row,) = await passkeys_of(container)
+        now = container.clock.now()
+        async with container.autocommit.transaction() as tx:
+            assert await passkeys_repository.used(
+                tx, row.id, old_count=0, new_count=5, backup_state=False, now=now
+            )
+            assert not await passkeys_repository.used(
+                tx, row.id, old_count=0, new_count=6, backup_state=True, now=now
+            )
+        (row,) = await passkeys_of(container)
+        assert (row.sign_count, row.backup_state, row.last_used_at) == (5, False, now)
 
     async def test_rename(self, client: httpx.AsyncClient, alice: Account) -> None:
         pair = await tokens(client)

@@ -91,8 +91,8 @@ class SecondStep:
             if not live:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
-            async with attempt.finish(Verified.of(user)) as db:
-                return await self.signin.start(db, attempt, user, device, jkt=jkt, mfa=True)
+            async with attempt.finish_direct(Verified.of(user)) as tx:
+                return await self.signin.start(tx, attempt, user, device, jkt=jkt, mfa=True)
 
     async def with_code(
         self,

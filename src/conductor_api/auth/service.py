@@ -178,10 +178,10 @@ class SignInService:
             user = verified.user
             async with self.steps.sessionmaker() as db:
                 trusted = await devices.find(db, device_token, user.id, self.steps.clock.now())
-            async with attempt.finish(verified) as db:
-                await self.passkeys.used(db, assertion)
+            async with attempt.finish_direct(verified) as tx:
+                await self.passkeys.used(tx, assertion)
                 return await self.start(
-                    db, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True
+                    tx, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True
                 )  # 5.
 
     async def _trusted(self, attempt: SignIn, token: str | None) -> TrustedDevice | None:

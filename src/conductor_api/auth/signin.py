@@ -9,9 +9,11 @@ The service drives an attempt top to bottom (see `SignInService.login` and
 3. `password(...)` or `passkey(...)`: the credential;
 4. the second factor, when the account has one: it goes between the credential and
    `finish`, and settles a wrong code with `reject` exactly like a wrong password;
-5. `finish(verified)`: the transaction that starts the session and its token pair (an ORM
-   session's; `finish_direct` for a flow whose statements all go through
-   `execute_direct`: a password sign-in's, straight on the driver's connection).
+5. `finish_direct(verified)`: the transaction that starts the session and its token pair,
+   straight on the driver's connection, for the flows whose statements all go through
+   `execute_direct` (every sign-in: password, passkey, second step); `finish` in an ORM
+   session for the other checks under the same limits (a password change, a code that
+   confirms or disables TOTP or renews the recovery codes).
 
 Every slot taken in steps 1 and 2 is settled once: as a failure by `reject`, as a success
 by `finish`, or released uncounted when the attempt ends any other way.

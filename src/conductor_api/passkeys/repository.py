@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Uuid, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import Writer, execute_direct
 from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 
 
@@ -101,8 +102,24 @@ async def rename(db: AsyncSession, passkey_id: uuid.UUID, user_id: uuid.UUID, na
     return bool(getattr(result, "rowcount", 0))
 
 
+# Built once, for `execute_direct`: every passkey sign-in runs it in its last transaction.
+_USED = (
+    update(Passkey)
+    .where(
+        Passkey.id == bindparam("passkey_id", type_=Uuid()),
+        Passkey.sign_count == bindparam("old_count"),
+    )
+    .values(
+        sign_count=bindparam("new_count"),
+        backup_state=bindparam("backup_state"),
+        last_used_at=bindparam("now"),
+    )
+    .returning(Passkey.id)
+)
+
+
 async def used(
-    db: AsyncSession,
+    db: Writer,
     passkey_id: uuid.UUID,
     *,
     old_count: int,
@@ -113,12 +130,14 @@ async def used(
     """Record a sign-in with a passkey: its new counter, backup state and time. Guarded by
     the counter that was checked, so that of two assertions with one counter only one
     passes; whether the passkey (still) had that counter."""
-    result = await db.execute(
-        update(Passkey)
-        .where(Passkey.id == passkey_id, Passkey.sign_count == old_count)
-        .values(sign_count=new_count, backup_state=backup_state, last_used_at=now)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    rows = await execute_direct(
+        db, _USED,
+        {
+            "passkey_id": passkey_id, "old_count": old_count, "new_count": new_count,
+            "backup_state": backup_state, "now": now,
+        },
+    )  # fmt: skip
+    return bool(rows)
 
 
 async def counts(db: AsyncSession) -> dict[uuid.UUID, int]:

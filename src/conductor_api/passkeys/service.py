@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from conductor_api.auth.signin import PasskeyOutcome
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
+from conductor_api.db import Writer
 from conductor_api.errors import AccountDisabled, InvalidPasskey, NotFound, PasskeyExists
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
@@ -392,7 +393,7 @@ class PasskeyService:
         assertion = Assertion(passkey.id, stored, presented, verified.credential_backed_up)
         return PasskeyOutcome(user), assertion
 
-    async def used(self, db: AsyncSession, assertion: Assertion) -> None:
+    async def used(self, db: Writer, assertion: Assertion) -> None:
         """In the sign-in's last transaction: the passkey's new counter and last use.
         `InvalidPasskey` when it was deleted or used with this counter meanwhile."""
         if not await repository.used(
