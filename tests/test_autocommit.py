@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_api.app import database_down
 from conductor_api.db import (
+    PG_TRANSACTIONS,
     Autocommit,
     UTCDateTime,
     execute_direct,
@@ -490,6 +492,50 @@ async def test_transaction_on_a_lost_server_is_an_outage_then_recovers(
     async with probe.autocommit.transaction() as tx:
         rows = await execute_direct(tx, probe.bump, {"p_id": 1, "p_label": "back", "p_at": WHEN})
     assert rows == [(2, "back")]
+
+
+async def test_transactions_leave_connections_to_the_single_statements(
+    probe: Probe, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's pool")
+    # As many transactions as may be open at once, each holding its connection...
+    release = asyncio.Event()
+    entered = [asyncio.Event() for _ in range(PG_TRANSACTIONS)]
+
+    async def holding(i: int) -> None:
+        async with probe.autocommit.transaction() as tx:
+            await execute_direct(tx, probe.read, {"p_id": 1})
+            entered[i].set()
+            await release.wait()
+
+    holders = [asyncio.ensure_future(holding(i)) for i in range(PG_TRANSACTIONS)]
+    for event in entered:
+        await event.wait()
+    # ...one more waits for a place, no longer than a statement may take (0.5 s here): an
+    # outage, not a wait without end...
+    with pytest.raises(TimeoutError):
+        async with probe.autocommit.transaction():
+            pytest.fail("a transaction beyond PG_TRANSACTIONS began")
+    waiting = asyncio.ensure_future(
+        probe.autocommit.first(probe.bump, {"p_id": 1, "p_label": "single", "p_at": WHEN})
+    )
+    # ...while single statements still find connections, several at once.
+    reads = [probe.autocommit.first(probe.read, {"p_id": 1}) for _ in range(4)]
+    async with asyncio.timeout(2):
+        assert all(row is not None for row in await asyncio.gather(*reads))
+        assert await waiting == (2, "single")
+
+    async def after() -> list[tuple[Any, ...]]:
+        async with probe.autocommit.transaction() as tx:
+            return await execute_direct(tx, probe.read, {"p_id": 1})
+
+    later = asyncio.ensure_future(after())
+    await asyncio.sleep(0.05)
+    assert not later.done()
+    release.set()
+    await asyncio.gather(*holders)
+    assert await later == [(1, 2, "single", WHEN)]
 
 
 # insert_later: inserts queued in a direct PostgreSQL transaction, sent as one statement

@@ -243,6 +243,12 @@ async def _kept(_connection: asyncpg.Connection) -> None:
     transaction left open."""
 
 
+# At most this many of an `Autocommit`'s direct transactions at once on PostgreSQL: half of
+# a `RawPool`'s connections, so that sign-ins' transactions held up (a slow commit, a lock
+# wait) never take every connection that each request's session check needs.
+PG_TRANSACTIONS = 4
+
+
 class Autocommit:
     """Runs single statements that are atomic on their own (a sign-in's lockout counters
     and its first read of the user, the refresh-token swap on SQLite) with no transaction
@@ -280,7 +286,9 @@ class Autocommit:
         self._writer: asyncio.Task[Any] | None = None
         self._path = settings.sqlite_path if settings.is_sqlite else ""
         self._timeout = settings.database_timeout_seconds
-        # PostgreSQL: the pool, and the one this object made (and closes), if any.
+        # PostgreSQL: the transactions open at once (`PG_TRANSACTIONS`), the pool, and the
+        # one this object made (and closes), if any.
+        self._transactions = asyncio.Semaphore(PG_TRANSACTIONS)
         self._own: RawPool | None = None
         self._pool = pool
         if not settings.is_sqlite and pool is None:
@@ -346,8 +354,10 @@ class Autocommit:
         about a quarter of a password sign-in's CPU outside the hash (bench/RESULTS.md).
 
         PostgreSQL: on a connection of the pool, held for the block (the single statements
-        go on on the others). An ORM session's transaction costs more CPU than its
-        statements: about 0.5 ms a sign-in, on cores the database shares. A connection
+        go on on the others; at most `PG_TRANSACTIONS` are open at once, the next waiting
+        for a place as long as it would for a statement). An ORM session's transaction
+        costs more CPU than its statements: about 0.5 ms a sign-in, on cores the database
+        shares. A connection
         whose transaction could not be ended (a timeout, a lost server) is closed, never
         given back with the transaction open."""
         if self._pool is not None:
@@ -374,22 +384,28 @@ class Autocommit:
     async def _pg_transaction(self) -> AsyncIterator[DirectTransaction]:
         assert self._pool is not None
         pool = await self._pool()
-        connection: asyncpg.Connection = await pool.acquire(timeout=self._timeout)
+        # A place among the transactions first (waiting no longer than a statement may).
+        async with asyncio.timeout(self._timeout):
+            await self._transactions.acquire()
         try:
-            await _run_asyncpg(connection, "BEGIN", self._timeout)
-            transaction = DirectTransaction(connection, self._dialect, self._timeout)
-            yield transaction
-            await transaction.flush()
-            await _run_asyncpg(connection, "COMMIT", self._timeout)
-        except TimeoutError:
-            # asyncpg is cancelling the statement, and the rollback waits for that: in the
-            # background, so that the caller has its error after one timeout, not two.
-            _in_background(_abandon(pool, connection, self._timeout))
-            raise
-        except BaseException:
-            await _abandon(pool, connection, self._timeout)
-            raise
-        await pool.release(connection)
+            connection: asyncpg.Connection = await pool.acquire(timeout=self._timeout)
+            try:
+                await _run_asyncpg(connection, "BEGIN", self._timeout)
+                transaction = DirectTransaction(connection, self._dialect, self._timeout)
+                yield transaction
+                await transaction.flush()
+                await _run_asyncpg(connection, "COMMIT", self._timeout)
+            except TimeoutError:
+                # asyncpg is cancelling the statement, and the rollback waits for that: in
+                # the background, so that the caller has its error after one timeout, not two.
+                _in_background(_abandon(pool, connection, self._timeout))
+                raise
+            except BaseException:
+                await _abandon(pool, connection, self._timeout)
+                raise
+            await pool.release(connection)
+        finally:
+            self._transactions.release()
 
     async def _open_sqlite(self) -> InlineSqlite:
         """The connection, opened by the first statement (once, however many arrive)."""
