@@ -262,9 +262,8 @@ class Autocommit:
     thread, and on aiosqlite's only to wait for another connection's write lock), in
     autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by
     default one of its own). `transaction` opens the write transactions of sign-ins on
-    the same connection or pool.
-    A driver's error is raised as SQLAlchemy's (`DBAPIError` and its subclasses), as from
-    any other query, so that an outage is a 503.
+    the same connection or pool. A driver's error is raised as SQLAlchemy's (`DBAPIError`
+    and its subclasses), as from any other query, so that an outage is a 503.
     """
 
     def __init__(
@@ -357,9 +356,8 @@ class Autocommit:
         go on on the others; at most `PG_TRANSACTIONS` are open at once, the next waiting
         for a place as long as it would for a statement). An ORM session's transaction
         costs more CPU than its statements: about 0.5 ms a sign-in, on cores the database
-        shares. A connection
-        whose transaction could not be ended (a timeout, a lost server) is closed, never
-        given back with the transaction open."""
+        shares. A connection whose transaction could not be ended (a timeout, a lost
+        server) is closed, never given back with the transaction open."""
         if self._pool is not None:
             async with self._pg_transaction() as transaction:
                 yield transaction
@@ -439,7 +437,7 @@ class DirectTransaction:
     """An open `Autocommit.transaction`: what `execute_direct` runs its statements in, and
     `insert_later` queues its inserts in (PostgreSQL)."""
 
-    __slots__ = ("_connection", "_dialect", "_later", "_later_tables", "_timeout", "dialect_name")
+    __slots__ = ("_connection", "_dialect", "_later", "_timeout", "dialect_name")
 
     def __init__(
         self, connection: InlineSqlite | asyncpg.Connection, dialect: Dialect, timeout: float
@@ -449,7 +447,6 @@ class DirectTransaction:
         self._timeout = timeout
         self.dialect_name = dialect.name
         self._later: list[tuple[_Compiled, tuple[Any, ...]]] = []
-        self._later_tables: set[str] = set()
 
     async def rows(
         self, statement: Executable, params: Mapping[str, object]
@@ -461,11 +458,14 @@ class DirectTransaction:
         args = compiled.arguments(params)
         if isinstance(self._connection, InlineSqlite):
             return await _on_sqlite(self._connection, compiled, args)
-        if self._later and compiled.tables and compiled.tables.isdisjoint(self._later_tables):
-            later, self._later = self._later, []
-            self._later_tables.clear()
-            sql = _chained((*(part for part, _ in later), compiled))
-            args = (*(arg for _, part_args in later for arg in part_args), *args)
+        # Not for a statement whose tables are not known (no `tables`).
+        if (
+            self._later
+            and compiled.tables
+            and compiled.tables.isdisjoint(t for part, _ in self._later for t in part.tables)
+        ):
+            parts, queued = self._drain()
+            sql, args = _chained((*parts, compiled)), (*queued, *args)
         else:
             await self.flush()
             sql = compiled.sql
@@ -478,17 +478,18 @@ class DirectTransaction:
         if compiled.returns_rows or not isinstance(statement, Insert) or not compiled.tables:
             raise ValueError("only inserts that return nothing are queued")
         self._later.append((compiled, compiled.arguments(params)))
-        self._later_tables |= compiled.tables
 
     async def flush(self) -> None:
         """Send the queued inserts, as one statement (each but the last a data-modifying
         CTE: PostgreSQL runs them all, with one plan and one round trip)."""
+        if self._later:
+            parts, args = self._drain()
+            await self._fetch(_chained(parts), args)
+
+    def _drain(self) -> tuple[tuple[_Compiled, ...], tuple[Any, ...]]:
+        """The queued inserts, and their arguments one after the other; the queue empty."""
         later, self._later = self._later, []
-        self._later_tables.clear()
-        if not later:
-            return
-        sql = _chained(tuple(compiled for compiled, _ in later))
-        await self._fetch(sql, tuple(arg for _, args in later for arg in args))
+        return tuple(part for part, _ in later), tuple(arg for _, args in later for arg in args)
 
     async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
         connection = cast(asyncpg.Connection, self._connection)
@@ -572,7 +573,7 @@ def _open(connection: asyncpg.Connection) -> bool:
 # What runs a statement straight on the driver (`execute_direct`): a session's transaction,
 # a direct one, or no transaction at all.
 Executor = AsyncSession | DirectTransaction | Autocommit
-# What holds a transaction: a session's, or (SQLite) a direct one.
+# What holds a transaction: a session's, or a direct one (`Autocommit.transaction`).
 Writer = AsyncSession | DirectTransaction
 
 
