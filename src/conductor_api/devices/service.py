@@ -43,7 +43,7 @@ async def find(
 
 
 async def live_id(
-    db: AsyncSession, token_id: uuid.UUID | None, user_id: uuid.UUID, now: datetime
+    db: Writer, token_id: uuid.UUID | None, user_id: uuid.UUID, now: datetime
 ) -> uuid.UUID | None:
     """`token_id` if that device token is still live for `user_id` (a pending sign-in's
     token may have been revoked since), else None."""
@@ -62,7 +62,7 @@ async def issue(
 ) -> str:
     """The device token of a successful sign-in: the one presented, if it is still live for
     this user, or a new one (only its digest is stored)."""
-    if presented is not None and await repository.live_owner(db, presented.id, now) == user_id:
+    if presented is not None and await live_id(db, presented.id, user_id, now):
         await repository.touch(db, presented.id, now)
         return presented.token
     token = secrets.token_urlsafe(32)

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.db import Writer, execute_direct, insert_row
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 
-# Built once: every password sign-in asks it, and one with TOTP on adds a pending sign-in.
+# Built once: a password change and the TOTP flows ask it (a sign-in reads it with the user
+# row, `users.hold`), and a sign-in with TOTP on adds a pending sign-in.
 _CONFIRMED = select(TotpFactor.confirmed).where(
     TotpFactor.user_id == bindparam("user_id", type_=Uuid())
 )

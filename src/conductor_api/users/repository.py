@@ -43,8 +43,12 @@ _ROW_SHARED = (
 )
 
 
+def _user(columns: Sequence[Any]) -> User:
+    return User(**dict(zip(_COLUMNS, columns, strict=True)))
+
+
 def _detached(rows: list[tuple[Any, ...]]) -> User | None:
-    return User(**dict(zip(_COLUMNS, rows[0], strict=True))) if rows else None
+    return _user(rows[0]) if rows else None
 
 
 async def read_by_key(db: Executor, username_key: str) -> User | None:
@@ -60,7 +64,7 @@ async def read_shared(db: Writer, user_id: uuid.UUID) -> tuple[User, bool] | Non
     if not rows:
         return None
     *columns, confirmed = rows[0]
-    return User(**dict(zip(_COLUMNS, columns, strict=True))), bool(confirmed)
+    return _user(columns), bool(confirmed)
 
 
 async def get_by_key(db: AsyncSession, username_key: str) -> User | None:
