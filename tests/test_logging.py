@@ -292,6 +292,19 @@ class TestFormatters:
         assert "GET /a\\x1b[2K\\x1b[1G\\x00\\x7f\\x9bFAKE 404" in out
         assert out.endswith("path=/a\\x1b[2K\\x07")
 
+    def test_text_lines_double_a_backslash_and_keep_printable_text(self) -> None:
+        # A typed `\x1b` must not read like an escaped ESC; letters beyond ASCII stay as sent.
+        record = logging.LogRecord(
+            "conductor_api.access", logging.INFO, __file__, 1, "%s %s %d",
+            ("GET", "/a\\x1b/é", 404), None,
+        )  # fmt: skip
+        record.__dict__.update(path="/a\\x1b/é", request_id="r-2")
+
+        out = TextFormatter().format(record)
+
+        assert "GET /a\\\\x1b/é 404" in out
+        assert out.endswith("request_id=r-2 path=/a\\\\x1b/é")
+
 
 class TestSecurityEvents:
     @pytest.fixture

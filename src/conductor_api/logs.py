@@ -30,7 +30,8 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    data = {field: getattr(record, field) for field in _FIELDS if hasattr(record, field)}
+    given = record.__dict__
+    data = {field: given[field] for field in _FIELDS if field in given}
     if "request_id" not in data and (request_id := REQUEST_ID.get()) is not None:
         data["request_id"] = request_id
     return data
@@ -72,8 +73,13 @@ def _one_line(value: object) -> str:
     # A path is percent-decoded: `%0A` in a URL must not start a forged log line, and `%1B`
     # must not send a terminal escape sequence (erase the line, move the cursor) to whoever
     # reads the log in one.
+    text = str(value)
+    # Every control character is unprintable: most values (ids, numbers, paths) need
+    # nothing done, and telling so costs a tenth of the substitution.
+    if text.isprintable() and "\\" not in text:
+        return text
     return _CONTROL.sub(
-        lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), str(value).replace("\\", "\\\\")
+        lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text.replace("\\", "\\\\")
     )
 
 
@@ -97,6 +103,12 @@ _DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
 
 def configure_logging(fmt: str, level: str) -> None:
     """Route the application's and uvicorn's logs to stderr in the chosen format."""
+    # Neither format shows the caller's file and line, nor the thread or process: a record
+    # need not look them up (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
