@@ -32,6 +32,7 @@ _REQUIRED = ["exp", "iat", "iss", "aud", "sub", "sid", "jti", "typ"]
 VERIFIED_CACHE_SIZE = 4096
 # The JWS compact serialization: three unpadded base64url segments, ASCII only.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # An RFC 7638 SHA-256 thumbprint: 32 bytes in unpadded base64url.
 _JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -59,6 +60,25 @@ def is_canonical(token: str) -> bool:
     return True
 
 
+class _JWS(jwt.PyJWS):
+    """PyJWT's JWS layer, reading a segment in plain base64url without its per-character
+    loop.
+
+    PyJWT checks each segment's alphabet with a generator over every byte, a twentieth of
+    a refresh. A segment of the alphabet alone (no padding, a length base64 allows) that
+    re-encodes to itself passes each of PyJWT's checks, so it is decoded here with
+    `bytes.translate` telling the alphabet in C; anything else goes to PyJWT's own method,
+    which refuses it as it always did."""
+
+    @staticmethod
+    def _decode_base64url_segment(segment: bytes, name: str) -> bytes:
+        if segment and len(segment) % 4 != 1 and not segment.translate(None, _BASE64URL):
+            decoded = jwt.utils.base64url_decode(segment)
+            if jwt.utils.base64url_encode(decoded) == segment:
+                return decoded
+        return jwt.PyJWS._decode_base64url_segment(segment, name)
+
+
 class _PreparedHMAC(HMACAlgorithm):
     """PyJWT's HMAC, with each key's checks (its encoding; refusing PEM and SSH keys) done
     once per key instead of on every token. Only the server's own secrets are ever given
@@ -67,12 +87,19 @@ class _PreparedHMAC(HMACAlgorithm):
     def __init__(self, hash_alg: Any) -> None:
         super().__init__(hash_alg)
         self._prepared: dict[str | bytes, bytes] = {}
+        self._short: dict[bytes, str | None] = {}
 
     def prepare_key(self, key: str | bytes) -> bytes:
         prepared = self._prepared.get(key)
         if prepared is None:
             prepared = self._prepared[key] = super().prepare_key(key)
         return prepared
+
+    def check_key_length(self, key: bytes) -> str | None:
+        # Asked on every token; the answer depends on the (prepared, server-side) key only.
+        if key not in self._short:
+            self._short[key] = super().check_key_length(key)
+        return self._short[key]
 
 
 def _register_prepared_hmac(jws: jwt.PyJWS) -> None:
@@ -164,9 +191,10 @@ class TokenService:
                 "verify_nbf": False,
             }
         )
-        # The JWS layer this PyJWT verifies with (algorithms are registered per PyJWS);
-        # tokens are signed with it directly (`_encode`).
-        self._jws: jwt.PyJWS = self._jwt._jws
+        # The JWS layer this PyJWT verifies with, ours (`_JWS`; algorithms are registered
+        # per PyJWS); tokens are signed with it directly (`_encode`).
+        self._jws: jwt.PyJWS = _JWS(options=self._jwt._jws.options)
+        self._jwt._jws = self._jws
         _register_prepared_hmac(self._jws)
 
     def _encode(self, kind: str, claims: dict[str, Any], now: datetime | None = None) -> str:
