@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import asyncpg
-
 from conductor_api.config import Settings
 from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool, asyncpg_dsn, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
@@ -140,10 +138,11 @@ class PostgresPrincipalLoader:
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def pool(self) -> asyncpg.Pool:
-        """The loader's asyncpg pool, made on first use (the DPoP replay cache, the
-        refresh-token swaps and `Autocommit` share it)."""
-        return await self._pool.get()
+    @property
+    def pool(self) -> RawPool:
+        """The loader's pool (the DPoP replay cache, the refresh-token swaps and
+        `Autocommit` share it)."""
+        return self._pool
 
     async def load(self, session_id: uuid.UUID, user_id: uuid.UUID) -> Principal | None:
         """See `PrincipalLoader.load`."""
@@ -180,8 +179,7 @@ class PostgresPrincipalLoader:
 
     async def _answer(self, batch: dict[uuid.UUID, list[asyncio.Future[Any]]]) -> None:
         try:
-            pool = await self._pool.get()
-            rows = await fetch_bounded(pool, self._sql, list(batch), bound=self._timeout)
+            rows = await fetch_bounded(self._pool, self._sql, list(batch), bound=self._timeout)
         except ASYNCPG_UNAVAILABLE:
             # Those that waited for this query waited for the database as long as it may
             # take: they are answered now, not after a query of their own times out too.

@@ -23,15 +23,12 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import asyncpg
-
-from conductor_api.db import ASYNCPG_UNAVAILABLE, fetch_bounded
+from conductor_api.db import ASYNCPG_UNAVAILABLE, RawPool, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.storage import make_private_file
 
@@ -181,7 +178,7 @@ class PostgresReplayCache:
         "ON CONFLICT (key) DO NOTHING RETURNING key"
     )
 
-    def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], timeout: float) -> None:
+    def __init__(self, pool: RawPool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
         self._pruned_at = 0.0
@@ -211,7 +208,7 @@ class PostgresReplayCache:
         for key, expires_at, _ in batch:
             first.setdefault(key, expires_at)
         try:
-            pool = await self._pool()
+            pool = self._pool
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
                 await fetch_bounded(

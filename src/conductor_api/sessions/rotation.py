@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
 import asyncpg
 
 from conductor_api.config import Settings
-from conductor_api.db import ASYNCPG_UNAVAILABLE, Autocommit, fetch_bounded
+from conductor_api.db import ASYNCPG_UNAVAILABLE, Autocommit, RawPool, fetch_bounded
 from conductor_api.errors import ServiceUnavailable
 from conductor_api.sessions import repository
 
@@ -92,7 +91,7 @@ class PostgresRotations:
     the statement after, so it sees the first one's result, as if sent alone after it.
     """
 
-    def __init__(self, pool: Callable[[], Awaitable[asyncpg.Pool]], timeout: float) -> None:
+    def __init__(self, pool: RawPool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
         self._out = False
@@ -154,11 +153,10 @@ class PostgresRotations:
 
     async def _apply(self, swaps: list[Swap]) -> set[uuid.UUID]:
         columns = [list(column) for column in zip(*swaps, strict=True)]
-        pool = await self._pool()
         tries = 1
         while True:
             try:
-                rows = await fetch_bounded(pool, POSTGRES_SQL, *columns, bound=self._timeout)
+                rows = await fetch_bounded(self._pool, POSTGRES_SQL, *columns, bound=self._timeout)
             except asyncpg.DeadlockDetectedError:
                 if tries == _DEADLOCK_TRIES:
                     raise
@@ -170,7 +168,7 @@ class PostgresRotations:
 def make_rotations(
     settings: Settings,
     autocommit: Autocommit,
-    pool: Callable[[], Awaitable[asyncpg.Pool]] | None,
+    pool: RawPool | None,
 ) -> Rotations:
     """The swaps for the configured database (`pool`: the principal loader's, PostgreSQL)."""
     if pool is None:
