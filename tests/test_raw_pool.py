@@ -85,3 +85,14 @@ async def test_a_failed_statement_gives_its_connection_back(
     # The connection went back to asyncpg's pool: the next statement takes it from there.
     await backend(pool)
     assert len(acquired) == 2
+
+
+async def test_closing_waits_for_a_statement_out_and_takes_its_connection_back(
+    database: str,
+) -> None:
+    raw = RawPool(database, BOUND, max_size=2)
+    await backend(raw)  # one connection kept
+    out = asyncio.ensure_future(fetch_bounded(raw, "SELECT pg_sleep(0.3)", bound=BOUND))
+    await asyncio.sleep(0.1)  # the statement is out when the pool closes
+    await asyncio.wait_for(raw.close(), BOUND)
+    assert (await out)[0][0] is None  # pg_sleep returns void

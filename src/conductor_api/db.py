@@ -166,6 +166,9 @@ class RawPool:
         self._timeout = timeout
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        # The pool connections go back to, kept by `close` for those still out (asyncpg's
+        # close waits for them).
+        self._made: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         self._parked: list[asyncpg.Connection] = []
         # Callers in asyncpg's `acquire`: while there are any, no connection is kept.
@@ -181,7 +184,7 @@ class RawPool:
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
+                    self._pool = self._made = await asyncpg.create_pool(
                         self._dsn, min_size=0, max_size=self._max_size,
                         timeout=self._timeout, command_timeout=self._timeout, reset=_kept,
                     )  # fmt: skip
@@ -221,8 +224,8 @@ class RawPool:
     async def release(self, connection: asyncpg.Connection) -> None:
         """Give a connection back to asyncpg's pool (after an error: it resets or replaces
         it, and first waits for the cancellation of a statement that timed out)."""
-        if self._pool is not None:
-            await self._pool.release(connection)
+        if self._made is not None:
+            await self._made.release(connection)
 
     def release_later(self, connection: asyncpg.Connection) -> None:
         """`release` in the background: the caller has its error without waiting for it."""
