@@ -323,7 +323,7 @@ class Autocommit:
     more than the database's for a one-row statement, on paths that run on every sign-in.
     On SQLite it runs on a connection of its own (`InlineSqlite`: on the event loop's
     thread, and on aiosqlite's only to wait for another connection's write lock), in
-    autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared pool's getter; by
+    autocommit mode; on PostgreSQL on a `RawPool` (`pool`: a shared one, the session checks'; by
     default one of its own). `transaction` opens the write transactions of sign-ins on
     the same connection or pool. A driver's error is raised as SQLAlchemy's (`DBAPIError`
     and its subclasses), as from any other query, so that an outage is a 503.

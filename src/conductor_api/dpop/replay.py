@@ -208,17 +208,16 @@ class PostgresReplayCache:
         for key, expires_at, _ in batch:
             first.setdefault(key, expires_at)
         try:
-            pool = self._pool
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
                 await fetch_bounded(
-                    pool,
+                    self._pool,
                     "DELETE FROM dpop_proofs WHERE expires_at < $1",
                     datetime.fromtimestamp(self._now, UTC),
                     bound=self._timeout,
                 )
             rows = await fetch_bounded(
-                pool, self._INSERT, list(first),
+                self._pool, self._INSERT, list(first),
                 [datetime.fromtimestamp(e, UTC) for e in first.values()], bound=self._timeout,
             )  # fmt: skip
         except BaseException as e:

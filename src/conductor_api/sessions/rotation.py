@@ -83,7 +83,7 @@ _DEADLOCK_TRIES = 3
 
 
 class PostgresRotations:
-    """Swaps on the principal loader's asyncpg pool, coalesced: at most one statement is
+    """Swaps on the principal loader's `RawPool`, coalesced: at most one statement is
     out at a time; the swaps that arrive meanwhile go together in the next.
 
     A session appears at most once in a statement (a row updated twice by one UPDATE
