@@ -144,3 +144,35 @@ async def test_a_take_inside_a_transaction_is_undone_with_it(
             assert await take(tx, throttle.USER, name) is not None
             raise RuntimeError("abandoned")
     assert await stored(direct, throttle.USER, name) is None
+
+
+async def test_the_last_slot_of_an_address_takes_its_row_with_it(direct: Autocommit) -> None:
+    address = key()
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.release_ip(tx, address)
+    assert await stored(direct, throttle.IP, address) is None
+
+
+async def test_an_address_with_another_check_in_flight_keeps_its_row(direct: Autocommit) -> None:
+    address = key()
+    assert await take(direct, throttle.IP, address) is not None
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.release_ip(tx, address)
+    assert await stored(direct, throttle.IP, address) == (0, 1)
+    async with direct.transaction() as tx:
+        await throttle.release_ip(tx, address)
+    assert await stored(direct, throttle.IP, address) is None
+
+
+async def test_an_address_with_failures_keeps_its_row(direct: Autocommit) -> None:
+    address = key()
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.fail_ip(tx, address, NOW, window=WINDOW)
+    assert await take(direct, throttle.IP, address) is not None
+    assert await stored(direct, throttle.IP, address) == (1, 1)
+    async with direct.transaction() as tx:
+        await throttle.release_ip(tx, address)
+    assert await stored(direct, throttle.IP, address) == (1, 0)

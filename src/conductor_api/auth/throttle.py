@@ -152,8 +152,8 @@ def _take(dialect: str, windowed: bool, own_transaction: bool) -> Any:
 _READ = {windowed: _read(windowed) for windowed in (False, True)}
 _RELEASE = case((_c.pending > 0, _c.pending - 1), else_=0)
 _RELEASE_ROW = update(_t).where(_ROW).values(pending=_RELEASE)
-_RELEASE_ROW_LEFT = _RELEASE_ROW.returning(_c.failures, _c.pending)
-_DROP_IF_EMPTY = delete(_t).where(_ROW, _c.failures == 0, _c.pending == 0)
+# A counter that this release leaves empty (no failure, no other check in flight).
+_DROP_IF_LAST = delete(_t).where(_ROW, _c.failures == 0, _c.pending <= 1).returning(_c.key)
 _LOCK_UNTIL = bindparam("lock_until", type_=UTCDateTime())
 _FAIL_USER = (
     update(_t)
@@ -302,11 +302,11 @@ async def fail_ip(db: Executor, address: str, now: datetime, *, window: timedelt
 async def release_ip(db: Executor, address: str) -> None:
     """Give an address's slot back uncounted; a row with nothing left in it goes (logins
     that did not fail leave no trace of an address). While other checks from the address
-    are in flight (a NAT), the one UPDATE is all."""
-    row = _first(await execute_direct(db, _RELEASE_ROW_LEFT, {"in_scope": IP, "in_key": address}))
-    if row is not None and row[0] == 0 and row[1] == 0:
-        # Guarded again: another attempt may have taken a slot since.
-        await execute_direct(db, _DROP_IF_EMPTY, {"in_scope": IP, "in_key": address})
+    are in flight (a NAT) or it has failures, the row stays with one slot fewer. The DELETE
+    comes first: it is the one statement of the usual case, a single attempt."""
+    params = {"in_scope": IP, "in_key": address}
+    if not await execute_direct(db, _DROP_IF_LAST, params):
+        await execute_direct(db, _RELEASE_ROW, params)
 
 
 async def add_failure(
