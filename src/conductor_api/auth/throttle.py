@@ -152,8 +152,11 @@ def _take(dialect: str, windowed: bool, own_transaction: bool) -> Any:
 _READ = {windowed: _read(windowed) for windowed in (False, True)}
 _RELEASE = case((_c.pending > 0, _c.pending - 1), else_=0)
 _RELEASE_ROW = update(_t).where(_ROW).values(pending=_RELEASE)
-# A counter that this release leaves empty (no failure, no other check in flight).
+_RELEASE_ROW_LEFT = _RELEASE_ROW.returning(_c.failures, _c.pending)
+# A counter that this release leaves empty (no failure, no other check in flight); and one
+# left empty by a release.
 _DROP_IF_LAST = delete(_t).where(_ROW, _c.failures == 0, _c.pending <= 1).returning(_c.key)
+_DROP_IF_EMPTY = delete(_t).where(_ROW, _c.failures == 0, _c.pending == 0)
 _LOCK_UNTIL = bindparam("lock_until", type_=UTCDateTime())
 _FAIL_USER = (
     update(_t)
@@ -305,8 +308,14 @@ async def release_ip(db: Executor, address: str) -> None:
     are in flight (a NAT) or it has failures, the row stays with one slot fewer. The DELETE
     comes first: it is the one statement of the usual case, a single attempt."""
     params = {"in_scope": IP, "in_key": address}
-    if not await execute_direct(db, _DROP_IF_LAST, params):
-        await execute_direct(db, _RELEASE_ROW, params)
+    if await execute_direct(db, _DROP_IF_LAST, params):
+        return
+    # A DELETE that matched nothing locked nothing: other attempts' releases may have left
+    # this one the last since.
+    row = _first(await execute_direct(db, _RELEASE_ROW_LEFT, params))
+    if row is not None and row[0] == 0 and row[1] == 0:
+        # Guarded again: another attempt may have taken a slot since.
+        await execute_direct(db, _DROP_IF_EMPTY, params)
 
 
 async def add_failure(
