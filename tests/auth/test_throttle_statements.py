@@ -7,17 +7,20 @@ last slot, and stays while it holds failures or other checks)."""
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_api.auth import throttle
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.db import Autocommit, RawPool, execute_direct, make_engine
+from conductor_api.users import service as users
+from conductor_api.users.models import User
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -176,3 +179,125 @@ async def test_an_address_with_failures_keeps_its_row(direct: Autocommit) -> Non
     async with direct.transaction() as tx:
         await throttle.release_ip(tx, address)
     assert await stored(direct, throttle.IP, address) == (1, 0)
+
+
+# Takes in order (a sign-in's slots, with the user read beside them on PostgreSQL)
+
+IP_CLAIM_LIMIT = 2
+USER_CLAIM_LIMIT = 3
+
+
+def claims(address: str, name: str) -> list[throttle.Claim]:
+    return [
+        throttle.Claim(throttle.IP, address, IP_CLAIM_LIMIT, WINDOW),
+        throttle.Claim(throttle.USER, name, USER_CLAIM_LIMIT, None),
+    ]
+
+
+async def add_user_row(engine: AsyncEngine, name: str) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(User).values(
+                id=user_id, username=name, username_key=name, username_skeleton=name,
+                password_hash="$argon2id$not-a-real-hash", is_active=True, created_at=NOW,
+                password_changed_at=NOW,
+            )
+        )  # fmt: skip
+    return user_id
+
+
+async def test_takes_in_order_take_every_slot_and_read_the_user(
+    database_url: str, direct: Autocommit, direct_engine: AsyncEngine
+) -> None:
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    user_id = await add_user_row(direct_engine, name)
+    for n in range(2):
+        taken, row = await throttle.take_in_order(
+            direct, claims(address, name), NOW, ttl=TTL, also=users.find_with(name)
+        )
+        # Each counter as it was before its slot was taken.
+        assert [(c.failures, c.pending) for c in taken] == [(0, n), (0, n)]
+        assert [c.window_started_at for c in taken] == [NOW, NOW]
+        if database_url.startswith("sqlite"):
+            assert row is None  # read by the caller, one statement after the other
+        else:
+            assert row is not None
+            user = users.found(row)
+            assert user is not None
+            assert (user.id, user.username_key, user.created_at) == (user_id, name, NOW)
+    assert await stored(direct, throttle.IP, address) == (0, 2)
+    assert await stored(direct, throttle.USER, name) == (0, 2)
+
+
+async def test_takes_in_order_read_no_user_as_none(database_url: str, direct: Autocommit) -> None:
+    postgres_only(database_url)
+    name = f"nobody-{secrets.token_hex(4)}"
+    taken, row = await throttle.take_in_order(
+        direct, claims(key(), name), NOW, ttl=TTL, also=users.find_with(name)
+    )
+    assert len(taken) == 2
+    assert row is not None
+    assert users.found(row) is None
+
+
+async def test_a_closed_first_take_leaves_the_second_counter_alone(direct: Autocommit) -> None:
+    """A blocked address never reaches the name's counter: no row made for it, nothing read."""
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    for _ in range(IP_CLAIM_LIMIT):
+        assert await take(direct, throttle.IP, address) is not None
+    taken, row = await throttle.take_in_order(
+        direct, claims(address, name), NOW, ttl=TTL, also=users.find_with(name)
+    )
+    assert (taken, row) == ([], None)
+    assert await stored(direct, throttle.IP, address) == (0, IP_CLAIM_LIMIT)
+    assert await stored(direct, throttle.USER, name) is None
+
+
+async def test_a_closed_second_take_keeps_the_first(direct: Autocommit) -> None:
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    for _ in range(USER_CLAIM_LIMIT):
+        assert await take(direct, throttle.USER, name) is not None
+    taken, row = await throttle.take_in_order(
+        direct, claims(address, name), NOW, ttl=TTL, also=users.find_with(name)
+    )
+    assert [(c.failures, c.pending) for c in taken] == [(0, 0)]
+    assert row is None
+    assert await stored(direct, throttle.IP, address) == (0, 1)
+    assert await stored(direct, throttle.USER, name) == (0, USER_CLAIM_LIMIT)
+
+
+async def test_takes_in_order_restart_an_expired_window_and_lock(direct: Autocommit) -> None:
+    """Each take in the chain applies its own rule: the address's window that has passed
+    and the name's lock that has ended both start again."""
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    past = NOW - 2 * WINDOW
+    async with direct.transaction() as tx:
+        await throttle.add_failure(tx, throttle.IP, address, past, window=WINDOW)
+        assert await take(tx, throttle.USER, name) is not None
+        await throttle.fail_user(tx, name, past, max_failures=1, lockout=WINDOW)
+    taken, _ = await throttle.take_in_order(direct, claims(address, name), NOW, ttl=TTL)
+    assert [(c.failures, c.pending, c.locked_until) for c in taken] == [(0, 0, None)] * 2
+    assert await stored(direct, throttle.IP, address) == (0, 1)
+    assert await stored(direct, throttle.USER, name) == (0, 1)
+
+
+async def test_takes_in_order_commit_asynchronously_on_their_own(
+    database_url: str, tmp_path: Path, direct_engine: AsyncEngine
+) -> None:
+    postgres_only(database_url)
+    pool = RawPool.for_settings(make_settings(tmp_path, database_url))
+    sent: list[str] = []
+    connection = await pool.acquire(5)
+    connection.add_query_logger(lambda logged: sent.append(logged.query))
+    pool.park(connection)
+    own = Autocommit(make_settings(tmp_path, database_url), engine=direct_engine, pool=pool)
+    try:
+        taken, _ = await throttle.take_in_order(own, claims(key(), "someone"), NOW, ttl=TTL)
+        assert len(taken) == 2
+        assert await own.first(SHOW, {}) == ("on",)
+    finally:
+        await pool.close()
+    chained = [sql for sql in sent if sql.startswith("WITH take_0")]
+    assert len(chained) == 1
+    assert "set_config('synchronous_commit', 'off', true)" in chained[0]

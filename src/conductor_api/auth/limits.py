@@ -53,6 +53,17 @@ class Limit(Protocol):
     async def take(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
         """A slot, a refusal, or None when the key is full and the attempt should wait."""
 
+    def claim(self, key: str) -> throttle.Claim:
+        """What `take` asks of the counter, for a take sent with others
+        (`throttle.take_in_order`)."""
+
+    async def closed(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
+        """After a take found the key closed: the refusal, None to wait, or a slot when the
+        counter went meanwhile (and was taken anew)."""
+
+    def slot(self, key: str, taken: throttle.Counter) -> Slot:
+        """The slot a take got, from the counter as it was before."""
+
     def busy(self) -> AppError:
         """The refusal of an attempt that waited its whole turn."""
 
@@ -104,14 +115,23 @@ class _Window:
         row's lock, so attempts get their slots in the order they arrive, and a key seen for
         the first time costs it alone."""
         taken = await self._take(db, key, now)
-        if taken is None:
-            counter = await throttle.read(db, self.scope, key, now, window=self.window)
-            if counter is not None:
-                return self.refusal(counter)
-            # No counter: it went (emptied) between the two statements; take it again.
-            taken = await self._take(db, key, now)
-            if taken is None:
-                return None
+        return await self.closed(db, key, now) if taken is None else self.slot(key, taken)
+
+    def claim(self, key: str) -> throttle.Claim:
+        """This limit's take for `key`."""
+        return throttle.Claim(self.scope, key, self.limit, self.window)
+
+    async def closed(self, db: Executor, key: str, now: datetime) -> Slot | AppError | None:
+        """The counter read after a take that got nothing: the refusal, or None to wait."""
+        counter = await throttle.read(db, self.scope, key, now, window=self.window)
+        if counter is not None:
+            return self.refusal(counter)
+        # No counter: it went (emptied) between the two statements; take it again.
+        taken = await self._take(db, key, now)
+        return None if taken is None else self.slot(key, taken)
+
+    def slot(self, key: str, taken: throttle.Counter) -> Slot:
+        """The slot a take got, from the counter as it was before."""
         return Slot(cast(Limit, self), key, taken.failures)
 
     async def _take(self, db: Executor, key: str, now: datetime) -> throttle.Counter | None:

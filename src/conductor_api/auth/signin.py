@@ -33,7 +33,8 @@ from typing import NoReturn, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from conductor_api.auth.limits import Limit, Slot
+from conductor_api.auth import throttle
+from conductor_api.auth.limits import PENDING_TTL, Limit, Slot
 from conductor_api.auth.turns import Turns
 from conductor_api.clock import Clock
 from conductor_api.db import Autocommit, Writer
@@ -122,6 +123,8 @@ class SignIn:
         self._unfinished = False
         # Set by `finish`, read with the user row: whether the sign-in needs a second factor.
         self.second_factor = False
+        # The user named, when `limits` read it (a 1-tuple: the user may be None).
+        self._user: tuple[User | None] | None = None
 
     async def __aenter__(self) -> SignIn:
         return self
@@ -144,12 +147,28 @@ class SignIn:
         Each is tried at once, in the order the attempts arrived; a limit that is full is
         then waited for (bounded) with the slots before it kept; a refusal (locked,
         blocked, or a wait that ran out) gives back what this attempt holds and is raised."""
+        now = self._s.clock.now()
+        # The takes commit on their own (each is atomic by itself), on PostgreSQL as one
+        # statement (each taken only if the one before was) that also reads the user's row
+        # for `password`: a row that every attempt from one address needs is then never
+        # locked across a round trip.
+        taken, row = await throttle.take_in_order(
+            self._s.direct, [limit.claim(key) for limit, key in steps], now, ttl=PENDING_TTL,
+            also=users.find_with(self.key) if self.key else None,
+        )  # fmt: skip
+        for (limit, key), counter in zip(steps, taken, strict=False):  # `taken`: the first
+            self._held.append(limit.slot(key, counter))
+        if row is not None:
+            self._user = (users.found(row),)
         refusal: AppError | None = None
-        left = list(steps)
+        left = list(steps[len(taken) :])
+        closed = True
         while left and refusal is None:
-            # Each statement commits on its own (it is atomic by itself): a row that every
-            # attempt from one address needs is then never locked across a round trip.
-            outcome = await left[0][0].take(self._s.direct, left[0][1], self._s.clock.now())
+            # The first left found its key closed: its counter says why (or it went).
+            limit, key = left[0]
+            next_ = limit.closed if closed else limit.take
+            outcome = await next_(self._s.direct, key, self._s.clock.now())
+            closed = False
             if outcome is None:
                 break
             if isinstance(outcome, AppError):
@@ -178,7 +197,8 @@ class SignIn:
 
     async def password(self, password: str) -> Verified:
         """Step 3: the password, verified off the event loop and outside any transaction."""
-        user = await users.find(self._s.direct, self.key)
+        # Read with the slots (`limits`) when they were all taken at once.
+        (user,) = self._user or (await users.find(self._s.direct, self.key),)
         if user is None:
             # A dummy hash, so that an unknown name takes as long as a wrong password.
             await self._s.hasher.verify_dummy(password)

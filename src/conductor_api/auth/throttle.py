@@ -8,21 +8,27 @@ request read the same count and all get through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
+    BindParameter,
     ColumnElement,
+    Integer,
     Select,
     Table,
     bindparam,
     case,
     delete,
+    exists,
+    literal,
     literal_column,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -66,21 +72,21 @@ def _counter(row: Any) -> Counter:
     return Counter(row[0], row[1], row[2], row[3])
 
 
-def _restart(windowed: bool) -> ColumnElement[bool]:
+def _restart(windowed: bool, cutoff: BindParameter[datetime] = _CUTOFF) -> ColumnElement[bool]:
     """Whether the failures start again: a lock that has expired, or for an address
     (`windowed`) a window that has."""
     if not windowed:
         return _c.locked_until.is_not(None) & (_c.locked_until <= _NOW)
-    return _c.window_started_at <= _CUTOFF
+    return _c.window_started_at <= cutoff
 
 
 # Whether the reservations were left behind by a process that died during its checks.
 _STALE = _c.pending_until.is_(None) | (_c.pending_until <= _NOW)
 
 
-def _effective(windowed: bool) -> tuple[Any, Any, Any]:
+def _effective(windowed: bool, cutoff: BindParameter[datetime] = _CUTOFF) -> tuple[Any, Any, Any]:
     """Failures, reservations and lock as they count at `now`."""
-    restart = _restart(windowed)
+    restart = _restart(windowed, cutoff)
     failures = case((restart, 0), else_=_c.failures)
     pending = case((_STALE, 0), else_=_c.pending)
     locked = case((restart, None), else_=_c.locked_until) if not windowed else _c.locked_until
@@ -115,37 +121,89 @@ _SLOTS_UNTIL = bindparam("slots_until", type_=UTCDateTime())
 _ASYNC_COMMIT: ColumnElement[str] = literal_column("set_config('synchronous_commit', 'off', true)")
 
 
-@cache
-def _take(dialect: str, windowed: bool, own_transaction: bool) -> Any:
-    """One upsert: a new counter with this slot in it, or the existing one's slot taken if
-    the key is open. A counter that is closed is left as it is (no row comes back).
-    `own_transaction`: the statement is its transaction (`_ASYNC_COMMIT`)."""
-    restart = _restart(windowed)
-    failures, pending, locked = _effective(windowed)
-    open_ = (locked.is_(None) | (locked <= _NOW)) & (failures + pending < bindparam("limit"))
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A slot to take: of `scope`'s counter for `key`, while failures and checks in flight
+    stay under `limit`, failures counted in fixed windows of `window` (an address) or until
+    a lock ends (None)."""
+
+    scope: str
+    key: str
+    limit: int
+    window: timedelta | None
+
+
+def _upsert(dialect: str, windowed: bool, n: int | None = None, after: CTE | None = None) -> Any:
+    """A take's upsert: a new counter with this slot in it, or the existing one's slot
+    taken if the key is open. A counter that is closed is left as it is (no row comes
+    back). For the `n`th take of a chain (`_chain`, its parameters named `..._n`), with a
+    row to insert only if `after`, the take before it, took its slot."""
+
+    def param(name: str, type_: Any = None) -> BindParameter[Any]:
+        return bindparam(name if n is None else f"{name}_{n}", type_=type_)
+
+    cutoff = param("cutoff", UTCDateTime())
+    restart = _restart(windowed, cutoff)
+    failures, pending, locked = _effective(windowed, cutoff)
+    open_ = (locked.is_(None) | (locked <= _NOW)) & (failures + pending < param("limit"))
     # A name's row dates from its last attempt (retention prunes rows idle for a window);
     # an address's from the start of its failure window.
     started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
-    return (
-        _new_row(dialect, 0, pending=1)
-        .values(pending_until=_SLOTS_UNTIL)
-        .on_conflict_do_update(
-            index_elements=["scope", "key"],
-            # Every right-hand side sees the row as it was before this statement.
-            set_={
-                "failures": failures,
-                "window_started_at": started,
-                "locked_until": locked,
-                "pending": pending + 1,
-                "pending_until": _SLOTS_UNTIL,
-            },
-            where=open_,
-        )
-        .returning(
-            *_RETURNING,
-            *([_ASYNC_COMMIT] if own_transaction and dialect == "postgresql" else []),
-        )
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    row: dict[str, Any] = {
+        "scope": param("in_scope", _c.scope.type), "key": param("in_key", _c.key.type),
+        "failures": literal(0, Integer), "window_started_at": _NOW,
+        "pending": literal(1, Integer), "pending_until": _SLOTS_UNTIL,
+    }  # fmt: skip
+    statement = (
+        insert(_t).values(row)
+        if after is None
+        else insert(_t).from_select(list(row), select(*row.values()).where(exists(after.select())))
     )
+    return statement.on_conflict_do_update(
+        index_elements=["scope", "key"],
+        # Every right-hand side sees the row as it was before this statement.
+        set_={
+            "failures": failures,
+            "window_started_at": started,
+            "locked_until": locked,
+            "pending": pending + 1,
+            "pending_until": _SLOTS_UNTIL,
+        },
+        where=open_,
+    )
+
+
+@cache
+def _take(dialect: str, windowed: bool, own_transaction: bool) -> Any:
+    """One take (`_upsert`), returning the counter it changed. `own_transaction`: the
+    statement is its transaction (`_ASYNC_COMMIT`)."""
+    return _upsert(dialect, windowed).returning(
+        *_RETURNING, *([_ASYNC_COMMIT] if own_transaction and dialect == "postgresql" else [])
+    )
+
+
+@cache
+def _chain(windowed: tuple[bool, ...], also: Select[Any] | None) -> Select[Any]:
+    """PostgreSQL: takes in order (`take_in_order`) as one statement, each a CTE that takes
+    its slot only if the one before took its own, and `also` beside them; one row, with
+    each take's counter (NULLs when it took nothing), then `also`'s first row (NULLs when
+    it has none)."""
+    takes: list[CTE] = []
+    for n, each in enumerate(windowed):
+        after = takes[-1] if takes else None
+        upsert = _upsert("postgresql", each, n, after).returning(*_RETURNING)
+        takes.append(upsert.cte(f"take_{n}"))
+    joined: Any = select(literal(1).label("one")).subquery("start")
+    columns: list[Any] = []
+    for take_ in takes:
+        joined = joined.outerjoin(take_, true())
+        columns += [take_.c[column.key] for column in _RETURNING]
+    if also is not None:
+        read = also.subquery("also")
+        joined = joined.outerjoin(read, true())
+        columns += list(read.c)
+    return select(*columns, _ASYNC_COMMIT).select_from(joined)
 
 
 # Keyed by whether the counter has a fixed window (an address) or a lock (a name).
@@ -259,6 +317,47 @@ async def take(
     statement = _take(_dialect(db), window is not None, isinstance(db, Autocommit))
     row = _first(await execute_direct(db, statement, params))
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
+
+
+async def take_in_order(
+    db: Autocommit,
+    claims: Sequence[Claim],
+    now: datetime,
+    *,
+    ttl: timedelta,
+    also: tuple[Select[Any], Mapping[str, object]] | None = None,
+) -> tuple[list[Counter], tuple[Any, ...] | None]:
+    """`take` each claim in turn, each only if the one before was taken: the counters (as
+    they were before) of those taken, the first of `claims` in order, up to the first that
+    was closed. On PostgreSQL in one statement (one round trip and one commit for all,
+    each counter's lock still taken in the order of `claims`), with `also` (a read and its
+    parameters) in it: its first row's columns (all None when it has none) once every slot
+    was taken. On SQLite, one statement after the other, and `also` is not read (None)."""
+    if db.dialect_name != "postgresql":
+        taken: list[Counter] = []
+        for claim in claims:
+            counter = await take(
+                db, claim.scope, claim.key, now, limit=claim.limit, window=claim.window, ttl=ttl
+            )
+            if counter is None:
+                break
+            taken.append(counter)
+        return taken, None
+    params: dict[str, object] = {"now": now, "slots_until": now + ttl}
+    for n, claim in enumerate(claims):
+        params |= {f"in_scope_{n}": claim.scope, f"in_key_{n}": claim.key}
+        params[f"limit_{n}"] = claim.limit
+        if claim.window is not None:
+            params[f"cutoff_{n}"] = now - claim.window
+    statement = _chain(tuple(claim.window is not None for claim in claims), also and also[0])
+    row = (await execute_direct(db, statement, params | dict(also[1] if also else {})))[0]
+    taken = []
+    for n in range(len(claims)):
+        failures, pending, locked_until, started = row[4 * n : 4 * n + 4]
+        if started is None:
+            return taken, None
+        taken.append(Counter(failures, pending - 1, locked_until, started))
+    return taken, (tuple(row[4 * len(claims) : -1]) if also is not None else None)
 
 
 async def release(db: Executor, scope: str, key: str) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Uuid, bindparam, select, update
+from sqlalchemy import Select, Table, Uuid, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import Executor, Writer, execute_direct
@@ -54,6 +54,17 @@ def _detached(rows: list[tuple[Any, ...]]) -> User | None:
 async def read_by_key(db: Executor, username_key: str) -> User | None:
     """A copy of the user whose normalized name is `username_key`, not tracked by `db`."""
     return _detached(await execute_direct(db, _ROW_BY_KEY, {"key": username_key}))
+
+
+def by_key(username_key: str) -> tuple[Select[Any], dict[str, object]]:
+    """`read_by_key` as its statement and parameters, for a statement that carries it (a
+    sign-in's first round trip); `from_columns` makes its row a user."""
+    return _ROW_BY_KEY, {"key": username_key}
+
+
+def from_columns(columns: Sequence[Any]) -> User | None:
+    """The user of a row of `by_key`'s statement (None: all NULL, no such user)."""
+    return None if columns[0] is None else _user(columns)
 
 
 async def read_shared(db: Writer, user_id: uuid.UUID) -> tuple[User, bool] | None:

@@ -9,7 +9,9 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import Select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -123,6 +125,17 @@ async def find(db: Executor, username_key: str) -> User | None:
     """The user whose normalized name is `username_key`, if any: a copy to read, not
     tracked by `db` (changes to it are not written)."""
     return await repository.read_by_key(db, username_key)
+
+
+def find_with(username_key: str) -> tuple[Select[Any], dict[str, object]]:
+    """`find` as a statement and its parameters, for another statement to carry (a
+    sign-in's takes, `SignIn.limits`); `found` reads its row."""
+    return repository.by_key(username_key)
+
+
+def found(columns: Sequence[Any]) -> User | None:
+    """The user of a row of `find_with`'s statement, if any (a copy, not tracked)."""
+    return repository.from_columns(columns)
 
 
 async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
