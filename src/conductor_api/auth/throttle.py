@@ -98,13 +98,9 @@ def _read(windowed: bool) -> Select[Any]:
     return select(failures, pending, locked, _c.window_started_at).where(_ROW)
 
 
-def _new_row(dialect: str, failures: int, pending: int = 0) -> Any:
-    """An INSERT of a counter (this dialect's, for its ON CONFLICT clause)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert(_t).values(
-        scope=bindparam("in_scope"), key=bindparam("in_key"), failures=failures,
-        pending=pending, window_started_at=_NOW,
-    )  # fmt: skip
+def _insert(dialect: str) -> Any:
+    """An INSERT of a counter, this dialect's (for its ON CONFLICT clause)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_t)
 
 
 _SLOTS_UNTIL = bindparam("slots_until", type_=UTCDateTime())
@@ -149,16 +145,15 @@ def _upsert(dialect: str, windowed: bool, n: int | None = None, after: CTE | Non
     # A name's row dates from its last attempt (retention prunes rows idle for a window);
     # an address's from the start of its failure window.
     started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     row: dict[str, Any] = {
         "scope": param("in_scope", _c.scope.type), "key": param("in_key", _c.key.type),
         "failures": literal(0, Integer), "window_started_at": _NOW,
         "pending": literal(1, Integer), "pending_until": _SLOTS_UNTIL,
     }  # fmt: skip
     statement = (
-        insert(_t).values(row)
+        _insert(dialect).values(row)
         if after is None
-        else insert(_t).from_select(list(row), select(*row.values()).where(exists(after.select())))
+        else _insert(dialect).from_select(list(row), select(*row.values()).where(exists(after)))
     )
     return statement.on_conflict_do_update(
         index_elements=["scope", "key"],
@@ -257,7 +252,14 @@ _FAIL_IP = (
 @cache
 def _add_failure(dialect: str) -> Any:
     return (
-        _new_row(dialect, 1)
+        _insert(dialect)
+        .values(
+            scope=bindparam("in_scope"),
+            key=bindparam("in_key"),
+            failures=1,
+            pending=0,
+            window_started_at=_NOW,
+        )
         .on_conflict_do_update(
             index_elements=["scope", "key"],
             set_={
