@@ -53,6 +53,25 @@ async def direct(
         await autocommit.dispose()
 
 
+@pytest.fixture
+async def logged(
+    database_url: str, tmp_path: Path, direct_engine: AsyncEngine
+) -> AsyncIterator[tuple[Autocommit, list[str]]]:
+    """PostgreSQL: an `Autocommit` whose statements all run on one connection, and the SQL
+    of each statement sent on it."""
+    postgres_only(database_url)
+    pool = RawPool.for_settings(make_settings(tmp_path, database_url))
+    sent: list[str] = []
+    connection = await pool.acquire(5)
+    connection.add_query_logger(lambda logged: sent.append(logged.query))
+    # The only connection the statements find kept: they all run on it.
+    pool.park(connection)
+    try:
+        yield Autocommit(make_settings(tmp_path, database_url), direct_engine, pool=pool), sent
+    finally:
+        await pool.close()
+
+
 def postgres_only(database_url: str) -> None:
     if database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's synchronous_commit")
@@ -99,28 +118,18 @@ async def test_a_take_of_its_own_turns_off_its_transactions_synchronous_commit(
 
 
 async def test_a_take_on_its_own_leaves_the_connection_synchronous(
-    database_url: str, tmp_path: Path, direct_engine: AsyncEngine
+    logged: tuple[Autocommit, list[str]],
 ) -> None:
     """A take through `Autocommit` (a transaction of its own) commits asynchronously; the
     connection it ran on, kept for the next statement (a refresh-token swap, a settlement),
     is back to synchronous commits."""
-    postgres_only(database_url)
-    pool = RawPool.for_settings(make_settings(tmp_path, database_url))
-    sent: list[str] = []
-    connection = await pool.acquire(5)
-    connection.add_query_logger(lambda logged: sent.append(logged.query))
-    # The only connection the statements below find kept: they all run on it.
-    pool.park(connection)
-    own = Autocommit(make_settings(tmp_path, database_url), engine=direct_engine, pool=pool)
+    own, sent = logged
     name = key()
-    try:
-        for _ in range(3):
-            assert await take(own, throttle.USER, name) is not None
-            # The next statement, on the same connection.
-            assert await own.first(SHOW, {}) == ("on",)
-        assert await stored(own, throttle.USER, name) == (0, 3)
-    finally:
-        await pool.close()
+    for _ in range(3):
+        assert await take(own, throttle.USER, name) is not None
+        # The next statement, on the same connection.
+        assert await own.first(SHOW, {}) == ("on",)
+    assert await stored(own, throttle.USER, name) == (0, 3)
     takes = [sql for sql in sent if sql.startswith("INSERT INTO login_throttles")]
     assert len(takes) == 3
     assert all("set_config('synchronous_commit', 'off', true)" in sql for sql in takes)
@@ -283,21 +292,12 @@ async def test_takes_in_order_restart_an_expired_window_and_lock(direct: Autocom
 
 
 async def test_takes_in_order_commit_asynchronously_on_their_own(
-    database_url: str, tmp_path: Path, direct_engine: AsyncEngine
+    logged: tuple[Autocommit, list[str]],
 ) -> None:
-    postgres_only(database_url)
-    pool = RawPool.for_settings(make_settings(tmp_path, database_url))
-    sent: list[str] = []
-    connection = await pool.acquire(5)
-    connection.add_query_logger(lambda logged: sent.append(logged.query))
-    pool.park(connection)
-    own = Autocommit(make_settings(tmp_path, database_url), engine=direct_engine, pool=pool)
-    try:
-        taken, _ = await throttle.take_in_order(own, claims(key(), "someone"), NOW, ttl=TTL)
-        assert len(taken) == 2
-        assert await own.first(SHOW, {}) == ("on",)
-    finally:
-        await pool.close()
+    own, sent = logged
+    taken, _ = await throttle.take_in_order(own, claims(key(), "someone"), NOW, ttl=TTL)
+    assert len(taken) == 2
+    assert await own.first(SHOW, {}) == ("on",)
     chained = [sql for sql in sent if sql.startswith("WITH take_0")]
     assert len(chained) == 1
     assert "set_config('synchronous_commit', 'off', true)" in chained[0]
