@@ -6,12 +6,15 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
+from conductor_api.db import asyncpg_dsn
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.rules import RULES, Retention
 from tests.conftest import Account
@@ -118,3 +121,52 @@ class TestOnePrunerAtATime:
         assert (await task) == counts(security_events=1)
         # Once the first is done, the lock is free again.
         assert await second.run() == counts()
+
+
+class TestRequestsFirst:
+    async def test_the_pruner_passes_over_a_counter_a_sign_in_holds(
+        self, container: Container, clock: FrozenClock
+    ) -> None:
+        """A sign-in's first statement holds the address's counter while it takes the
+        name's (PostgreSQL): a prune that held the name's idle row and waited for the
+        address's would deadlock with it. It passes over the held row instead."""
+        if container.settings.is_sqlite:
+            pytest.skip("PostgreSQL's row locks")
+        idle = clock.now() - timedelta(minutes=container.settings.lockout_minutes + 1)
+        async with container.engine.begin() as conn:
+            for scope, key in (("ip", "192.0.2.80"), ("user", "idle-name")):
+                await conn.execute(
+                    insert(LoginThrottle).values(
+                        scope=scope, key=key, failures=1, pending=0, window_started_at=idle
+                    )
+                )
+        signin = await asyncpg.connect(asyncpg_dsn(container.settings))
+        try:
+            async with signin.transaction():
+                # The address's slot taken, its statement not yet committed.
+                await signin.execute(
+                    "UPDATE login_throttles SET pending = pending + 1"
+                    " WHERE scope = 'ip' AND key = '192.0.2.80'"
+                )
+                deleted = await asyncio.wait_for(
+                    Pruner(container.settings, container.engine, clock.now).run(), 10
+                )
+                # Then the name's: the pruner holds nothing.
+                await asyncio.wait_for(
+                    signin.execute(
+                        "INSERT INTO login_throttles (scope, key, failures, pending,"
+                        " window_started_at) VALUES ('user', 'idle-name', 0, 1, $1)"
+                        " ON CONFLICT (scope, key) DO UPDATE SET pending = 1",
+                        clock.now(),
+                    ),
+                    10,
+                )
+        finally:
+            await signin.close()
+        assert deleted == counts(login_throttles=1)
+        async with container.sessionmaker() as db:
+            address = await db.get(LoginThrottle, ("ip", "192.0.2.80"))
+            name = await db.get(LoginThrottle, ("user", "idle-name"))
+        # The address's row, passed over, is there with its slot; the name's is new.
+        assert address is not None and address.pending == 1
+        assert name is not None and (name.failures, name.pending) == (0, 1)

@@ -28,11 +28,23 @@ def batch_delete(rule: Expiring, retention: Retention, limit: int, dialect: str)
     TID scan, where `pk IN (...)` may be planned as a scan of the whole table joined to the
     subquery). The condition is repeated outside: a row that a request changed meanwhile is
     checked again as it is now (and keeps a new `ctid`), so it is never deleted on the
-    strength of what it was."""
+    strength of what it was.
+
+    On PostgreSQL the rows are locked as they are chosen, passing over those that a
+    request holds (`SKIP LOCKED`): the DELETE then never waits for a request. A sign-in
+    takes its two counters in one statement (the address's, then the name's), so a
+    DELETE that held the name's idle row and waited for the address's would deadlock with
+    it; a row passed over is pruned by a later run."""
     condition = rule.condition(retention)
     if dialect == "postgresql":
         ctid: ColumnElement[Any] = literal_column("ctid")
-        chosen = select(ctid).where(condition).limit(limit).scalar_subquery()
+        chosen = (
+            select(ctid)
+            .where(condition)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         return delete(rule.table).where(ctid == func.any(func.array(chosen)), condition)
     pk = list(rule.table.primary_key.columns)
     keys = select(*pk).where(condition).limit(limit)
