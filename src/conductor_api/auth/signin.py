@@ -156,7 +156,8 @@ class SignIn:
             self._s.direct, [limit.claim(key) for limit, key in steps], now, ttl=PENDING_TTL,
             also=users.find_with(self.key) if self.key else None,
         )  # fmt: skip
-        for (limit, key), counter in zip(steps, taken, strict=False):  # `taken`: the first
+        # `taken`: the counters of the first steps, up to the first whose key was closed.
+        for (limit, key), counter in zip(steps, taken, strict=False):
             self._held.append(limit.slot(key, counter))
         if row is not None:
             self._user = (users.found(row),)

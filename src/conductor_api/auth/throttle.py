@@ -330,11 +330,12 @@ async def take_in_order(
     also: tuple[Select[Any], Mapping[str, object]] | None = None,
 ) -> tuple[list[Counter], tuple[Any, ...] | None]:
     """`take` each claim in turn, each only if the one before was taken: the counters (as
-    they were before) of those taken, the first of `claims` in order, up to the first that
-    was closed. On PostgreSQL in one statement (one round trip and one commit for all,
-    each counter's lock still taken in the order of `claims`), with `also` (a read and its
-    parameters) in it: its first row's columns (all None when it has none) once every slot
-    was taken. On SQLite, one statement after the other, and `also` is not read (None)."""
+    they were before) of the claims taken, those before the first whose key was closed
+    (all of them when none was). On PostgreSQL in one statement (one round trip and one
+    commit for all, each counter's lock still taken in the order of `claims`), with `also`
+    (a read and its parameters) in it: its first row's columns (all None when it has none)
+    once every slot was taken. On SQLite, one statement after the other, and `also` is not
+    read (None)."""
     if db.dialect_name != "postgresql":
         taken: list[Counter] = []
         for claim in claims:
