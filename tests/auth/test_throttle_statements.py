@@ -78,10 +78,8 @@ def postgres_only(database_url: str) -> None:
 
 
 async def take(db: object, scope: str, key: str) -> throttle.Counter | None:
-    return await throttle.take(
-        db,  # type: ignore[arg-type]
-        scope, key, NOW, limit=5, window=WINDOW if scope == throttle.IP else None, ttl=TTL,
-    )  # fmt: skip
+    claim = throttle.Claim(scope, key, 5, WINDOW if scope == throttle.IP else None)
+    return await throttle.take(db, claim, NOW, ttl=TTL)  # type: ignore[arg-type]
 
 
 async def stored(direct: Autocommit, scope: str, key: str) -> tuple[int, int] | None:

@@ -213,7 +213,7 @@ def _queries(url: str) -> dict[str, list[Query]]:
             "name counter": await _statements(
                 url,
                 lambda db: throttle.take(
-                    db, throttle.USER, "k2", now, limit=5, window=None, ttl=window
+                    db, throttle.Claim(throttle.USER, "k2", 5, None), now, ttl=window
                 ),
             ),
             "revoke a user's sessions": await _statements(

@@ -135,9 +135,7 @@ class _Window:
         return Slot(cast(Limit, self), key, taken.failures)
 
     async def _take(self, db: Executor, key: str, now: datetime) -> throttle.Counter | None:
-        return await throttle.take(
-            db, self.scope, key, now, limit=self.limit, window=self.window, ttl=PENDING_TTL
-        )
+        return await throttle.take(db, self.claim(key), now, ttl=PENDING_TTL)
 
 
 class AddressLimit(_Window):

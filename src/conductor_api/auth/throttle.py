@@ -129,6 +129,23 @@ class Claim:
     window: timedelta | None
 
 
+def _nth(name: str, n: int | None) -> str:
+    """A take's parameter's name: as it is, or for the `n`th take of a chain."""
+    return name if n is None else f"{name}_{n}"
+
+
+def _slot_params(claim: Claim, now: datetime, n: int | None = None) -> dict[str, object]:
+    """The parameters of `claim`'s own in `_upsert` (the `n`th of a chain); `now` and
+    `slots_until` are every take's."""
+    params: dict[str, object] = {
+        _nth("in_scope", n): claim.scope, _nth("in_key", n): claim.key,
+        _nth("limit", n): claim.limit,
+    }  # fmt: skip
+    if claim.window is not None:
+        params[_nth("cutoff", n)] = now - claim.window
+    return params
+
+
 def _upsert(dialect: str, windowed: bool, n: int | None = None, after: CTE | None = None) -> Any:
     """A take's upsert: a new counter with this slot in it, or the existing one's slot
     taken if the key is open. A counter that is closed is left as it is (no row comes
@@ -136,7 +153,7 @@ def _upsert(dialect: str, windowed: bool, n: int | None = None, after: CTE | Non
     row to insert only if `after`, the take before it, took its slot."""
 
     def param(name: str, type_: Any = None) -> BindParameter[Any]:
-        return bindparam(name if n is None else f"{name}_{n}", type_=type_)
+        return bindparam(_nth(name, n), type_=type_)
 
     cutoff = param("cutoff", UTCDateTime())
     restart = _restart(windowed, cutoff)
@@ -296,27 +313,15 @@ async def read(
     return None if row is None else _counter(row)
 
 
-async def take(
-    db: Executor,
-    scope: str,
-    key: str,
-    now: datetime,
-    *,
-    limit: int,
-    window: timedelta | None,
-    ttl: timedelta,
-) -> Counter | None:
-    """Reserve a slot for one check if the key is not locked and its failures and checks in
-    flight stay under `limit`: one upsert (a key with no counter gets one, holding this
-    slot), whose guard PostgreSQL evaluates on the locked row, so that no two requests take
-    the last slot. The counter as it was before (None when nothing was taken: the key is
-    closed). All slots are stale after `ttl` without a new one: a process killed during its
-    checks cannot give them back."""
-    params = {
-        "in_scope": scope, "in_key": key, "limit": limit, "slots_until": now + ttl,
-        **_at(now, window),
-    }  # fmt: skip
-    statement = _take(_dialect(db), window is not None, isinstance(db, Autocommit))
+async def take(db: Executor, claim: Claim, now: datetime, *, ttl: timedelta) -> Counter | None:
+    """Reserve `claim`'s slot for one check if its key is not locked and its failures and
+    checks in flight stay under its limit: one upsert (a key with no counter gets one,
+    holding this slot), whose guard PostgreSQL evaluates on the locked row, so that no two
+    requests take the last slot. The counter as it was before (None when nothing was
+    taken: the key is closed). All slots are stale after `ttl` without a new one: a process
+    killed during its checks cannot give them back."""
+    params = _slot_params(claim, now) | {"now": now, "slots_until": now + ttl}
+    statement = _take(_dialect(db), claim.window is not None, isinstance(db, Autocommit))
     row = _first(await execute_direct(db, statement, params))
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
 
@@ -339,19 +344,14 @@ async def take_in_order(
     if db.dialect_name != "postgresql":
         taken: list[Counter] = []
         for claim in claims:
-            counter = await take(
-                db, claim.scope, claim.key, now, limit=claim.limit, window=claim.window, ttl=ttl
-            )
+            counter = await take(db, claim, now, ttl=ttl)
             if counter is None:
                 break
             taken.append(counter)
         return taken, None
     params: dict[str, object] = {"now": now, "slots_until": now + ttl}
     for n, claim in enumerate(claims):
-        params |= {f"in_scope_{n}": claim.scope, f"in_key_{n}": claim.key}
-        params[f"limit_{n}"] = claim.limit
-        if claim.window is not None:
-            params[f"cutoff_{n}"] = now - claim.window
+        params |= _slot_params(claim, now, n)
     statement = _chain(tuple(claim.window is not None for claim in claims), also and also[0])
     row = (await execute_direct(db, statement, params | dict(also[1] if also else {})))[0]
     taken = []
