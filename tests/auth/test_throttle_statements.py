@@ -6,6 +6,7 @@ last slot, and stays while it holds failures or other checks)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -299,3 +300,106 @@ async def test_takes_in_order_commit_asynchronously_on_their_own(
     chained = [sql for sql in sent if sql.startswith("WITH take_0")]
     assert len(chained) == 1
     assert "set_config('synchronous_commit', 'off', true)" in chained[0]
+
+
+# Settlements in order (a sign-in's slots given back at its end)
+
+
+def settlements(address: str, name: str, forgiven: int | None) -> list[throttle.Settlement]:
+    return [
+        throttle.Settlement(throttle.IP, address),
+        throttle.Settlement(throttle.USER, name, forgiven, USER_CLAIM_LIMIT),
+    ]
+
+
+async def failed_names_slot(direct: Autocommit, name: str, failures: int) -> None:
+    """`failures` failures settled on a name, then a slot of its own taken."""
+    for _ in range(failures):
+        assert await take(direct, throttle.USER, name) is not None
+        async with direct.transaction() as tx:
+            await throttle.fail_user(tx, name, NOW, max_failures=USER_CLAIM_LIMIT, lockout=WINDOW)
+    assert await take(direct, throttle.USER, name) is not None
+
+
+async def test_a_success_drops_the_address_and_forgives_the_name(direct: Autocommit) -> None:
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    await failed_names_slot(direct, name, 2)
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        # The failures settled before the slot: one of them forgiven here.
+        await throttle.settle_in_order(tx, settlements(address, name, 1))
+    assert await stored(direct, throttle.IP, address) is None
+    assert await stored(direct, throttle.USER, name) == (1, 0)
+
+
+async def test_a_release_counts_nothing_and_forgives_nothing(direct: Autocommit) -> None:
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    await failed_names_slot(direct, name, 2)
+    for _ in range(2):
+        assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.settle_in_order(tx, settlements(address, name, None))
+    # The address keeps its other check in flight; the name its failures.
+    assert await stored(direct, throttle.IP, address) == (0, 1)
+    assert await stored(direct, throttle.USER, name) == (2, 0)
+
+
+async def test_a_success_leaves_an_address_with_failures_its_row(direct: Autocommit) -> None:
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    await failed_names_slot(direct, name, 0)
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.fail_ip(tx, address, NOW, window=WINDOW)
+    assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as tx:
+        await throttle.settle_in_order(tx, settlements(address, name, 0))
+    assert await stored(direct, throttle.IP, address) == (1, 0)
+    assert await stored(direct, throttle.USER, name) == (0, 0)
+
+
+async def test_settlements_are_one_statement_on_postgresql(
+    logged: tuple[Autocommit, list[str]],
+) -> None:
+    own, sent = logged
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    for _ in range(2):
+        taken, _ = await throttle.take_in_order(own, claims(address, name), NOW, ttl=TTL)
+        assert len(taken) == 2
+    for left in (1, None):
+        await asyncio.sleep(0.05)  # asyncpg calls its query loggers soon after, not at once
+        sent.clear()
+        async with own.transaction() as tx:
+            await throttle.settle_in_order(tx, settlements(address, name, 0))
+        await asyncio.sleep(0.05)
+        assert [sql.split(None, 1)[0] for sql in sent] == ["BEGIN", "WITH", "COMMIT"], sent
+        expected = None if left is None else (0, left)
+        assert await stored(own, throttle.IP, address) == expected
+        assert await stored(own, throttle.USER, name) == (0, left or 0)
+
+
+async def test_an_address_that_others_left_empty_meanwhile_is_dropped(
+    database_url: str, direct: Autocommit
+) -> None:
+    """PostgreSQL: the other check's release commits while the settlement waits for the
+    row. The DELETE saw two slots (it does not wait for a row it would not delete), the
+    release that follows leaves none: a statement of its own drops the row."""
+    postgres_only(database_url)
+    address, name = key(), f"user-{secrets.token_hex(4)}"
+    await failed_names_slot(direct, name, 0)
+    for _ in range(2):
+        assert await take(direct, throttle.IP, address) is not None
+    async with direct.transaction() as other:
+        await execute_direct(
+            other, throttle._RELEASE_ROW, {"in_scope": throttle.IP, "in_key": address}
+        )
+
+        async def settle() -> None:
+            async with direct.transaction() as tx:
+                await throttle.settle_in_order(tx, settlements(address, name, 0))
+
+        settling = asyncio.create_task(settle())
+        await asyncio.sleep(0.3)
+        assert not settling.done()  # waiting for the row `other` holds
+    await asyncio.wait_for(settling, 5)
+    assert await stored(direct, throttle.IP, address) is None
+    assert await stored(direct, throttle.USER, name) == (0, 0)

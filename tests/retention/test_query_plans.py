@@ -216,6 +216,16 @@ def _queries(url: str) -> dict[str, list[Query]]:
                     db, throttle.Claim(throttle.USER, "k2", 5, None), now, ttl=window
                 ),
             ),
+            "a sign-in's settlements": await _statements(
+                url,
+                lambda db: throttle.settle_in_order(
+                    db,
+                    [
+                        throttle.Settlement(throttle.IP, "k3"),
+                        throttle.Settlement(throttle.USER, "k2", 0, 5),
+                    ],
+                ),
+            ),
             "revoke a user's sessions": await _statements(
                 url, lambda db: sessions.revoke_for_user(db, user_id, now, "x")
             ),
@@ -238,6 +248,7 @@ HOT = (
     "events of a user",
     "address counter",
     "name counter",
+    "a sign-in's settlements",
     "revoke a user's sessions",
     "prune batches",
 )

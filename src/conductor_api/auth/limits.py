@@ -70,11 +70,10 @@ class Limit(Protocol):
     async def failed(self, db: Writer, slot: Slot, now: datetime) -> bool:
         """The check failed: count it; whether this locked the key."""
 
-    async def succeeded(self, db: Writer, slot: Slot) -> None:
-        """The check succeeded: give the slot back (and forgive what the limit forgives)."""
-
-    async def released(self, db: Writer, slot: Slot) -> None:
-        """Give the slot back without counting anything (refused later, or abandoned)."""
+    def settlement(self, slot: Slot, *, succeeded: bool) -> throttle.Settlement:
+        """How a check that did not fail gives `slot` back (`throttle.settle_in_order`):
+        `succeeded`, forgiving what the limit forgives; else without counting anything
+        (refused later, abandoned, or a second step follows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +169,9 @@ class AddressLimit(_Window):
         await throttle.fail_ip(db, slot.key, now, window=self.lockout)
         return False
 
-    async def succeeded(self, db: Writer, slot: Slot) -> None:
-        """Successes do not count against an address."""
-        await throttle.release_ip(db, slot.key)
-
-    async def released(self, db: Writer, slot: Slot) -> None:
-        """Nothing counted: the slot goes back."""
-        await throttle.release_ip(db, slot.key)
+    def settlement(self, slot: Slot, *, succeeded: bool) -> throttle.Settlement:
+        """Successes do not count against an address: either way, the slot goes back."""
+        return throttle.Settlement(throttle.IP, slot.key)
 
     async def count_failure(self, db: AsyncSession, key: str, now: datetime) -> AppError | None:
         """A credential that did not verify outside a sign-in (a forged refresh token):
@@ -239,16 +234,14 @@ class UsernameLimit(_Window):
             lockout=self.lockout, scope=self.scope,
         )  # fmt: skip
 
-    async def succeeded(self, db: Writer, slot: Slot) -> None:
-        """A right password forgives the failures settled before its slot."""
-        await throttle.forgive_user(
-            db, slot.key, slot.failures_before,
-            max_failures=self.settings.max_failed_login_attempts, scope=self.scope,
-        )  # fmt: skip
-
-    async def released(self, db: Writer, slot: Slot) -> None:
-        """Nothing counted: the slot goes back."""
-        await throttle.release(db, self.scope, slot.key)
+    def settlement(self, slot: Slot, *, succeeded: bool) -> throttle.Settlement:
+        """A right password forgives the failures settled before its slot; otherwise
+        nothing is counted and the slot goes back."""
+        if not succeeded:
+            return throttle.Settlement(self.scope, slot.key)
+        return throttle.Settlement(
+            self.scope, slot.key, slot.failures_before, self.settings.max_failed_login_attempts
+        )
 
 
 class DeviceTokenLimit(UsernameLimit):

@@ -135,8 +135,7 @@ class SignIn:
         # Refused, failed or cancelled before a settlement committed: nothing is counted.
         if self._held:
             async with self._direct() as db:
-                for slot in self._held:
-                    await slot.limit.released(db, slot)
+                await self._settle(db, succeeded=False)
             self._committed()
         for slot in self._settled:
             self._s.turns.next(slot.limit.scope, slot.key)
@@ -293,9 +292,7 @@ class SignIn:
                     yield db
                 # The slots last, just before the commit: the address's row is one that
                 # every attempt from that address needs.
-                for slot in self._held:
-                    settle = slot.limit.released if self._unfinished else slot.limit.succeeded
-                    await settle(db, slot)
+                await self._settle(db, succeeded=not self._unfinished)
         self._committed()
         if refusal is not None:
             raise refusal
@@ -310,6 +307,13 @@ class SignIn:
                     )
             except SQLAlchemyError as error:
                 log.warning("password hash upgrade failed: %s", type(error).__name__)
+
+    async def _settle(self, db: Writer, *, succeeded: bool) -> None:
+        """Give back the slots held, in the order they were taken, as a check that did not
+        fail: `succeeded`, or uncounted."""
+        await throttle.settle_in_order(
+            db, [slot.limit.settlement(slot, succeeded=succeeded) for slot in self._held]
+        )
 
     def second_step_follows(self) -> None:
         """Called inside `finish` when the credential was right but the sign-in waits for a

@@ -25,6 +25,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    func,
     literal,
     literal_column,
     select,
@@ -35,7 +36,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
-from conductor_api.db import Autocommit, DirectTransaction, Executor, UTCDateTime, execute_direct
+from conductor_api.db import (
+    Autocommit,
+    DirectTransaction,
+    Executor,
+    UTCDateTime,
+    Writer,
+    execute_direct,
+)
 
 USER = "user"
 IP = "ip"
@@ -244,16 +252,23 @@ _FAIL_USER = (
     )
     .returning(*_RETURNING)
 )
-_LEFT = _c.failures - bindparam("forgiven")
-_FORGIVE_USER = (
-    update(_t)
-    .where(_ROW)
-    .values(
-        pending=_RELEASE,
-        failures=case((_LEFT > 0, _LEFT), else_=0),
-        locked_until=case((bindparam("max_failures") <= _LEFT, _c.locked_until), else_=None),
-    )
-)
+
+
+def _forgiving(n: int | None = None) -> dict[str, Any]:
+    """A name's right credential: its slot back, and the failures settled before the slot
+    was taken (`forgiven`) forgiven, its lock with them once under `max_failures` (the
+    `n`th settlement's parameters, in a chain)."""
+    left = _c.failures - bindparam(_nth("forgiven", n))
+    return {
+        "pending": _RELEASE,
+        "failures": case((left > 0, left), else_=0),
+        "locked_until": case(
+            (bindparam(_nth("max_failures", n)) <= left, _c.locked_until), else_=None
+        ),
+    }
+
+
+_FORGIVE_USER = update(_t).where(_ROW).values(_forgiving())
 _WINDOW_OVER = _c.window_started_at <= _CUTOFF
 _FAIL_IP = (
     update(_t)
@@ -418,6 +433,95 @@ async def release_ip(db: Executor, address: str) -> None:
     if row is not None and row[0] == 0 and row[1] == 0:
         # Guarded again: another attempt may have taken a slot since.
         await execute_direct(db, _DROP_IF_EMPTY, params)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A slot given back by a check that did not fail: of `scope`'s counter for `key`. An
+    address's is released, its row dropped once empty (`release_ip`); a name's or a device
+    token's forgives the `forgiven` failures settled before the slot was taken, its lock
+    with them under `max_failures` (`forgive_user`), or with `forgiven` None is released
+    uncounted (`release`)."""
+
+    scope: str
+    key: str
+    forgiven: int | None = None
+    max_failures: int = 0
+
+    @property
+    def kind(self) -> str:
+        """What the settlement does to its counter: release an address's, forgive, release."""
+        return (
+            "address" if self.scope == IP else "forgive" if self.forgiven is not None else "release"
+        )
+
+
+async def settle_in_order(db: Writer, settlements: Sequence[Settlement]) -> None:
+    """Settle each slot, in the order given (that of the takes: an address's row locked
+    before a name's, as `take_in_order` locks them, so that the two never wait for each
+    other). On PostgreSQL in one statement (`_settle_chain`), but for an address's row that
+    its release left empty after all (others' slots went meanwhile), dropped by a second;
+    on SQLite one statement after the other."""
+    if not settlements:
+        return
+    if _dialect(db) != "postgresql":
+        for each in settlements:
+            if each.scope == IP:
+                await release_ip(db, each.key)
+            elif each.forgiven is not None:
+                await forgive_user(
+                    db, each.key, each.forgiven, max_failures=each.max_failures, scope=each.scope
+                )
+            else:
+                await release(db, each.scope, each.key)
+        return
+    params: dict[str, object] = {}
+    for n, each in enumerate(settlements):
+        params |= {_nth("in_scope", n): each.scope, _nth("in_key", n): each.key}
+        if each.forgiven is not None:
+            params |= {
+                _nth("forgiven", n): each.forgiven,
+                _nth("max_failures", n): each.max_failures,
+            }
+    chain = _settle_chain(tuple(each.kind for each in settlements))
+    row = (await execute_direct(db, chain, params))[0]
+    for n, each in enumerate(settlements):
+        if each.kind == "address" and row[2 * n] == 0 and row[2 * n + 1] == 0:
+            await execute_direct(db, _DROP_IF_EMPTY, {"in_scope": IP, "in_key": each.key})
+
+
+@cache
+def _settle_chain(kinds: tuple[str, ...]) -> Select[Any]:
+    """PostgreSQL: settlements (`Settlement.kind`) in order as one statement, each a CTE that
+    waits for the one before to have run whole (a guard on its row count, which the
+    database evaluates once, before it reads a row of its own). An address's is two: the
+    row deleted if this was its last slot and it holds no failure, else its slot released.
+    One row: each settlement's counter as it left it (failures, pending; NULLs when it
+    changed none, or deleted it)."""
+    columns: list[Any] = []
+    before: CTE | None = None
+    for n, kind in enumerate(kinds):
+        row = (_c.scope == bindparam(_nth("in_scope", n))) & (
+            _c.key == bindparam(_nth("in_key", n))
+        )
+        guard: list[ColumnElement[bool]] = [row]
+        if before is not None:
+            guard.append(select(func.count()).select_from(before).scalar_subquery() >= 0)
+        if kind == "address":
+            drop = (
+                delete(_t)
+                .where(*guard, _c.failures == 0, _c.pending <= 1)
+                .returning(_c.key)
+                .cte(f"drop_{n}")
+            )
+            change = update(_t).where(*guard, ~exists(drop)).values(pending=_RELEASE)
+        elif kind == "forgive":
+            change = update(_t).where(*guard).values(_forgiving(n))
+        else:
+            change = update(_t).where(*guard).values(pending=_RELEASE)
+        before = change.returning(_c.failures, _c.pending).cte(f"settle_{n}")
+        columns += [select(before.c[name]).scalar_subquery() for name in ("failures", "pending")]
+    return select(*columns)
 
 
 async def add_failure(
