@@ -11,39 +11,61 @@ import httpx
 import pyotp
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from conductor_api.container import Container
 from conductor_api.dpop.replay import sqlite_cache_path
+from conductor_api.mfa.models import MfaToken
+from conductor_api.users.models import User
 from tests.conftest import TEST_KEK, Account, make_client
-from tests.dpop.conftest import bound_login, login_body, now, session_jkt
+from tests.dpop.conftest import bound_login, claims_of, login_body, now, session_jkt
 from tests.dpop.keys import API, PhoneKey
 from tests.e2e.server import clean_env, cli_path
+
+
+async def with_totp(
+    client: httpx.AsyncClient, container: Container, account: Account, phone: PhoneKey
+) -> pyotp.TOTP:
+    """TOTP turned on for `account` (from a session bound to `phone`), the clock then moved
+    on a step so that the next code is a new one."""
+    pair = await bound_login(client, container, account, phone)
+    token = pair["access_token"]
+
+    def headers(method: str, path: str) -> dict[str, str]:
+        proof = phone.proof(method, path, now(container), token=token)
+        return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+    setup = await client.post(
+        API + "/mfa/totp/setup", json={"current_password": account.password},
+        headers=headers("POST", API + "/mfa/totp/setup"),
+    )  # fmt: skip
+    assert setup.status_code == 200, setup.text
+    totp = pyotp.TOTP(setup.json()["secret"])
+    confirm = await client.post(
+        API + "/mfa/totp/confirm", json={"code": totp.at(container.clock.now())},
+        headers=headers("POST", API + "/mfa/totp/confirm"),
+    )  # fmt: skip
+    assert confirm.status_code == 200, confirm.text
+    container.clock.advance(seconds=60)  # type: ignore[attr-defined]
+    return totp
+
+
+async def pending_jkt(container: Container, account: Account) -> list[str | None]:
+    """The DPoP thumbprints kept with `account`'s pending sign-ins."""
+    async with container.sessionmaker() as db:
+        rows = await db.scalars(
+            select(MfaToken.dpop_jkt).join(User, User.id == MfaToken.user_id)
+            .where(User.username == account.username)
+        )  # fmt: skip
+        return list(rows)
 
 
 class TestSecondStep:
     async def test_mfa_verify_binds_to_its_proof(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
     ) -> None:
-        pair = await bound_login(client, container, alice, phone)
-        token = pair["access_token"]
-
-        def headers(method: str, path: str) -> dict[str, str]:
-            proof = phone.proof(method, path, now(container), token=token)
-            return {"Authorization": f"DPoP {token}", "DPoP": proof}
-
-        setup = await client.post(
-            API + "/mfa/totp/setup", json={"current_password": alice.password},
-            headers=headers("POST", API + "/mfa/totp/setup"),
-        )  # fmt: skip
-        assert setup.status_code == 200, setup.text
-        totp = pyotp.TOTP(setup.json()["secret"])
-        confirm = await client.post(
-            API + "/mfa/totp/confirm", json={"code": totp.at(container.clock.now())},
-            headers=headers("POST", API + "/mfa/totp/confirm"),
-        )  # fmt: skip
-        assert confirm.status_code == 200, confirm.text
-
-        container.clock.advance(seconds=60)  # type: ignore[attr-defined]
+        """A login without a proof: the second step's proof decides the binding."""
+        totp = await with_totp(client, container, alice, phone)
         pending = await client.post(API + "/login", json=login_body(alice, "Pixel 9"))
         assert pending.status_code == 403
         key = PhoneKey()
@@ -56,6 +78,41 @@ class TestSecondStep:
         assert verified.status_code == 200, verified.text
         assert verified.json()["token_type"] == "DPoP"
         assert await session_jkt(container, verified.json()["session_id"]) == key.jkt
+        assert await pending_jkt(container, alice) == [None]
+
+    async def test_a_sign_in_begun_with_a_proof_ends_with_the_same_key(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
+    ) -> None:
+        """The mfa_token alone, or with another key's proof, finishes nothing and spends
+        nothing; the key of the login's proof finishes it, bound to that key."""
+        totp = await with_totp(client, container, alice, phone)
+        key = PhoneKey()
+        login = await client.post(
+            API + "/login", json=login_body(alice, "Pixel 9"),
+            headers={"DPoP": key.proof("POST", API + "/login", now(container))},
+        )  # fmt: skip
+        assert login.status_code == 403, login.text
+        mfa_token = login.json()["mfa_token"]
+        assert await pending_jkt(container, alice) == [key.jkt]
+
+        def verify_body() -> dict[str, str]:
+            return {"mfa_token": mfa_token, "code": totp.at(container.clock.now())}
+
+        for proof in (None, PhoneKey().proof("POST", API + "/mfa/verify", now(container))):
+            refused = await client.post(
+                API + "/mfa/verify", json=verify_body(), headers={"DPoP": proof} if proof else {}
+            )
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["code"] == "invalid_dpop_proof"
+        verified = await client.post(
+            API + "/mfa/verify", json=verify_body(),
+            headers={"DPoP": key.proof("POST", API + "/mfa/verify", now(container))},
+        )  # fmt: skip
+        assert verified.status_code == 200, verified.text
+        body = verified.json()
+        assert body["token_type"] == "DPoP"
+        assert claims_of(body["access_token"])["cnf"] == {"jkt": key.jkt}
+        assert await session_jkt(container, body["session_id"]) == key.jkt
 
 
 class TestReplayFile:

@@ -14,7 +14,7 @@ from conductor_api.auth.principal import Principal
 from conductor_api.auth.service import Device, SignInService, owner_of
 from conductor_api.auth.signin import SignIn, Verified
 from conductor_api.devices import service as devices
-from conductor_api.errors import InvalidMfaToken, NotFound
+from conductor_api.errors import InvalidDPoPProof, InvalidMfaToken, NotFound
 from conductor_api.mfa.service import Owner
 from conductor_api.users import service as users
 from conductor_api.users.models import User
@@ -42,7 +42,9 @@ class SecondStep:
     ) -> TokenPair:
         """A TOTP or recovery code for a pending sign-in: the session, its token pair and a
         device token, for the device its login named. Wrong codes count against the name,
-        or against the device token when the login presented one."""
+        or against the device token when the login presented one. A login that carried a
+        DPoP proof is finished only with a proof by the same key (`jkt`), and its session
+        is bound to it; one without, with the key of this step's proof, if any."""
         s = self.signin.settings
         async with self.steps.sessionmaker() as db:
             now = self.steps.clock.now()
@@ -63,6 +65,12 @@ class SecondStep:
                     db, client.ip_address, self.steps.clock.now()
                 )
             raise refusal or InvalidMfaToken()
+        if pending.jkt is not None and jkt != pending.jkt:
+            # The login carried a DPoP proof: only a proof by the same key finishes the
+            # sign-in (its session is bound to that key), so the mfa_token is worth nothing
+            # without it. Nothing is spent; counted against the address, as a faulty proof.
+            await self.signin.count_address_failure(client)
+            raise InvalidDPoPProof("A DPoP proof by the key the sign-in began with is required")
 
         async with SignIn(self.steps, user.username, client) as attempt:
             await attempt.limits(*self.signin.limits(attempt, device_id))

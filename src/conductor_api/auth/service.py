@@ -137,7 +137,7 @@ class SignInService:
                         mfa_token=await self.mfa.start_pending(
                             db, user.id, self.steps.clock.now(), device_name=device.name,
                             fingerprint=device.fingerprint,
-                            device_token_id=trusted.id if trusted else None,
+                            device_token_id=trusted.id if trusted else None, jkt=jkt,
                         ),
                         methods=list(METHODS),
                         expires_in=PENDING_SECONDS,

@@ -65,3 +65,6 @@ class MfaToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     spent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The thumbprint of the DPoP key whose proof the login carried: the second step needs a
+    # proof by the same key, and the session is bound to it.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(43))

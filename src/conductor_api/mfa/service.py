@@ -66,6 +66,8 @@ class Pending:
     device_name: str
     device_fingerprint: str | None
     device_token_id: uuid.UUID | None
+    # The DPoP key the login's proof was by (its thumbprint), if it had one.
+    jkt: str | None
 
 
 class SecondFactor:
@@ -234,8 +236,10 @@ class SecondFactor:
         device_name: str,
         fingerprint: str | None,
         device_token_id: uuid.UUID | None,
+        jkt: str | None,
     ) -> str:
-        """A pending sign-in for the device a login named; returns its mfa_token."""
+        """A pending sign-in for the device a login named (and the DPoP key its proof was
+        by, `jkt`); returns its mfa_token."""
         token = secrets.token_urlsafe(32)
         await repository.add_pending(
             db,
@@ -244,7 +248,7 @@ class SecondFactor:
                 "device_name": device_name, "device_fingerprint": fingerprint,
                 "device_token_id": device_token_id, "created_at": now,
                 "expires_at": now + timedelta(seconds=PENDING_SECONDS), "failures": 0,
-                "spent_at": None,
+                "spent_at": None, "dpop_jkt": jkt,
             },
         )  # fmt: skip
         return token
@@ -259,8 +263,9 @@ class SecondFactor:
         if row is None:
             return None
         return Pending(
-            row.id, row.user_id, row.device_name, row.device_fingerprint, row.device_token_id
-        )
+            row.id, row.user_id, row.device_name, row.device_fingerprint, row.device_token_id,
+            row.dpop_jkt,
+        )  # fmt: skip
 
     async def lock_pending(
         self, db: AsyncSession, pending: Pending, now: datetime, *, max_failures: int
