@@ -505,6 +505,10 @@ class TestPostgresRefusesConnections:
             ("57P03", "the database system is starting up"),
             ("57P03", "the database system is shutting down"),
             ("53300", "sorry, too many clients already"),
+            ("3D000", 'database "conductor" does not exist'),
+            ("55000", 'database "conductor" is not currently accepting connections'),
+            ("28000", 'no pg_hba.conf entry for host "127.0.0.1", user "postgres"'),
+            ("28P01", 'password authentication failed for user "postgres"'),
         ],
     )
     async def test_startup_error_is_503_not_500(
@@ -516,6 +520,27 @@ class TestPostgresRefusesConnections:
         await proxy.start()
         await expect_unavailable(device)
         proxy.fail_startup(None)
+        await expect_service(device)
+
+    async def test_a_database_closed_to_connections_is_503_then_service_resumes(
+        self, pg_app: FastAPI, pg_device: Device, pg_database_name: str
+    ) -> None:
+        """What an operator's maintenance does (ALTER DATABASE ... ALLOW_CONNECTIONS false,
+        then the sessions ended): every new connection is refused with SQLSTATE 55000."""
+        device = pg_device
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(f'ALTER DATABASE "{pg_database_name}" ALLOW_CONNECTIONS false')
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                pg_database_name,
+            )
+            await expect_unavailable(device)
+            await expect_unavailable(device)  # and again, with no connection left in the pools
+        finally:
+            await conn.execute(f'ALTER DATABASE "{pg_database_name}" ALLOW_CONNECTIONS true')
+            await conn.close()
         await expect_service(device)
 
     async def test_session_terminated_mid_query_is_503_not_500(

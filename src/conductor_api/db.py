@@ -646,6 +646,12 @@ ASYNCPG_LOST = (
     asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+    # Refused when connecting: the database dropped (3D000) or closed to connections
+    # (55000, ALLOW_CONNECTIONS false), the role refused (class 28): an outage to the
+    # client, the operator's to fix.
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.ObjectNotInPrerequisiteStateError,
+    asyncpg.InvalidAuthorizationSpecificationError,
 )
 # What a query on a raw asyncpg pool raises when the database does not answer it: a 503.
 # InternalClientError: the protocol out of step on a connection whose backend was killed.
