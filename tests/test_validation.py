@@ -396,6 +396,21 @@ def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[s
 
 
 class TestOtherBadRequests:
+    async def test_a_trailing_slash_is_not_found_not_redirected(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """No redirect built from the Host header, which a client following it with its
+        POST would send the password to, in clear."""
+        body = {"username": alice.username, "password": alice.password, "device_name": "x"}
+        response = await client.post(
+            "/api/v1/auth/login/", json=body, headers={"Host": "evil.example"}
+        )
+        assert response.status_code == 404, response.text
+        assert "location" not in response.headers
+        assert response.json()["code"] == "not_found"
+        me = await client.get("/api/v1/auth/me/")
+        assert (me.status_code, me.json()["code"]) == (404, "not_found")
+
     async def test_delete_session_not_a_uuid(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

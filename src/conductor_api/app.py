@@ -156,6 +156,10 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         # FastAPI's own OpenTelemetry hooks asked the global providers on every request
         # (3 µs each, a percent of an /auth/me); the service's metrics are Prometheus's.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # A path with a trailing slash is not one of the API's: 404, not a redirect built
+        # from the Host header (always http://, so a client that follows a 307 with its
+        # POST would send the password again in clear, to whatever host it named).
+        redirect_slashes=False,
     )
     _install_handlers(app)
     app.include_router(auth_router, prefix="/api/v1")
