@@ -158,9 +158,13 @@ async def current_principal(
     # refused below as a malformed token with error="invalid_token" (RFC 6750 section 3.1).
     if token is None:
         authorization = request.headers.get("authorization", "")
-        if authorization[:5].lower() != "dpop ":
+        scheme, rest = authorization[:4], authorization[4:]
+        if scheme.lower() != "dpop" or rest[:1] not in ("", " ", "\t"):
             raise InvalidToken("Not authenticated", token_sent=False)
-        claims = await _dpop_claims(request, container, authorization[5:].strip())
+        # The DPoP scheme with no token, or not after a single space (RFC 9110 section
+        # 11.4): refused as a malformed token, with the DPoP challenge (RFC 9449 section 7.1).
+        token_ = rest[1:].strip() if rest[:1] == " " else ""
+        claims = await _dpop_claims(request, container, token_)
     else:
         claims = await _claims(container, token)
         if claims.jkt:

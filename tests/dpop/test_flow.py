@@ -197,6 +197,22 @@ class TestResourceRefusals:
         ok = await client.get(API + "/me", headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200
 
+    async def test_the_dpop_scheme_without_a_token_gets_the_dpop_challenge(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
+    ) -> None:
+        pair = await bound_login(client, container, alice, phone)
+        token = pair["access_token"]
+        proof = phone.proof("GET", API + "/me", now(container), token=token)
+        for authorization in ("DPoP", "dpop ", f"DPoP\t{token}"):
+            refused = await client.get(
+                API + "/me", headers={"Authorization": authorization, "DPoP": proof}
+            )
+            assert_dpop_401(refused, "invalid_token")
+        # Another scheme that merely starts with the letters is no DPoP credential at all.
+        other = await client.get(API + "/me", headers={"Authorization": f"DPoPx {token}"})
+        assert other.status_code == 401
+        assert other.headers["WWW-Authenticate"] == "Bearer"
+
     async def test_proof_by_another_key(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
     ) -> None:

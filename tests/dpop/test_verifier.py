@@ -146,6 +146,8 @@ class TestRefused:
             "http://api.example.com/api/v1/auth/me",
             "https://api.example.com:8443/api/v1/auth/me",
             "https://evil.example.com/api/v1/auth/me",
+            "https://user:secret@api.example.com/api/v1/auth/me",
+            "https://@api.example.com/api/v1/auth/me",
             "https://api.example.com/api/v1/auth/sessions",
             "/api/v1/auth/me",
         ],

@@ -162,7 +162,8 @@ def normalize_htu(url: str) -> str | None:
         return None
     scheme = parts.scheme.lower()
     host = parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host:
+    # Userinfo stays in a URL normalized as RFC 3986 says, and a request's never has any.
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
         return None
     if ":" in host:
         host = f"[{host}]"
