@@ -116,6 +116,23 @@ class TestList:
         assert first["expires_at"] == iso(clock.now() + timedelta(days=7))
         assert body[1]["device_fingerprint"] is None
 
+    async def test_a_utf8_user_agent_is_kept_as_text(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """A user agent in UTF-8 (a phone model's name) reads as sent; bytes that are not
+        UTF-8 as Latin-1 reads them."""
+        for sent, shown in (("Conductor/2.3 (Xiaomi Rédmi ☃)", None), (b"Caf\xe9/1", "Café/1")):
+            raw = sent.encode() if isinstance(sent, str) else sent
+            response = await client.post(
+                "/api/v1/auth/login",
+                json={"username": alice.username, "password": alice.password, "device_name": "x"},
+                headers={b"User-Agent": raw},
+            )
+            assert response.status_code == 200, response.text
+            body = await client.get(SESSIONS, headers=bearer(response.json()["access_token"]))
+            mine = [s for s in body.json() if s["current"]]
+            assert mine[0]["user_agent"] == (shown or sent)
+
     async def test_current_follows_the_caller(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

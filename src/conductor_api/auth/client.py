@@ -104,5 +104,20 @@ def client_address(request: Request, trusted: list[IPNetwork]) -> str:
 
 def client_info(request: Request, trusted: list[IPNetwork]) -> ClientInfo:
     """Address and user agent of the caller, truncated to what the database keeps."""
-    agent = request.headers.get("user-agent", "")[:USER_AGENT_MAX]
-    return ClientInfo(ip_address=client_address(request, trusted), user_agent=agent)
+    return ClientInfo(
+        ip_address=client_address(request, trusted),
+        user_agent=_text(request.headers.get("user-agent", ""))[:USER_AGENT_MAX],
+    )
+
+
+def _text(header: str) -> str:
+    """A header value as text: ASGI servers hand over its bytes as Latin-1, and a client
+    that sends anything else sends UTF-8 (a user agent naming the phone's model); bytes
+    that are not UTF-8 stay as Latin-1 read them."""
+    if header.isascii():
+        return header
+    raw = header.encode("latin-1", "replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return header
