@@ -210,6 +210,11 @@ class TestResponses:
             op = operation(document, path, method)
             if "requestBody" not in op:
                 continue
+            if path == TOKEN_URL:
+                # RFC 6749 section 5.2: a field that fails validation is 400 invalid_request.
+                assert "422" not in op["responses"]
+                assert "400" in op["responses"]
+                continue
             schema = json_schema(op["responses"]["422"])
             assert schema is not None, path
             names = refs(schema)

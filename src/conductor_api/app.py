@@ -17,6 +17,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conductor_api import __version__
+from conductor_api.auth.router import document_token_errors
 from conductor_api.auth.router import router as auth_router
 from conductor_api.clock import Clock
 from conductor_api.config import Settings, load_settings
@@ -127,9 +128,10 @@ def _install_handlers(app: FastAPI) -> None:
 
 
 def _document_dpop(app: FastAPI) -> None:
-    """The OpenAPI document, with the DPoP header on the operations behind a token."""
+    """The OpenAPI document, with the DPoP header on the operations behind a token (and
+    no 422 on the token endpoint, whose validation failures are RFC 6749's 400)."""
     generate = app.openapi
-    app.openapi = lambda: document_dpop(generate())  # type: ignore[method-assign]
+    app.openapi = lambda: document_dpop(document_token_errors(generate()))  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:

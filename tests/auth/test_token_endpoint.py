@@ -250,6 +250,36 @@ class TestRequestErrors:
         async with container.sessionmaker() as db:
             assert await db.scalar(select(func.count()).select_from(LoginThrottle)) == 0
 
+    @pytest.mark.parametrize(
+        ("form", "field"),
+        [
+            ({"username": "a" * 200}, "username"),
+            ({"device_name": "d" * 101}, "device_name"),
+            ({"password": "p" * 1025}, "password"),
+            ({"username": "al\x00ice"}, "username"),
+        ],
+    )
+    async def test_a_field_that_fails_validation_is_invalid_request(
+        self,
+        form: dict[str, str],
+        field: str,
+        client: httpx.AsyncClient,
+        alice: Account,
+        container: Container,
+    ) -> None:
+        """RFC 6749 section 5.2's 400, not the JSON endpoints' 422: what a stock OAuth client
+        reads. `code` is the JSON endpoints' (`validation_error`); the description names the
+        field and never holds the value."""
+        fields = {"grant_type": "password", "username": "alice", "password": PASSWORD, **form}
+        response = await token_request(client, **fields)
+        body = assert_oauth_error(response, "invalid_request", "validation_error")
+        assert response.headers["cache-control"] == "no-store"
+        assert body["error_description"].startswith(f"{field}: "), body
+        assert all(" " <= ch <= "~" and ch not in '"\\' for ch in body["error_description"])
+        assert form[field] not in response.text
+        async with container.sessionmaker() as db:
+            assert await db.scalar(select(func.count()).select_from(LoginThrottle)) == 0
+
     async def test_missing_password_costs_no_attempt(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -97,17 +98,32 @@ def _oauth_error(
     )
 
 
+def _described(error: RequestValidationError) -> str:
+    """A validation failure as an `error_description`: each field and what is wrong with it
+    (never the value), in the characters RFC 6749 section 5.2 allows."""
+    parts = []
+    for each in error.errors():
+        field = ".".join(str(part) for part in each.get("loc", ())[1:]) or "form"
+        parts.append(f"{field}: {each.get('msg', 'invalid')}")
+    text = "; ".join(parts) or "the form is invalid"
+    return "".join(ch for ch in text if " " <= ch <= "~" and ch not in '"\\')
+
+
 class _OAuthRoute(APIRoute):
-    """The token endpoint's route: a 400 raised before the endpoint runs (a form that cannot
-    be read: too many fields, broken multipart) keeps RFC 6749 section 5.2's shape too."""
+    """The token endpoint's route: what is refused before the endpoint runs keeps RFC 6749
+    section 5.2's shape too, as 400 `invalid_request`: a form that cannot be read (too many
+    fields, broken multipart), or a field that fails validation (too long, a NUL; `code`
+    `validation_error`, as the JSON endpoints would give)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The endpoint's handler, answering its 400s as `invalid_request`."""
+        """The endpoint's handler, answering its 400s and 422s as `invalid_request`."""
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RequestValidationError as e:
+                return _oauth_error("invalid_request", _described(e), "validation_error")
             except StarletteHTTPException as e:
                 if e.status_code != status.HTTP_400_BAD_REQUEST:
                     raise
@@ -177,6 +193,15 @@ async def token(
     return _token_response(pair)
 
 
+def document_token_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """The token endpoint answers validation failures as 400 `invalid_request` (RFC 6749
+    section 5.2), not 422: the app-wide 422 is taken off its operation."""
+    for path, operations in schema.get("paths", {}).items():
+        if path.endswith("/auth/token"):
+            operations.get("post", {}).get("responses", {}).pop("422", None)
+    return schema
+
+
 router.add_api_route(
     "/token",
     token,
@@ -186,7 +211,7 @@ router.add_api_route(
         **NO_STORE_DOC,
         400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
         403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
-        **error_responses(413, 422, 429, 503),
+        **error_responses(413, 429, 503),
     },
     summary="OAuth 2.0 token endpoint (password and refresh_token grants)",
     openapi_extra=DPOP_TOKEN_REQUEST,
