@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric
@@ -17,9 +17,43 @@ from prometheus_client.multiprocess import MultiProcessCollector
 StartResponse = Callable[..., Any]
 
 
+# Every answer of the listener, as of the API's: no type sniffing.
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
+class _Unnamed(ServerHandler):
+    """wsgiref's handler, without the `Server` header naming Python and its version."""
+
+    server_software = ""
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would drown the log."""
+
+    def handle(self) -> None:
+        """`WSGIRequestHandler.handle`, with `_Unnamed` for the answer."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # answered already (send_error)
+            return
+        output: Any = self.wfile
+        handler = _Unnamed(self.rfile, output, self.get_stderr(), self.get_environ())
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """The answers to requests that cannot be parsed (`send_error`): no `Server`."""
+        if keyword.lower() != "server":
+            super().send_header(keyword, value)
+
+    def end_headers(self) -> None:
+        """...and `nosniff`, as every other answer."""
+        self.send_header(*_NOSNIFF)
+        super().end_headers()
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -28,10 +62,13 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     def wsgi(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            return start_response(status, [*headers, _NOSNIFF], *exc_info)
+
         if environ.get("PATH_INFO") != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            respond("404 Not Found", [("Content-Type", "text/plain")])
             return [b"Not found; metrics are at /metrics\n"]
-        return app(environ, start_response)
+        return app(environ, respond)
 
     return wsgi
 

@@ -1,0 +1,60 @@
+"""The metrics listener's answers carry what every answer of the API carries: `nosniff`,
+and no `Server` header naming the software or its version."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conductor_api.metrics.exposition import MetricsListener
+from conductor_api.metrics.service import Metrics
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = MetricsListener("127.0.0.1", port, str(tmp_path), Metrics().declared())
+    served.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        served.close()
+
+
+def raw(address: str, request: bytes) -> bytes:
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/metrics", 200), ("GET", "/elsewhere", 404), ("POST", "/metrics", 405)],
+)
+def test_answers_name_no_software_and_forbid_sniffing(
+    listener: str, method: str, path: str, status: int
+) -> None:
+    response = httpx.request(method, f"http://{listener}{path}")
+    assert response.status_code == status
+    assert "server" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_request_refused_before_the_application_too(listener: str) -> None:
+    """Answered by the HTTP layer itself (`send_error`): too many header lines."""
+    lines = b"".join(b"X-%d: y\r\n" % n for n in range(101))
+    answer = raw(listener, b"GET /metrics HTTP/1.1\r\n" + lines + b"\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.0 431"), head
+    assert b"\r\nserver:" not in head
+    assert b"\r\nx-content-type-options: nosniff" in head
