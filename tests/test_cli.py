@@ -217,7 +217,10 @@ class TestCommand:
         one_line_error(cli("openapi", env={"DATABASE_URL": "mysql://root@db/prod"}), "DATABASE_URL")
 
     def test_a_host_that_is_no_name_is_one_line(self, cli: Cli) -> None:
-        one_line_error(cli("serve", "--host", "a" * 64 + ".example", "--port", "1"), "host")
+        for host in ("a" * 64 + ".example", "999.1.1.1", ""):
+            result = cli("serve", "--host", host, "--port", "1")
+            one_line_error(result, "--host")
+            assert result.returncode == 2, result.stderr
 
     def test_a_group_without_its_command_is_one_line_after_the_help(self, cli: Cli) -> None:
         for args, listed in (((), "migrate"), (("users",), "set-password")):

@@ -32,6 +32,14 @@ BAD_VALUES = [
     ({"DATABASE_URL": "sqlite:///data/conductor.db?timeout=5"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:99999/db"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/db?sslmode=require"}, "DATABASE_URL"),
+    # No database name: asyncpg would use the user's, and migrate whatever database that is.
+    ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://"}, "DATABASE_URL"),
+    ({"ANDROID_API_HOST": "999.1.1.1"}, "ANDROID_API_HOST"),
+    ({"ANDROID_API_HOST": ""}, "ANDROID_API_HOST"),
+    ({"ANDROID_API_HOST": "host name with spaces"}, "ANDROID_API_HOST"),
+    ({"METRICS_HOST": "-bad-.example"}, "METRICS_HOST"),
+    ({"KEY_ENCRYPTION_KEY": "A" * 43}, "KEY_ENCRYPTION_KEY"),
     ({"ACCESS_TOKEN_EXPIRE_MINUTES": "-5"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
     ({"REFRESH_TOKEN_EXPIRE_DAYS": "-1"}, "REFRESH_TOKEN_EXPIRE_DAYS"),
     ({"SESSION_MAX_DAYS": "0"}, "SESSION_MAX_DAYS"),
@@ -245,6 +253,17 @@ class TestAcceptedValues:
         s = load_settings(jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B)
         assert (s.refresh_reuse_grace_seconds, s.access_token_expire_minutes) == (60, 1440)
         assert len(s.trusted_proxies) == 3
+
+    @pytest.mark.parametrize(
+        ("value", "kept"),
+        [
+            ("0.0.0.0", "0.0.0.0"), ("::", "::"), ("[::1]", "::1"), ("localhost", "localhost"),
+            ("api.internal.example", "api.internal.example"), (" 10.0.0.5 ", "10.0.0.5"),
+        ],
+    )  # fmt: skip
+    def test_listen_hosts(self, env: Path, value: str, kept: str) -> None:
+        s = load_settings(android_api_host=value, metrics_host=value)
+        assert (s.android_api_host, s.metrics_host) == (kept, kept)
 
     def test_random_hex_secrets_are_accepted(self, env: Path) -> None:
         s = load_settings(jwt_secret_key=secrets.token_hex(32), jwt_refresh_secret_key=GOOD_B)

@@ -302,6 +302,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"KEY_ENCRYPTION_KEY: must be at least {MIN_SECRET_BYTES} random bytes in base64url"
             )
+        weakness = weak_secret(value.get_secret_value())
+        if weakness is not None:
+            raise ValueError(
+                f"{weakness}; use a random value, e.g. from "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         return value
 
     @field_validator("database_url")
@@ -329,6 +335,9 @@ class Settings(BaseSettings):
             return value
         if port is not None and not 0 < port < 65536:
             raise ValueError("the port must be 1 to 65535")
+        if not parsed.database:
+            # asyncpg would take the user's name for it: the schema would go wherever that is.
+            raise ValueError("needs a database name; use postgresql://user@host:5432/db")
         unknown = sorted(set(parsed.query) - _POSTGRES_PARAMETERS)
         if unknown:
             # Every parameter is passed to asyncpg.connect(): an unknown one fails there.
@@ -337,6 +346,11 @@ class Settings(BaseSettings):
                 f"{', '.join(sorted(_POSTGRES_PARAMETERS))} (ssl=require, not sslmode)"
             )
         return value
+
+    @field_validator("android_api_host", "metrics_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        return listen_host(value)
 
     @field_validator("metrics_port", mode="before")
     @classmethod
@@ -427,6 +441,25 @@ def _unmapped(network: IPNetwork) -> IPNetwork:
     mapped = network.network_address.ipv4_mapped
     assert mapped is not None
     return ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+
+
+# A host name as RFC 1123 allows: dot-separated labels of letters, digits and hyphens.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def listen_host(value: str) -> str:
+    """An address to listen on (ANDROID_API_HOST, METRICS_HOST, `serve --host`): an IP
+    address (an IPv6 one with or without brackets) or a host name; raises ValueError."""
+    host = value.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(host) or not host.strip("0123456789."):
+        raise ValueError("not an IP address or a host name (e.g. 127.0.0.1, 0.0.0.0 or ::)")
+    return host
 
 
 def decode_kek(value: str) -> bytes | None:

@@ -17,7 +17,7 @@ from typer.exceptions import TyperException
 from conductor_api import migrate as migrations
 from conductor_api.cli import keys, prune, sessions, users
 from conductor_api.cli.common import CliError, check_stored_secrets, settings
-from conductor_api.config import ConfigError, Settings, config_error
+from conductor_api.config import ConfigError, Settings, config_error, listen_host
 from conductor_api.errors import AppError
 from conductor_api.logs import SECURITY
 
@@ -43,6 +43,11 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Bring the schema up to date, then serve."""
+    if host is not None:
+        try:
+            host = listen_host(host)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--host") from None
     s = settings()  # also creates the generated secrets before any worker starts
     api_port = port or s.android_api_port
     if s.metrics_port is not None and s.metrics_port == api_port:
