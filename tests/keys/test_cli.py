@@ -7,6 +7,9 @@ from pathlib import Path
 
 from tests.test_cli import Cli, one_line_error
 
+# A well-formed key-encryption key, but not the one the keys were sealed with.
+WRONG_KEK = "d3Jvbmcta2V5LWVuY3J5cHRpb24ta2V5LTMyLWJ5dGVzIQ"
+
 
 def test_list_rotate_revoke(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "data")
@@ -32,7 +35,7 @@ def test_list_rotate_revoke(tmp_path: Path) -> None:
     assert "already revoked" in cli("keys", "revoke", current).stdout
     one_line_error(cli("keys", "revoke", "nope"), "no key 'nope'")
     # Another key-encryption key: one line naming it, and nothing is generated.
-    wrong = cli("keys", "rotate", env={"KEY_ENCRYPTION_KEY": "w" * 43})
+    wrong = cli("keys", "rotate", env={"KEY_ENCRYPTION_KEY": WRONG_KEK})
     one_line_error(wrong, "KEY_ENCRYPTION_KEY")
     assert wrong.returncode == 2
     assert len(cli("keys", "list").stdout.splitlines()) == len(states)
@@ -50,7 +53,7 @@ def test_revoke_with_another_key_encryption_key_changes_nothing(tmp_path: Path) 
     assert cli("keys", "rotate", "--now").returncode == 0
     before = cli("keys", "list").stdout
     current = next(x.split("\t")[0] for x in before.splitlines() if x.split("\t")[2] == "current")
-    wrong = cli("keys", "revoke", current, env={"KEY_ENCRYPTION_KEY": "w" * 43})
+    wrong = cli("keys", "revoke", current, env={"KEY_ENCRYPTION_KEY": WRONG_KEK})
     one_line_error(wrong, "KEY_ENCRYPTION_KEY")
     assert wrong.returncode == 2
     after = cli("keys", "list")
@@ -71,7 +74,7 @@ def test_serve_in_hs256_mode_with_another_key_encryption_key_stops_in_one_line(
         port = str(taken.getsockname()[1])
         wrong = cli(
             "serve", "--port", port,
-            env={"JWT_ALGORITHM": "HS256", "KEY_ENCRYPTION_KEY": "w" * 43},
+            env={"JWT_ALGORITHM": "HS256", "KEY_ENCRYPTION_KEY": WRONG_KEK},
         )  # fmt: skip
     one_line_error(wrong, "KEY_ENCRYPTION_KEY")
     assert wrong.returncode == 2
