@@ -23,11 +23,13 @@ OTHER_KEK = b"o" * 32
 Fn = Callable[[AsyncSession, crypto.KeyCipher, service.KeyPolicy, datetime], Awaitable[T]]
 
 
-def policy(algorithm: str = "EdDSA", rotation_days: int = 30) -> service.KeyPolicy:
+def policy(
+    algorithm: str = "EdDSA", rotation_days: int = 30, ttl_minutes: int = 30
+) -> service.KeyPolicy:
     """The default policy: 30-minute access tokens, 300 s publish delay."""
     return service.KeyPolicy(
         algorithm=algorithm,
-        access_ttl=timedelta(minutes=30),
+        access_ttl=timedelta(minutes=ttl_minutes),
         publish=timedelta(seconds=300),
         rotation=timedelta(days=rotation_days) if rotation_days else None,
     )
@@ -104,6 +106,33 @@ class TestMaintain:
         rows = await stored_keys(empty)
         assert [r.state for r in rows] == ["retired", "current"]
         assert rows[0].private_key is None and rows[0].retired_at is not None
+
+    async def test_a_key_outlives_the_longest_tokens_it_signed_after_a_shorter_restart(
+        self, empty: Settings
+    ) -> None:
+        """Signed with 30-minute tokens, then rotated at once and the instance restarted
+        with 1-minute ones: the old key stays published until the 30-minute tokens expire."""
+        await run(empty, service.maintain)  # an instance with 30-minute tokens starts
+        assert [r.access_ttl_seconds for r in await stored_keys(empty)] == [1800]
+
+        async def rotate_now(db: AsyncSession, c: crypto.KeyCipher, p: Any, at: datetime) -> None:
+            await service.rotate(db, c, p, at, at_once=True)
+
+        short = policy(ttl_minutes=1)
+        rotated = NOW + timedelta(minutes=5)
+        await run(empty, rotate_now, p=short, at=rotated)
+        rows = await stored_keys(empty)
+        assert (rows[0].state, rows[0].access_ttl_seconds) == ("previous", 1800)
+        for minutes in (2, 30):
+            await run(empty, service.maintain, p=short, at=rotated + timedelta(minutes=minutes))
+            assert [r.state for r in await stored_keys(empty)] == ["previous", "current"]
+        await run(empty, service.maintain, p=short, at=rotated + timedelta(minutes=31))
+        assert [r.state for r in await stored_keys(empty)] == ["retired", "current"]
+
+    async def test_the_recorded_lifetime_only_grows(self, empty: Settings) -> None:
+        await run(empty, service.maintain, p=policy(ttl_minutes=60))
+        await run(empty, service.maintain, p=policy(ttl_minutes=1))
+        assert [r.access_ttl_seconds for r in await stored_keys(empty)] == [3600]
 
     async def test_rotation_days_zero_never_rotates(self, empty: Settings) -> None:
         never = policy(rotation_days=0)

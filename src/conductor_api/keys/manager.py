@@ -85,6 +85,7 @@ class KeyManager:
         async with self._lock:
             async with self._sessionmaker.begin() as db:
                 rows = await repository.all_keys(db)
+                await service.record_lifetime(db, rows, self._policy)
             if service.due(rows, self._policy, self._now()):
                 await self.maintain(take_over=False)
             else:

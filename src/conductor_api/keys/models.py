@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, LargeBinary, String, Text, text
+from sqlalchemy import Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conductor_api.db import Base, UTCDateTime
@@ -42,3 +42,7 @@ class SigningKey(Base):
     deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The longest access-token lifetime (ACCESS_TOKEN_EXPIRE_MINUTES) of any instance that
+    # may sign with the key: it stays published that long after it stops signing, whatever
+    # the instance that retires it is configured with.
+    access_ttl_seconds: Mapped[int | None] = mapped_column(Integer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.keys.models import SigningKey
@@ -31,6 +31,19 @@ async def add(db: AsyncSession, key: SigningKey) -> SigningKey:
     db.add(key)
     await db.flush()
     return key
+
+
+async def raise_lifetime(db: AsyncSession, kid: str, seconds: int) -> None:
+    """Record that an instance whose access tokens live `seconds` may sign with `kid`: the
+    stored lifetime only ever grows (one statement, so two instances never undo each
+    other's)."""
+    k = SigningKey
+    await db.execute(
+        update(k)
+        .where(k.kid == kid, or_(k.access_ttl_seconds.is_(None), k.access_ttl_seconds < seconds))
+        .values(access_ttl_seconds=seconds)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def save(db: AsyncSession) -> None:

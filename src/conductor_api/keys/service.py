@@ -89,7 +89,25 @@ def _retire_due(row: SigningKey, policy: KeyPolicy, now: datetime) -> bool:
     if row.state != PREVIOUS:
         return False
     ended = row.deactivated_at or row.created_at
-    return ended + policy.access_ttl + RETIRE_MARGIN <= now
+    # The longest lifetime of any instance that may have signed with it, or this one's.
+    lifetime = max(policy.access_ttl, timedelta(seconds=row.access_ttl_seconds or 0))
+    return ended + lifetime + RETIRE_MARGIN <= now
+
+
+async def record_lifetime(db: AsyncSession, rows: Sequence[SigningKey], policy: KeyPolicy) -> None:
+    """Keep with each key this instance may sign with (the current key, and the next once
+    its delay has passed) this instance's access-token lifetime, when it is longer than the
+    one recorded: a key is retired only once the longest-lived token it may have signed has
+    expired, also after a restart with a shorter ACCESS_TOKEN_EXPIRE_MINUTES. Every
+    instance reads the set well within a next key's publish delay, so each has recorded
+    its own before it signs with it."""
+    if not policy.asymmetric:
+        return
+    seconds = int(policy.access_ttl.total_seconds())
+    for row in rows:
+        signs = row.state in (CURRENT, NEXT) and row.algorithm == policy.algorithm
+        if signs and (row.access_ttl_seconds or 0) < seconds:
+            await repository.raise_lifetime(db, row.kid, seconds)
 
 
 async def _create(
@@ -166,7 +184,9 @@ async def maintain(
         await _promote(db, upcoming, upcoming.sign_after)
     elif upcoming is None and _rotation_due(current, policy, now):
         await _create(db, cipher, policy, NEXT, now, now + policy.publish)
-    return await _retire(db, policy, now)
+    rows = await _retire(db, policy, now)
+    await record_lifetime(db, rows, policy)
+    return rows
 
 
 async def _retire(db: AsyncSession, policy: KeyPolicy, now: datetime) -> Sequence[SigningKey]:
