@@ -519,18 +519,24 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
         "jwt_refresh_secret_key": secrets.token_urlsafe(48),
         KEK_NAME: _new_kek(),
     }
+    # Written whole to a file of this process's own, then linked into place: of processes
+    # starting at once exactly one link succeeds, and none ever reads a file half written.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        # O_EXCL: when several workers start at once exactly one writes; the rest read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(fresh, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
     except FileExistsError:
         pass
     except OSError as e:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
     else:
-        with os.fdopen(fd, "w") as f:
-            json.dump(fresh, f)
-            f.flush()
-            os.fsync(f.fileno())
         return fresh
     stored = _read_secrets(path)
     if KEK_NAME not in stored:

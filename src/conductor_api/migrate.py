@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -36,14 +39,32 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _one_at_a_time(settings: Settings) -> Iterator[None]:
+    """SQLite: one migration at a time across processes, under an exclusive lock on a file
+    beside the database: commands started together on a fresh data directory (`serve` and
+    `users create`, say) would otherwise both create the tables, and one would fail. The
+    one that waited then finds the schema at head. (PostgreSQL: an advisory lock, env.py.)"""
+    if not settings.is_sqlite:
+        yield
+        return
+    with open(settings.sqlite_path + ".migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Bring the schema up to `revision` (not from inside a running event loop)."""
-    command.upgrade(alembic_config(settings), revision)
+    config = alembic_config(settings)
+    with _one_at_a_time(settings):
+        command.upgrade(config, revision)
 
 
 def downgrade(settings: Settings, revision: str = "base") -> None:
     """Take the schema down to `revision`."""
-    command.downgrade(alembic_config(settings), revision)
+    config = alembic_config(settings)
+    with _one_at_a_time(settings):
+        command.downgrade(config, revision)
 
 
 def head_revision(settings: Settings) -> str | None:

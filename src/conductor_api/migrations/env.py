@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -13,6 +14,10 @@ from conductor_api.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# PostgreSQL: migrations one at a time across processes and instances (a transaction-scoped
+# advisory lock, taken before the version table is read): the one that waited then finds
+# the schema at head. Any constant; the key set's lock is another.
+_MIGRATION_LOCK_ID = 0x436F6E644D696772  # "CondMigr"
 
 
 def _run(connection: Connection) -> None:
@@ -23,6 +28,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+            )
         context.run_migrations()
 
 
