@@ -41,6 +41,22 @@ def test_list_rotate_revoke(tmp_path: Path) -> None:
     assert len(cli("keys", "list").stdout.splitlines()) == len(states)
 
 
+def test_a_rotation_with_another_algorithm_than_the_sets_is_refused(tmp_path: Path) -> None:
+    """The servers run ES256; `keys rotate` run without their settings (EdDSA by default)
+    would switch the set at once, with no publish delay: refused, and nothing changes."""
+    cli = Cli(tmp_path / "data")
+    es256 = {"JWT_ALGORITHM": "ES256"}
+    assert cli("keys", "rotate", "--now", env=es256).returncode == 0
+    before = cli("keys", "list").stdout
+    current = next(x.split("\t")[0] for x in before.splitlines() if x.split("\t")[2] == "current")
+    for args in (("keys", "rotate"), ("keys", "rotate", "--now"), ("keys", "revoke", current)):
+        refused = cli(*args)
+        one_line_error(refused, "JWT_ALGORITHM is EdDSA", "current key is ES256")
+        assert refused.returncode == 1
+        assert cli("keys", "list").stdout == before
+    assert cli("keys", "rotate", env=es256).returncode == 0
+
+
 def test_rotate_in_hs256_mode_is_refused(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "data")
     one_line_error(cli("keys", "rotate", env={"JWT_ALGORITHM": "HS256"}), "JWT_ALGORITHM")

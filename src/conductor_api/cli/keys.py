@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Annotated, TypeVar
 
@@ -34,6 +34,19 @@ def run_keys(fn: KeyFn[T]) -> T:
             raise ConfigError(WRONG_KEK) from None
 
     return run_db(go)
+
+
+def _same_algorithm(rows: Sequence[SigningKey], policy: service.KeyPolicy) -> None:
+    """A key command that would make a key (a rotation, the replacement of a revoked current
+    key) runs with the servers' JWT_ALGORITHM: with another, it would switch the set's
+    algorithm at once, with no publish delay, under servers that still sign with the old."""
+    current = next((r for r in rows if r.state == "current"), None)
+    if current is not None and current.algorithm != policy.algorithm:
+        raise CliError(
+            f"JWT_ALGORITHM is {policy.algorithm} here but the current key is "
+            f"{current.algorithm}: run this with the servers' settings (a server started "
+            "with a new JWT_ALGORITHM switches the key set itself)"
+        )
 
 
 def _line(row: SigningKey) -> str:
@@ -86,6 +99,7 @@ def rotate(
     async def go(
         db: AsyncSession, cipher: crypto.KeyCipher, policy: service.KeyPolicy, at: datetime
     ) -> str:
+        _same_algorithm(await repository.all_keys(db), policy)
         key = await service.rotate(db, cipher, policy, at, at_once=now)
         if now:
             return f"key {key.kid} is current"
@@ -101,7 +115,10 @@ def revoke(kid: str) -> None:
     async def go(
         db: AsyncSession, cipher: crypto.KeyCipher, policy: service.KeyPolicy, at: datetime
     ) -> str:
-        before = {r.kid: r.state for r in await repository.all_keys(db)}
+        rows = await repository.all_keys(db)
+        before = {r.kid: r.state for r in rows}
+        if before.get(kid) == "current":
+            _same_algorithm(rows, policy)  # a replacement is made
         row = await service.revoke(db, cipher, policy, kid, at)
         if row is None:
             raise CliError(f"no key {kid!r}")
