@@ -213,6 +213,21 @@ class TestCommand:
         (cli.data_dir.parent / ".env").write_bytes(b"JWT_ISSUER=caf\xe9\n")
         one_line_error(cli("users", "list"), ".env")
 
+    def test_a_dotenv_line_that_is_no_setting_is_one_line_without_its_text(self, cli: Cli) -> None:
+        env_file = cli.data_dir.parent / ".env"
+        for text in (
+            "# a comment\nsecret value with no name\n",
+            'LOG_LEVEL=info\nJWT_ISSUER="open\n',
+        ):
+            env_file.write_text(text)
+            for command in (("migrate",), ("serve", "--port", "1")):
+                result = cli(*command)
+                one_line_error(result, ".env: line 2")
+                assert result.returncode == 2, result.stderr
+                assert "secret value" not in result.stderr and "open" not in result.stderr
+        env_file.write_text("# only comments and settings\nLOG_LEVEL=info\n\n")
+        assert cli("migrate").returncode == 0
+
     def test_openapi_with_a_bad_setting_is_one_line(self, cli: Cli) -> None:
         one_line_error(cli("openapi", env={"DATABASE_URL": "mysql://root@db/prod"}), "DATABASE_URL")
 

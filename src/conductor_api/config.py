@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fcntl
+import io
 import ipaddress
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -588,8 +590,28 @@ def _add_kek(path: Path) -> dict[str, str]:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
 
+def _check_env_file(path: Path = Path(".env")) -> None:
+    """A `.env` line that is not `NAME=value` (or a comment) is a setting error, not a
+    warning the settings go on without: one line naming its number, never its text (it may
+    hold a secret). python-dotenv's own parser, the one the settings are read with."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(f".env: cannot read it: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f".env: line {binding.original.line} is not NAME=value; fix or remove it"
+            )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build and validate settings; raise `ConfigError` with one line on any bad value."""
+    _check_env_file()
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
