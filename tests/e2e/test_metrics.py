@@ -6,6 +6,7 @@ directory the workers wrote their figures to."""
 from __future__ import annotations
 
 import secrets
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -132,6 +133,13 @@ class TestTwoWorkers:
             assert s.types["conductor_logins"] == "counter"
             for secret in ("alice", "bob", "127.0.0.1", PASSWORD, WRONG):
                 assert secret not in s.label_values()
+            # A request the HTTP parser refuses is answered (400) and counted like any other.
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+                raw.sendall(b"FOO /x HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert raw.recv(65536).startswith(b"HTTP/1.1 400 ")
+            s = scrape(metrics_port)
+            refused = {"method": "other", "route": "unmatched", "status": "400"}
+            assert s.value("conductor_http_requests_total", **refused) == 1
             # Only on the metrics listener: the API port has no /metrics.
             assert httpx.get(server.url + "/metrics").status_code == 404
             assert httpx.get(f"http://127.0.0.1:{metrics_port}/other").status_code == 404
