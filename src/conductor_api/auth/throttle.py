@@ -70,7 +70,20 @@ class Counter:
 _t = cast(Table, LoginThrottle.__table__)
 _c = _t.c
 _RETURNING = (_c.failures, _c.pending, _c.locked_until, _c.window_started_at)
-_ROW = (_c.scope == bindparam("in_scope")) & (_c.key == bindparam("in_key"))
+
+
+def _nth(name: str, n: int | None) -> str:
+    """A statement's parameter's name: as it is, or for the `n`th step of a chain (takes,
+    settlements)."""
+    return name if n is None else f"{name}_{n}"
+
+
+def _row(n: int | None = None) -> ColumnElement[bool]:
+    """The counter a statement changes (of the `n`th step, in a chain)."""
+    return (_c.scope == bindparam(_nth("in_scope", n))) & (_c.key == bindparam(_nth("in_key", n)))
+
+
+_ROW = _row()
 _NOW = bindparam("now", type_=UTCDateTime())
 # The start of a window that began at or before it has ended (`now` - window).
 _CUTOFF = bindparam("cutoff", type_=UTCDateTime())
@@ -135,11 +148,6 @@ class Claim:
     key: str
     limit: int
     window: timedelta | None
-
-
-def _nth(name: str, n: int | None) -> str:
-    """A take's parameter's name: as it is, or for the `n`th take of a chain."""
-    return name if n is None else f"{name}_{n}"
 
 
 def _slot_params(claim: Claim, now: datetime, n: int | None = None) -> dict[str, object]:
@@ -233,7 +241,8 @@ _RELEASE_ROW = update(_t).where(_ROW).values(pending=_RELEASE)
 _RELEASE_ROW_LEFT = _RELEASE_ROW.returning(_c.failures, _c.pending)
 # A counter that this release leaves empty (no failure, no other check in flight); and one
 # left empty by a release.
-_DROP_IF_LAST = delete(_t).where(_ROW, _c.failures == 0, _c.pending <= 1).returning(_c.key)
+_LAST_SLOT = (_c.failures == 0) & (_c.pending <= 1)
+_DROP_IF_LAST = delete(_t).where(_ROW, _LAST_SLOT).returning(_c.key)
 _DROP_IF_EMPTY = delete(_t).where(_ROW, _c.failures == 0, _c.pending == 0)
 _LOCK_UNTIL = bindparam("lock_until", type_=UTCDateTime())
 _FAIL_USER = (
@@ -501,19 +510,11 @@ def _settle_chain(kinds: tuple[str, ...]) -> Select[Any]:
     columns: list[Any] = []
     before: CTE | None = None
     for n, kind in enumerate(kinds):
-        row = (_c.scope == bindparam(_nth("in_scope", n))) & (
-            _c.key == bindparam(_nth("in_key", n))
-        )
-        guard: list[ColumnElement[bool]] = [row]
+        guard = [_row(n)]
         if before is not None:
             guard.append(select(func.count()).select_from(before).scalar_subquery() >= 0)
         if kind == "address":
-            drop = (
-                delete(_t)
-                .where(*guard, _c.failures == 0, _c.pending <= 1)
-                .returning(_c.key)
-                .cte(f"drop_{n}")
-            )
+            drop = delete(_t).where(*guard, _LAST_SLOT).returning(_c.key).cte(f"drop_{n}")
             change = update(_t).where(*guard, ~exists(drop)).values(pending=_RELEASE)
         elif kind == "forgive":
             change = update(_t).where(*guard).values(_forgiving(n))
