@@ -521,16 +521,11 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
         "jwt_refresh_secret_key": secrets.token_urlsafe(48),
         KEK_NAME: _new_kek(),
     }
-    # Written whole to a file of this process's own, then linked into place: of processes
-    # starting at once exactly one link succeeds, and none ever reads a file half written.
-    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Linked into place whole: of processes starting at once exactly one link succeeds,
+        # and none ever reads a file half written.
+        draft = _write_draft(path, fresh)
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(fresh, f)
-                f.flush()
-                os.fsync(f.fileno())
             os.link(draft, path)
         finally:
             draft.unlink(missing_ok=True)
@@ -544,6 +539,22 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
     if KEK_NAME not in stored:
         stored = _add_kek(path)
     return stored
+
+
+def _write_draft(path: Path, values: dict[str, str]) -> Path:
+    """`values` written whole and synced, owner-only, to a new file of this process's own
+    beside `path`, to be linked or renamed into place; none is left if writing fails."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(values, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        draft.unlink(missing_ok=True)
+        raise
+    return draft
 
 
 def _read_secrets(path: Path) -> dict[str, str]:
@@ -578,13 +589,7 @@ def _add_kek(path: Path) -> dict[str, str]:
             if KEK_NAME in stored:
                 return stored
             stored[KEK_NAME] = _new_kek()
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(stored, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(_write_draft(path, stored), path)
             return stored
     except OSError as e:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
