@@ -616,14 +616,11 @@ def _check_env_file(path: Path = Path(".env")) -> None:
 
 def load_settings(**overrides: object) -> Settings:
     """Build and validate settings; raise `ConfigError` with one line on any bad value."""
-    _check_env_file()
+    _check_env_file()  # also the .env that is not UTF-8: the environment is text already
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
         raise ConfigError(_first_error(e)) from None
-    except UnicodeDecodeError as e:
-        # Only the .env file is read as bytes: the environment is already text.
-        raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return _resolve_secrets(settings)
 
 
