@@ -85,8 +85,10 @@ class KeyManager:
         async with self._lock:
             async with self._sessionmaker.begin() as db:
                 rows = await repository.all_keys(db)
-                await service.record_lifetime(db, rows, self._policy)
-            if service.due(rows, self._policy, self._now()):
+                due = service.due(rows, self._policy, self._now())
+                if not due:  # `maintain` records it otherwise
+                    await service.record_lifetime(db, rows, self._policy)
+            if due:
                 await self.maintain(take_over=False)
             else:
                 self.ring.replace(rows, self._cipher)
