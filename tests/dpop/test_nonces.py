@@ -6,7 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from tests.conftest import Account
@@ -104,3 +106,19 @@ class TestRequireDPoP:
         )
         assert refused.status_code == 400
         assert refused.json()["code"] == "invalid_dpop_proof"
+
+    async def test_a_refresh_token_that_does_not_verify_is_refused_for_its_proof(
+        self, client: httpx.AsyncClient, container: Container
+    ) -> None:
+        # "every refresh without a proof" is refused, whatever its token; the token that
+        # does not verify still counts against the address.
+        response = await client.post(API + "/refresh", json={"refresh_token": "not.a.token"})
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid_dpop_proof"
+        form = {"grant_type": "refresh_token", "refresh_token": "not.a.token"}
+        token = await client.post(API + "/token", data=form)
+        assert token.status_code == 400
+        assert token.json()["error"] == token.json()["code"] == "invalid_dpop_proof"
+        async with container.sessionmaker() as db:
+            rows = (await db.execute(select(LoginThrottle.scope, LoginThrottle.failures))).all()
+        assert [(scope, failures) for scope, failures in rows] == [("ip", 2)]

@@ -58,12 +58,16 @@ async def refresh(
     """Rotate a refresh token; one that does not verify counts against the address. A bound
     session's token needs a proof by its key: without one nothing is spent, rotated or
     revoked, and the attempt is recorded (`dpop_proof_invalid`) for the user to see. A
-    proof sent with an unbound session's token is ignored: the session stays unbound."""
+    proof sent with an unbound session's token is ignored: the session stays unbound.
+    Under REQUIRE_DPOP a refresh without a valid proof is refused for its proof, whatever
+    its token (one that does not verify still counts against the address)."""
     now = c.clock.now()
     try:
         claims = c.tokens.decode_refresh(token, now)
     except InvalidRefreshToken:
         await c.signin.count_address_failure(client)
+        if c.dpop.required and not isinstance(proof, Proof):
+            raise _unproven(c, proof, now.timestamp()) from None
         raise
     if claims.jkt:
         if not isinstance(proof, Proof) or proof.jkt != claims.jkt:
@@ -76,12 +80,17 @@ async def refresh(
                 await sessions.record_invalid_proof(c.sessionmaker, claims, client, now)
             raise c.dpop.error(error, now.timestamp(), resource=False)
     elif c.dpop.required and not isinstance(proof, Proof):
-        if isinstance(proof, DPoPError):
-            raise c.dpop.error(proof, now.timestamp(), resource=False)
-        raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
+        raise _unproven(c, proof, now.timestamp())
     return await sessions.refresh(
         c.sessionmaker, c.rotations, c.tokens, c.settings, token, claims, client, now
     )
+
+
+def _unproven(c: Container, proof: DPoPError | None, now: float) -> InvalidDPoPProof:
+    """REQUIRE_DPOP's answer to a refresh without a valid proof."""
+    if isinstance(proof, DPoPError):
+        return c.dpop.error(proof, now, resource=False)
+    return InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
 
 
 async def change_password(
