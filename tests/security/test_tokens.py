@@ -114,6 +114,11 @@ ATTACKS: dict[str, Attack] = {
     "sid_not_uuid": lambda c, _, k: sign({**c, "sid": "not-a-uuid"}, k.access),
     "sub_not_uuid": lambda c, _, k: sign({**c, "sub": "alice"}, k.access),
     "ten_kb_signed": lambda c, _, k: sign({**c, "pad": "x" * 10_240}, k.access),
+    # Signed with the right key, but not as this server issues its tokens.
+    "aud_list": lambda c, _, k: sign({**c, "aud": [c["aud"]]}, k.access),
+    "iat_an_hour_ahead": lambda c, _, k: sign({**c, "iat": c["iat"] + 3600}, k.access),
+    "nbf_an_hour_ahead": lambda c, _, k: sign({**c, "nbf": c["iat"] + 3600}, k.access),
+    "string_nbf": lambda c, _, k: sign({**c, "nbf": str(c["iat"])}, k.access),
 }
 
 MALFORMED = [
@@ -286,6 +291,30 @@ class TestTokenServiceRefresh:
         service.decode_refresh(token, NOW + timedelta(days=6))
         with pytest.raises(InvalidRefreshToken):
             service.decode_refresh(token, NOW + timedelta(days=7))
+
+    def test_iat_and_nbf_may_be_a_little_ahead_of_the_clock(self) -> None:
+        # Instances sharing the secrets may run a few seconds apart: up to a minute passes.
+        service = make_service()
+        claims = unverified_claims(self._issue(service))
+        ahead = int(NOW.timestamp()) + 60
+        service.decode_refresh(sign({**claims, "iat": ahead, "nbf": ahead}, REFRESH_KEY), NOW)
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"aud": [AUDIENCE]},
+            {"aud": [AUDIENCE, "another-app"]},
+            {"iat": int(NOW.timestamp()) + 61},
+            {"nbf": int(NOW.timestamp()) + 61},
+            {"nbf": True},
+        ],
+        ids=["aud_list", "aud_list_of_two", "iat_ahead", "nbf_ahead", "nbf_bool"],
+    )
+    def test_claims_not_as_issued_are_refused(self, change: dict[str, Any]) -> None:
+        service = make_service()
+        claims = unverified_claims(self._issue(service))
+        with pytest.raises(InvalidRefreshToken):
+            service.decode_refresh(sign({**claims, **change}, REFRESH_KEY), NOW)
 
     @pytest.mark.parametrize("token", ["", *MALFORMED])
     def test_malformed_refresh_is_refused(self, token: str) -> None:

@@ -35,6 +35,9 @@ _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 # An RFC 7638 SHA-256 thumbprint: 32 bytes in unpadded base64url.
 _JKT = re.compile(r"[A-Za-z0-9_-]{43}")
+# How far ahead of this server's clock a token's `iat` (or `nbf`) may be: the clocks of
+# instances sharing the secrets may differ a little, never by more.
+CLOCK_SKEW_SECONDS = 60
 
 
 def is_canonical(token: str) -> bool:
@@ -344,10 +347,15 @@ class TokenService:
         # No JWS extension is understood here, so any critical one must be refused (RFC 7515).
         if "crit" in header or payload.get("typ") != kind:
             raise error()
-        exp, iat = payload["exp"], payload["iat"]
-        if not isinstance(exp, int) or not isinstance(iat, int) or isinstance(exp, bool):
+        # Exactly the claims this server issues: PyJWT also accepts an `aud` list that
+        # merely contains the audience, and does not look at `iat` or `nbf` here.
+        if payload["aud"] != self._audience:
             raise error()
-        if exp <= now.timestamp():
+        exp, iat, nbf = payload["exp"], payload["iat"], payload.get("nbf", 0)
+        if any(not isinstance(t, int) or isinstance(t, bool) for t in (exp, iat, nbf)):
+            raise error()
+        latest = now.timestamp() + CLOCK_SKEW_SECONDS
+        if exp <= now.timestamp() or iat > latest or nbf > latest:
             raise error()
         jti = payload["jti"]
         if not isinstance(jti, str) or not jti:
