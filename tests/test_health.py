@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from tests.conftest import Account, bearer, tokens
+
 
 class TestHealth:
     async def test_live(self, client: httpx.AsyncClient) -> None:
@@ -23,6 +25,28 @@ class TestHealth:
             response = await client.head(path)
             assert response.status_code == 200, path
             assert response.headers["content-type"] == "application/json"
+
+    async def test_head_on_every_get_endpoint_answers_like_get(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        # RFC 9110: a server that answers GET answers HEAD, with the same status and headers.
+        auth = bearer((await tokens(client))["access_token"])
+        schema = (await client.get("/openapi.json")).json()
+        paths = sorted(path for path, operations in schema["paths"].items() if "get" in operations)
+        assert "/api/v1/auth/me" in paths and "/.well-known/jwks.json" in paths
+        for path in paths:
+            if "{" in path:
+                continue
+            get = await client.get(path, headers=auth)
+            head = await client.head(path, headers=auth)
+            assert head.status_code == get.status_code, path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+        # Without a token HEAD is refused as GET is, challenge included.
+        refused = await client.head("/api/v1/auth/me")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        # And it stays out of the API's description.
+        assert not any("head" in operations for operations in schema["paths"].values())
 
     async def test_every_response_has_nosniff_and_no_server_banner(
         self, client: httpx.AsyncClient

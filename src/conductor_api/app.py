@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,9 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from conductor_api import __version__
 from conductor_api.auth.router import document_token_errors
@@ -164,13 +166,17 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         redirect_slashes=False,
     )
     _install_handlers(app)
-    app.include_router(auth_router, prefix="/api/v1")
-    app.include_router(sessions_router, prefix="/api/v1")
-    app.include_router(events_router, prefix="/api/v1")
-    app.include_router(keys_router)
-    app.include_router(mfa_router, prefix="/api/v1")
-    app.include_router(passkeys_router, prefix="/api/v1")
-    app.include_router(well_known_router)
+    routers = (
+        (auth_router, "/api/v1"),
+        (sessions_router, "/api/v1"),
+        (events_router, "/api/v1"),
+        (keys_router, ""),
+        (mfa_router, "/api/v1"),
+        (passkeys_router, "/api/v1"),
+        (well_known_router, ""),
+    )
+    for router, prefix in routers:
+        app.include_router(router, prefix=prefix)
     _document_dpop(app)
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
@@ -197,10 +203,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             return _render(ServiceUnavailable())
         return {"status": "ok"}
 
-    # HEAD answers like GET (load balancers and uptime checkers often probe with it); kept
-    # out of the API's description, where it would only repeat GET.
-    for path, check in (("/health/live", live), ("/health/ready", ready)):
-        app.add_api_route(path, check, methods=["HEAD"], include_in_schema=False)
+    _answer_head_like_get(app, app.router.routes)
+    for router, prefix in routers:
+        _answer_head_like_get(app, router.routes, prefix)
 
     if settings.cors_origins:
         app.add_middleware(
@@ -215,6 +220,26 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     # Added last, so outermost: the time it measures includes every other middleware.
     app.add_middleware(MetricsMiddleware)
     return app
+
+
+def _answer_head_like_get(app: FastAPI, routes: Sequence[BaseRoute], prefix: str = "") -> None:
+    """HEAD on every GET endpoint of `routes`, answered as GET is (RFC 9110 section 9.3.2:
+    the same status and headers; the server sends no body). Load balancers and uptime
+    checkers often probe with it. Kept out of the API's description, where it would only
+    repeat GET."""
+    for route in list(routes):
+        if isinstance(route, APIRoute) and "GET" in (route.methods or ()):
+            app.router.add_api_route(
+                prefix + route.path,
+                route.endpoint,
+                methods=["HEAD"],
+                include_in_schema=False,
+                dependencies=route.dependencies,
+                response_model=route.response_model,
+                status_code=route.status_code,
+                response_class=route.response_class,
+                route_class_override=type(route),
+            )
 
 
 def app_factory() -> FastAPI:
