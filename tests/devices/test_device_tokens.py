@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.devices.models import DeviceToken
+from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
 from tests.conftest import PASSWORD, Account, add_user, bearer, make_client, tokens
 from tests.mfa.helpers import WRONG, code_at, enable_totp, verify
@@ -300,3 +302,119 @@ class TestSecondStep:
         assert again.status_code == 403, again.text
         assert (await verify(client, again.json()["mfa_token"], code="000000")).status_code == 401
         assert_locked(await login_with(client, pair["device_token"]))
+
+
+PASSWORD_CHANGE = "/api/v1/auth/password"
+NEW_PASSWORD = "a brand new passphrase for alice"
+
+
+async def change_password(
+    client: httpx.AsyncClient, access_token: str, current: str = PASSWORD
+) -> httpx.Response:
+    """POST /auth/password from the session of `access_token`."""
+    body = {"current_password": current, "new_password": NEW_PASSWORD}
+    return await client.post(PASSWORD_CHANGE, json=body, headers=bearer(access_token))
+
+
+async def session_device(container: Container, session_id: str) -> uuid.UUID | None:
+    """The device token a session remembers from its sign-in."""
+    async with container.sessionmaker() as db:
+        row = await db.get(DeviceSession, uuid.UUID(session_id))
+    assert row is not None
+    return row.device_token_id
+
+
+class TestSignedInChecks:
+    """A signed-in user's own password and code checks (password change, TOTP) take the
+    device token her session's sign-in presented in place of the name, while it is valid."""
+
+    async def test_a_locked_name_changes_its_password_on_its_own_phone(
+        self, client: httpx.AsyncClient, alice: Account, app: Any, container: Container
+    ) -> None:
+        device_token = (await tokens(client))["device_token"]
+        await lock_alice(app)
+        plain = (await login_with(client, device_token)).json()
+        [row] = await device_rows(container)
+        assert await session_device(container, plain["session_id"]) == row.id
+        locked_before = await name_state(container)
+        # TOTP setup checks the password too: not refused for the name's lock.
+        setup = await client.post(
+            "/api/v1/auth/mfa/totp/setup",
+            json={"current_password": PASSWORD},
+            headers=bearer(plain["access_token"]),
+        )
+        assert setup.status_code == 200, setup.text
+        changed = await change_password(client, plain["access_token"])
+        assert changed.status_code == 204, changed.text
+        # The name's lock is neither cleared nor reset by it.
+        assert await name_state(container) == locked_before
+        assert_locked(await login_with(client, None, NEW_PASSWORD))
+
+    async def test_wrong_current_passwords_lock_only_that_device_token(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        device_token = (await tokens(client))["device_token"]
+        pair = (await login_with(client, device_token)).json()
+        for _ in range(5):
+            wrong = await change_password(client, pair["access_token"], WRONG)
+            assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_credentials"
+        assert_locked(await change_password(client, pair["access_token"]))
+        assert_locked(await login_with(client, device_token))
+        assert await name_state(container) == (0, None)
+        assert (await login_with(client, None)).status_code == 200
+
+    async def test_a_session_whose_sign_in_presented_none_charges_the_name(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        pair = await tokens(client)  # a device token is issued, but none was presented
+        assert await session_device(container, pair["session_id"]) is None
+        wrong = await change_password(client, pair["access_token"], WRONG)
+        assert wrong.status_code == 401
+        assert (await name_state(container))[0] == 1
+
+    async def test_a_revoked_device_token_charges_the_name_again(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        device_token = (await tokens(client))["device_token"]
+        pair = (await login_with(client, device_token)).json()
+        # The change revokes every device token; the session it was made from stays.
+        assert (await change_password(client, pair["access_token"])).status_code == 204
+        wrong = await change_password(client, pair["access_token"], WRONG)
+        assert wrong.status_code == 401
+        assert (await name_state(container))[0] == 1
+
+    async def test_a_second_step_session_remembers_the_device_token(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        app: Any,
+        container: Container,
+        clock: FrozenClock,
+    ) -> None:
+        pair = await tokens(client)
+        secret, _ = await enable_totp(client, pair["access_token"], clock.now())
+        clock.advance(seconds=30)
+        token = (await login_with(client, pair["device_token"])).json()["mfa_token"]
+        done = await verify(client, token, code=code_at(secret, clock.now()))
+        assert done.status_code == 200, done.text
+        digest = hashlib.sha256(pair["device_token"].encode()).hexdigest()
+        [row] = [r for r in await device_rows(container) if r.token_hash == digest]
+        assert await session_device(container, done.json()["session_id"]) == row.id
+        await lock_alice_with_totp(app)
+        # Disabling TOTP checks the password and a code: the device token's counter, not
+        # the locked name's.
+        clock.advance(seconds=30)
+        off = await client.post(
+            "/api/v1/auth/mfa/totp/disable",
+            json={"current_password": PASSWORD, "code": code_at(secret, clock.now())},
+            headers=bearer(done.json()["access_token"]),
+        )
+        assert off.status_code == 204, off.text
+
+
+async def lock_alice_with_totp(app: Any) -> None:
+    """Five wrong passwords for alice (TOTP on: a wrong password answers as before)."""
+    async with make_client(app, ATTACKER_IP) as attacker:
+        for _ in range(5):
+            assert (await login_with(attacker, None, WRONG)).status_code == 401
+        assert_locked(await login_with(attacker, None))

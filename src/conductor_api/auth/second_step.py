@@ -100,7 +100,9 @@ class SecondStep:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
             async with attempt.finish_direct(Verified.of(user)) as tx:
-                return await self.signin.start(tx, attempt, user, device, jkt=jkt, mfa=True)
+                return await self.signin.start(
+                    tx, attempt, user, device, jkt=jkt, mfa=True, device_id=device_id
+                )
 
     async def with_code(
         self,
@@ -117,7 +119,7 @@ class SecondStep:
         one forgives nothing unless the code is right too."""
         owner = owner_of(principal, client)
         async with SignIn(self.steps, principal.username, client) as attempt:
-            await attempt.limits(*self.signin.limits(attempt))
+            await attempt.limits(*await self.signin.own_limits(attempt, principal))
             verified = (
                 await attempt.password(password)
                 if password is not None

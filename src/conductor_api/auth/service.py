@@ -83,6 +83,19 @@ class SignInService:
         )
         return (self.address, attempt.client.ip_address), second
 
+    async def own_limits(
+        self, attempt: SignIn, principal: Principal
+    ) -> tuple[tuple[Limit, str], tuple[Limit, str]]:
+        """Steps 1 and 2 for a signed-in user's own password or code (behind her access
+        token): as a sign-in's, with the device token her session's sign-in presented, while
+        it stays valid, in place of the name. So a name locked by someone else does not stop
+        her changing her password from the phone she signed in on with her device token."""
+        async with self.steps.sessionmaker() as db:
+            device_id = await devices.of_session(
+                db, principal.session_id, principal.user_id, self.steps.clock.now()
+            )
+        return self.limits(attempt, device_id)
+
     async def start(
         self,
         db: Writer,
@@ -94,14 +107,18 @@ class SignInService:
         jkt: str | None = None,
         method: str = "password",
         mfa: bool = False,
+        device_id: uuid.UUID | None = None,
     ) -> TokenPair:
         """The end of every sign-in: the session (bound to the DPoP key `jkt` when the
         request that finishes the sign-in had a proof), its token pair and a device token;
-        the event says how (`method`) and whether a second factor was used (`mfa`)."""
+        the event says how (`method`) and whether a second factor was used (`mfa`). The
+        session remembers the device token the sign-in presented (`presented`, or by id
+        only, `device_id`, when a second step finishes it)."""
         now = self.steps.clock.now()
         pair = await sessions.start_session(
             db, self.tokens, self.settings, user, device_name=device.name,
             fingerprint=device.fingerprint, client=attempt.client, now=now, jkt=jkt,
+            device_token_id=presented.id if presented is not None else device_id,
         )  # fmt: skip
         token = await devices.issue(
             db, user.id, now, days=self.settings.device_token_days, presented=presented
@@ -196,7 +213,7 @@ class SignInService:
         """A signed-in user's password, under the same limits as a sign-in (a wrong one is a
         failed login); what it guards happens afterwards."""
         async with SignIn(self.steps, principal.username, client) as attempt:
-            await attempt.limits(*self.limits(attempt))
+            await attempt.limits(*await self.own_limits(attempt, principal))
             verified = await attempt.password(password)
             async with attempt.finish_direct(verified):
                 pass
@@ -220,7 +237,7 @@ class SignInService:
         # name is refused next, before any hash (of the current password or the new one).
         users.check_new_password(new, self.settings.min_password_length, principal.username)
         async with SignIn(self.steps, principal.username, client) as attempt:
-            await attempt.limits(*self.limits(attempt))
+            await attempt.limits(*await self.own_limits(attempt, principal))
             verified = await attempt.password(current)
             if totp_on:
                 assert code is not None

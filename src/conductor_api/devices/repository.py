@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_later, insert_row
 from conductor_api.devices.models import DeviceToken
+from conductor_api.sessions.models import DeviceSession
 
 _INSERT = insert_row(DeviceToken)
 
@@ -60,6 +61,22 @@ async def live_owner(db: Writer, token_id: uuid.UUID, now: datetime) -> uuid.UUI
     """The user of the unrevoked, unexpired device token with this id, if there is one."""
     rows = await execute_direct(db, _LIVE_OWNER, {"token_id": token_id, "now": now})
     return rows[0][0] if rows else None
+
+
+async def of_session(
+    db: AsyncSession, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> uuid.UUID | None:
+    """The device token a session's sign-in presented, if it is still live for `user_id`."""
+    return await db.scalar(
+        select(DeviceToken.id)
+        .join(DeviceSession, DeviceSession.device_token_id == DeviceToken.id)
+        .where(
+            DeviceSession.id == session_id,
+            DeviceToken.user_id == user_id,
+            DeviceToken.revoked_at.is_(None),
+            DeviceToken.expires_at > now,
+        )
+    )
 
 
 async def ids_for_user(db: AsyncSession, user_id: uuid.UUID) -> list[uuid.UUID]:

@@ -52,6 +52,14 @@ async def live_id(
     return token_id if await repository.live_owner(db, token_id, now) == user_id else None
 
 
+async def of_session(
+    db: AsyncSession, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> uuid.UUID | None:
+    """The device token a session's sign-in presented, while it stays live for `user_id`:
+    the session's own password and code checks count against it instead of the name."""
+    return await repository.of_session(db, session_id, user_id, now)
+
+
 async def issue(
     db: Writer,
     user_id: uuid.UUID,

@@ -43,3 +43,6 @@ class DeviceSession(Base):
     generation: Mapped[int] = mapped_column(Integer, default=0)
     # The RFC 7638 thumbprint of the DPoP key the session is bound to (RFC 9449), or None.
     dpop_jkt: Mapped[str | None] = mapped_column(String(43))
+    # The device token the sign-in presented (valid then), or None: the session's own
+    # password and code checks count against it while it stays valid, not against the name.
+    device_token_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

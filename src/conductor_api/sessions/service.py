@@ -64,9 +64,11 @@ async def start_session(
     client: ClientInfo,
     now: datetime,
     jkt: str | None = None,
+    device_token_id: uuid.UUID | None = None,
 ) -> TokenPair:
     """A new session for a device; the same fingerprint's earlier session is revoked. With
-    `jkt` (a DPoP key's thumbprint) the session and its tokens are bound to that key."""
+    `jkt` (a DPoP key's thumbprint) the session and its tokens are bound to that key; with
+    `device_token_id`, it remembers the device token its sign-in presented."""
     if fingerprint is not None:
         await revoke_many(db, user, now, client, reason="replaced", fingerprint=fingerprint)
     session_id = uuid.uuid4()
@@ -87,6 +89,7 @@ async def start_session(
             "absolute_expires_at": absolute, "revoked_at": None, "revoked_reason": None,
             "refresh_token_hash": token_digest(refresh), "previous_token_hash": None,
             "rotated_at": None, "generation": 0, "dpop_jkt": jkt,
+            "device_token_id": device_token_id,
         },
     )  # fmt: skip
     return _pair(tokens, user.id, session_id, refresh, expires, int(absolute.timestamp()), now, jkt)
