@@ -400,7 +400,7 @@ class TestSignedInChecks:
         digest = hashlib.sha256(pair["device_token"].encode()).hexdigest()
         [row] = [r for r in await device_rows(container) if r.token_hash == digest]
         assert await session_device(container, done.json()["session_id"]) == row.id
-        await lock_alice_with_totp(app)
+        await lock_alice(app)
         # Disabling TOTP checks the password and a code: the device token's counter, not
         # the locked name's.
         clock.advance(seconds=30)
@@ -410,11 +410,3 @@ class TestSignedInChecks:
             headers=bearer(done.json()["access_token"]),
         )
         assert off.status_code == 204, off.text
-
-
-async def lock_alice_with_totp(app: Any) -> None:
-    """Five wrong passwords for alice (TOTP on: a wrong password answers as before)."""
-    async with make_client(app, ATTACKER_IP) as attacker:
-        for _ in range(5):
-            assert (await login_with(attacker, None, WRONG)).status_code == 401
-        assert_locked(await login_with(attacker, None))
