@@ -121,6 +121,20 @@ class TestHttp:
         s = scrape(container)
         assert s.value("conductor_http_requests_total", route=f"{API}/login", status="413") == 1
 
+    async def test_a_literal_path_is_not_labelled_with_a_template_that_also_matches_it(
+        self, client: httpx.AsyncClient, container: Container
+    ) -> None:
+        # `/passkeys/login` also matches `/passkeys/{passkey_id}` (which takes no POST), and
+        # `/sessions/revoke-others` matches `/sessions/{session_id}`.
+        for path in ("/passkeys/login", "/sessions/revoke-others", "/passkeys/login/options"):
+            response = await client.post(API + path, content=b"x" * (65 * 1024))
+            assert response.status_code == 413
+        s = scrape(container)
+        for path in ("/passkeys/login", "/sessions/revoke-others", "/passkeys/login/options"):
+            count = s.value("conductor_http_requests_total", route=API + path, status="413")
+            assert count == 1, path
+        assert not s.has("conductor_http_requests_total", route=API + "/passkeys/{passkey_id}")
+
     async def test_an_invented_method_is_other(
         self, client: httpx.AsyncClient, container: Container
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.routing import Route, compile_path
@@ -36,22 +37,38 @@ def route_of(scope: Scope, status: int) -> str:
     if status != 404:
         # Refused before routing (a 413 by the edge middleware), or a plain Starlette route
         # (the interactive docs), which leaves no trace in the scope: find the route.
-        for pattern, template in _templates(scope["app"]):
-            if pattern.match(scope["path"]):
-                return template
+        method = "get" if scope["method"] == "HEAD" else scope["method"].lower()
+        matching = [t for t in _templates(scope["app"]) if t.pattern.match(scope["path"])]
+        # The route that would have run: one that takes the method, a literal path before
+        # a parameter that would also match it (`/passkeys/login`, not `/{passkey_id}`).
+        if matching:
+            return min(matching, key=lambda t: (method not in t.methods, t.params)).path
     return UNMATCHED
 
 
-def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
-    """The documented paths and the application's own plain routes (`/docs`,
-    `/openapi.json`) as patterns, computed once per application."""
-    cached: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_templates", None)
+@dataclass(frozen=True, slots=True)
+class _Template:
+    pattern: re.Pattern[str]
+    path: str
+    methods: frozenset[str]
+    params: int
+
+
+def _templates(app: Any) -> list[_Template]:
+    """The documented paths (with their methods) and the application's own plain routes
+    (`/docs`, `/openapi.json`) as patterns, computed once per application."""
+    cached: list[_Template] | None = getattr(app.state, "route_templates", None)
     if cached is None:
-        templates = list(app.openapi().get("paths", {}))
-        templates += [
-            r.path for r in app.routes if isinstance(r, Route) and r.path not in templates
+        paths: dict[str, frozenset[str]] = {
+            path: frozenset(operations) for path, operations in app.openapi()["paths"].items()
+        }
+        for r in app.routes:
+            if isinstance(r, Route) and r.path not in paths:
+                paths[r.path] = frozenset(m.lower() for m in r.methods or ())
+        cached = [
+            _Template(compile_path(path)[0], path, methods, path.count("{"))
+            for path, methods in paths.items()
         ]
-        cached = [(compile_path(t)[0], t) for t in templates]
         app.state.route_templates = cached
     return cached
 
