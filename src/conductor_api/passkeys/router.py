@@ -91,8 +91,9 @@ async def register(
     """Check the registration response against its challenge and store the passkey."""
     try:
         view = await c.passkeys.register(
-            principal.user_id, client, body.challenge_id, body.credential, body.name
-        )
+            principal.user_id, client, body.challenge_id, body.credential, body.name,
+            session_id=principal.session_id,
+        )  # fmt: skip
     except InvalidPasskey:
         # Counted against the address (and refused once it is over its limit).
         await c.signin.count_address_failure(client)
@@ -134,7 +135,9 @@ async def delete_passkey(
     passkey_id: str, principal: CurrentPrincipal, c: ContainerDep, client: Client
 ) -> Response:
     """Delete one of the caller's passkeys; 404 for an unknown id or anyone else's."""
-    await c.passkeys.delete(principal.user_id, _passkey_id(passkey_id), client)
+    await c.passkeys.delete(
+        principal.user_id, _passkey_id(passkey_id), client, session_id=principal.session_id
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -227,10 +227,13 @@ class PasskeyService:
         challenge_id: str,
         credential: dict[str, Any],
         name: str,
+        *,
+        session_id: uuid.UUID | None = None,
     ) -> PasskeyView:
         """Check a registration response against its challenge (spent here, right or
-        wrong) and store the passkey. `InvalidPasskey` when it does not verify (the
-        caller counts it against the address), `PasskeyExists`, `AccountDisabled`."""
+        wrong) and store the passkey; the event names the caller's session. `InvalidPasskey`
+        when it does not verify (the caller counts it against the address), `PasskeyExists`,
+        `AccountDisabled`."""
         from webauthn import verify_registration_response
         from webauthn.helpers import parse_registration_credential_json
         from webauthn.helpers.structs import CredentialDeviceType
@@ -284,7 +287,7 @@ class PasskeyService:
                 if await repository.credential_exists(db, verified.credential_id):
                     raise PasskeyExists()
                 await repository.add(db, row)
-                await self._record(db, EventType.PASSKEY_ADDED, user, client)
+                await self._record(db, EventType.PASSKEY_ADDED, user, client, session_id)
         except IntegrityError:
             # Registered by a concurrent request between the check and the insert.
             raise PasskeyExists() from None
@@ -301,13 +304,21 @@ class PasskeyService:
         """How many passkeys the user has."""
         return await repository.count_for_user(db, user_id)
 
-    async def delete(self, user_id: uuid.UUID, passkey_id: uuid.UUID, client: ClientInfo) -> None:
-        """Delete one of the user's passkeys (`NotFound` for anyone else's)."""
+    async def delete(
+        self,
+        user_id: uuid.UUID,
+        passkey_id: uuid.UUID,
+        client: ClientInfo,
+        *,
+        session_id: uuid.UUID | None = None,
+    ) -> None:
+        """Delete one of the user's passkeys (`NotFound` for anyone else's); the event names
+        the caller's session."""
         async with self.sessionmaker.begin() as db:
             user = await users.get(db, user_id)
             if user is None or not await repository.delete_for_user(db, passkey_id, user_id):
                 raise NotFound("No such passkey")
-            await self._record(db, EventType.PASSKEY_REMOVED, user, client)
+            await self._record(db, EventType.PASSKEY_REMOVED, user, client, session_id)
 
     async def rename(self, user_id: uuid.UUID, passkey_id: uuid.UUID, name: str) -> PasskeyView:
         """Rename one of the user's passkeys (`NotFound` for anyone else's)."""
@@ -404,10 +415,15 @@ class PasskeyService:
             raise InvalidPasskey()
 
     async def _record(
-        self, db: AsyncSession, type_: EventType, user: User, client: ClientInfo | None
+        self,
+        db: AsyncSession,
+        type_: EventType,
+        user: User,
+        client: ClientInfo | None,
+        session_id: uuid.UUID | None = None,
     ) -> None:
         await events.record(
             db, type_, now=self.clock.now(), username_key=user.username_key, user_id=user.id,
             ip_address=client.ip_address if client else None,
-            user_agent=client.user_agent if client else None,
+            user_agent=client.user_agent if client else None, session_id=session_id,
         )  # fmt: skip
