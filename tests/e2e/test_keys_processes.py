@@ -21,10 +21,12 @@ pytestmark = pytest.mark.e2e
 
 API = "/api/v1/auth"
 JWKS = "/.well-known/jwks.json"
-# A service of its own: it knows the JWKS URL and the contract's claims, nothing else.
+# A service of its own: it knows the JWKS URL and the contract's claims, nothing else. The
+# client as docs/verifying-tokens.md configures it, with the lifespan the test passes.
 VERIFIER = """
 import sys, jwt
-client = jwt.PyJWKClient(sys.argv[1], cache_keys=True, lifespan=300)
+lifespan = float(sys.argv[2]) if len(sys.argv) > 2 else 60
+client = jwt.PyJWKClient(sys.argv[1], cache_keys=False, lifespan=lifespan, cooldown_duration=5)
 for line in sys.stdin:
     token = line.strip()
     try:
@@ -112,6 +114,41 @@ class TestJwksOnlyVerifier:
         assert len(answers) == 4, result.stderr
         assert answers[0].startswith("ok ")
         assert all(a.startswith("refused") for a in answers[1:]), answers
+
+
+class TestVerifierAfterRevocation:
+    def test_refuses_the_revoked_key_once_its_copy_expires_and_accepts_the_new_one(
+        self, tmp_path: Path
+    ) -> None:
+        # A leaked key: once the verifier's copy of the set is older than its lifespan, the
+        # key's tokens are refused there too (a per-kid cache would keep it for good).
+        env = {"CONDUCTOR_DATA_DIR": str(tmp_path / "data"), "KEY_REFRESH_SECONDS": "0.5"}
+        create_user(tmp_path, env, "alice", PASSWORD)
+        lifespan = 2.0
+        with Server(tmp_path, env) as server, subprocess.Popen(
+            [sys.executable, "-c", VERIFIER, server.url + JWKS, str(lifespan)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env(),
+        ) as verifier:  # fmt: skip
+            assert verifier.stdin is not None and verifier.stdout is not None
+
+            def check(token: str) -> str:
+                assert verifier.stdin is not None and verifier.stdout is not None
+                verifier.stdin.write(token + "\n")
+                verifier.stdin.flush()
+                return verifier.stdout.readline().strip()
+
+            leaked = login(server)["access_token"]
+            assert check(leaked).startswith("ok ")
+            revoked = cli(tmp_path, env, "keys", "revoke", kid_of(leaked))
+            assert revoked.returncode == 0, revoked.stderr
+            wait_for(lambda: me(server, leaked) == 401)
+            fresh = login(server)["access_token"]
+            assert kid_of(fresh) != kid_of(leaked)
+            time.sleep(lifespan + 0.5)
+            assert check(leaked).startswith("refused"), "the revoked key is still trusted"
+            assert check(fresh).startswith("ok ")
+            verifier.stdin.close()
+            verifier.wait(timeout=10)
 
 
 class TestRotateWhileInUse:
