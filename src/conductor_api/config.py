@@ -366,6 +366,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_key_publishing(self) -> Settings:
+        # A key published for less than the re-read interval may sign on one instance while
+        # another still serves a set without it (JWKS max-age would be 0): only 0, "sign at
+        # once", says so openly.
+        if 0 < self.key_publish_seconds < self.key_refresh_seconds:
+            raise ValueError(
+                "KEY_PUBLISH_SECONDS: must be 0 or at least KEY_REFRESH_SECONDS "
+                f"({self.key_refresh_seconds:g}), or a verifier may meet a key not yet published"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_secrets_differ(self) -> Settings:
         a, b = self.jwt_secret_key, self.jwt_refresh_secret_key
         if a is not None and b is not None and a.get_secret_value() == b.get_secret_value():
