@@ -176,6 +176,9 @@ class TestWrongCurrentPassword:
         types = [e.type for e in await events_of(container, alice.id)]
         assert types.count("login_failed") == 5
         assert types.count("account_locked") == 1
+        # Each names the session the attempts came from.
+        sessions = {str(e.session_id) for e in await events_of(container, alice.id)}
+        assert sessions == {me["session_id"]}
 
 
 class TestWeakNewPassword:

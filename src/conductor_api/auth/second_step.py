@@ -118,7 +118,9 @@ class SecondStep:
         With `password`, the password is checked first in the same attempt, so that a right
         one forgives nothing unless the code is right too."""
         owner = owner_of(principal, client)
-        async with SignIn(self.steps, principal.username, client) as attempt:
+        async with SignIn(
+            self.steps, principal.username, client, session_id=principal.session_id
+        ) as attempt:
             await attempt.limits(*await self.signin.own_limits(attempt, principal))
             verified = (
                 await attempt.password(password)

@@ -212,7 +212,9 @@ class SignInService:
     async def check_password(self, principal: Principal, password: str, client: ClientInfo) -> None:
         """A signed-in user's password, under the same limits as a sign-in (a wrong one is a
         failed login); what it guards happens afterwards."""
-        async with SignIn(self.steps, principal.username, client) as attempt:
+        async with SignIn(
+            self.steps, principal.username, client, session_id=principal.session_id
+        ) as attempt:
             await attempt.limits(*await self.own_limits(attempt, principal))
             verified = await attempt.password(password)
             async with attempt.finish_direct(verified):
@@ -236,7 +238,9 @@ class SignInService:
         # A rejected new password costs no hash and counts nothing: refused first. A locked
         # name is refused next, before any hash (of the current password or the new one).
         users.check_new_password(new, self.settings.min_password_length, principal.username)
-        async with SignIn(self.steps, principal.username, client) as attempt:
+        async with SignIn(
+            self.steps, principal.username, client, session_id=principal.session_id
+        ) as attempt:
             await attempt.limits(*await self.own_limits(attempt, principal))
             verified = await attempt.password(current)
             if totp_on:

@@ -112,11 +112,21 @@ class Steps:
 class SignIn:
     """One attempt: the slots it holds, and the steps that take and settle them."""
 
-    def __init__(self, steps: Steps, username: str | None, client: ClientInfo) -> None:
+    def __init__(
+        self,
+        steps: Steps,
+        username: str | None,
+        client: ClientInfo,
+        *,
+        session_id: uuid.UUID | None = None,
+    ) -> None:
         self._s = steps
         # None for a passkey sign-in, until its credential names the user (`passkey`).
         self.key = users.normalize_username(username) if username is not None else ""
         self.client = client
+        # The caller's session, for a signed-in user's own check (password change, TOTP):
+        # its events name it.
+        self.session_id = session_id
         self._held: list[Slot] = []
         self._settled: list[Slot] = []
         # Set by `second_step_follows`: `finish` then gives the slots back uncounted.
@@ -332,11 +342,13 @@ class SignIn:
         method: str | None = None,
         mfa: bool | None = None,
     ) -> None:
-        """Record an event of this attempt (its name, user and client)."""
+        """Record an event of this attempt (its name, user, client and the session it is
+        for: `session_id`, or the caller's)."""
         await events.record(
             db, type_, now=self._s.clock.now(), username_key=self.key,
             user_id=user.id if user else None, ip_address=self.client.ip_address,
-            user_agent=self.client.user_agent, session_id=session_id, method=method, mfa=mfa,
+            user_agent=self.client.user_agent, session_id=session_id or self.session_id,
+            method=method, mfa=mfa,
         )  # fmt: skip
 
     async def _fail(
