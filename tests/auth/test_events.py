@@ -214,8 +214,11 @@ class TestLimit:
 
     async def test_out_of_range_is_422(self, client: httpx.AsyncClient, alice: Account) -> None:
         pair = await tokens(client)
-        for limit in ("0", "201", "-1", "ten"):
+        # Only decimal digits are a count: not a float, a sign, spaces or an underscore.
+        for limit in ("0", "201", "-1", "ten", "5.0", "+5", " 5", "5 ", "1_0", "\u0663"):
             response = await client.get(
                 EVENTS, headers=bearer(pair["access_token"]), params={"limit": limit}
             )
             assert response.status_code == 422, (limit, response.text)
+            assert response.json()["code"] == "validation_error"
+        assert len(await list_events(client, pair["access_token"], limit="007")) == 1

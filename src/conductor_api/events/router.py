@@ -6,7 +6,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
 
 from conductor_api.deps import CurrentPrincipal, DbSession
 from conductor_api.events import repository
@@ -20,6 +20,14 @@ router = APIRouter(prefix="/auth/events", tags=["events"])
 _EVENTS = TypeAdapter(list[EventOut])
 
 
+def _decimal_digits(value: object) -> object:
+    """A query value as a client writes a count: decimal digits only. Pydantic's lax int
+    would also take `5.0`, `+5`, ` 5` and `1_0` (as 10)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits")
+    return value
+
+
 @router.get(
     "",
     response_model=list[EventOut],
@@ -29,7 +37,7 @@ _EVENTS = TypeAdapter(list[EventOut])
 async def list_events(
     principal: CurrentPrincipal,
     db: DbSession,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, BeforeValidator(_decimal_digits), Query(ge=1, le=200)] = 50,
 ) -> Response:
     """The caller's own recent events, newest first (`method` and `mfa` on sign-ins only)."""
     rows = await repository.list_for_user(db, principal.user_id, limit)
