@@ -212,7 +212,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=True,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "DPoP", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID", "DPoP-Nonce", "WWW-Authenticate"],
         )
