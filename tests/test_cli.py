@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -220,13 +222,38 @@ class TestCommand:
             'LOG_LEVEL=info\nJWT_ISSUER="open\n',
         ):
             env_file.write_text(text)
-            for command in (("migrate",), ("serve", "--port", "1")):
+            for command in (("migrate",), ("serve", "--port", "1"), ("openapi",)):
                 result = cli(*command)
                 one_line_error(result, ".env: line 2")
                 assert result.returncode == 2, result.stderr
                 assert "secret value" not in result.stderr and "open" not in result.stderr
         env_file.write_text("# only comments and settings\nLOG_LEVEL=info\n\n")
         assert cli("migrate").returncode == 0
+
+    def test_a_database_migrated_by_a_newer_release_is_one_line(self, cli: Cli) -> None:
+        assert cli("migrate").returncode == 0
+        database = sqlite3.connect(cli.data_dir / "conductor.db")
+        with database:
+            database.execute("UPDATE alembic_version SET version_num = '0099_future'")
+        database.close()
+        for command in (("migrate",), ("users", "list")):
+            result = cli(*command)
+            one_line_error(result, "CONDUCTOR_DATA_DIR", "'0099_future'", "newer release")
+            assert result.returncode == 2, result.stderr
+            assert "unexpected" not in result.stderr
+
+    def test_standard_input_closed_is_one_line_that_says_so(self, cli: Cli) -> None:
+        for args, needle in (
+            (("--password-stdin",), "standard input (it is closed)"),
+            ((), "no terminal"),
+        ):
+            result = subprocess.run(
+                [cli_path(), "users", "create", "bob", *args], stdin=None, env=cli.env,
+                cwd=cli.data_dir.parent, capture_output=True, text=True, timeout=60,
+                preexec_fn=lambda: os.close(0),
+            )  # fmt: skip
+            one_line_error(result, needle)
+            assert "unexpected" not in result.stderr
 
     def test_openapi_with_a_bad_setting_is_one_line(self, cli: Cli) -> None:
         one_line_error(cli("openapi", env={"DATABASE_URL": "mysql://root@db/prod"}), "DATABASE_URL")

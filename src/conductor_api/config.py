@@ -607,7 +607,7 @@ def _add_kek(path: Path) -> dict[str, str]:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
 
-def _check_env_file(path: Path = Path(".env")) -> None:
+def check_env_file(path: Path = Path(".env")) -> None:
     """A `.env` line that is not `NAME=value` (or a comment) is a setting error, not a
     warning the settings go on without: one line naming its number, never its text (it may
     hold a secret). python-dotenv's own parser, the one the settings are read with."""
@@ -628,7 +628,7 @@ def _check_env_file(path: Path = Path(".env")) -> None:
 
 def load_settings(**overrides: object) -> Settings:
     """Build and validate settings; raise `ConfigError` with one line on any bad value."""
-    _check_env_file()  # also the .env that is not UTF-8: the environment is text already
+    check_env_file()  # also the .env that is not UTF-8: the environment is text already
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:

@@ -13,6 +13,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -54,10 +56,22 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    """Bring the schema up to `revision` (not from inside a running event loop)."""
+    """Bring the schema up to `revision` (not from inside a running event loop). A database
+    at a revision this release does not ship (a newer release migrated it) is refused in
+    one line."""
     config = alembic_config(settings)
     with _one_at_a_time(settings):
-        command.upgrade(config, revision)
+        try:
+            command.upgrade(config, revision)
+        except CommandError as e:
+            if not isinstance(e.__cause__, ResolutionError):
+                raise
+            name = "DATABASE_URL" if settings.database_url else "CONDUCTOR_DATA_DIR"
+            raise ConfigError(
+                f"{name}: the database is at schema revision {e.__cause__.argument!r}, which "
+                "this release does not know (a newer release migrated it): run that release, "
+                "or restore a backup taken before"
+            ) from None
 
 
 def downgrade(settings: Settings, revision: str = "base") -> None:

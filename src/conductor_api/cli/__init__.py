@@ -17,7 +17,13 @@ from typer.exceptions import TyperException
 from conductor_api import migrate as migrations
 from conductor_api.cli import keys, prune, sessions, users
 from conductor_api.cli.common import CliError, check_stored_secrets, settings
-from conductor_api.config import ConfigError, Settings, config_error, listen_host
+from conductor_api.config import (
+    ConfigError,
+    Settings,
+    check_env_file,
+    config_error,
+    listen_host,
+)
 from conductor_api.errors import AppError
 from conductor_api.logs import SECURITY
 
@@ -82,6 +88,7 @@ def openapi() -> None:
     from conductor_api.app import create_app
 
     # Placeholder keys: printing the document must not create secrets or touch a database.
+    check_env_file()  # its settings are read too: a broken line is refused as everywhere
     try:
         placeholder = Settings(
             jwt_algorithm="HS256",  # no key set is read either

@@ -25,6 +25,12 @@ PasswordStdin = Annotated[
 
 
 def _read_password(from_stdin: bool) -> str:
+    if sys.stdin is None:  # started with standard input closed (`<&-`)
+        raise CliError(
+            "no password on standard input (it is closed)"
+            if from_stdin
+            else "no terminal to ask for the password: use --password-stdin"
+        )
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
