@@ -24,6 +24,9 @@ worker_processes 1;
 events { worker_connections 256; }
 http {
     access_log off;
+    # Bodies stay in memory: run as root, nginx's workers are `nobody`, who cannot write
+    # into the test's private temporary directory.
+    client_body_buffer_size 1m;
     client_body_temp_path $prefix/tmp/body;
     proxy_temp_path $prefix/tmp/proxy;
     fastcgi_temp_path $prefix/tmp/fastcgi;

@@ -9,6 +9,7 @@ differs from the proxy's (127.0.0.1)."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.dpop.keys import PhoneKey
 from tests.e2e.proxy import Nginx
-from tests.e2e.server import Server, create_user
+from tests.e2e.server import Server, create_user, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +117,41 @@ class TestUntrustedNginx:
             sessions, events = sessions_and_events(phone, pair.json()["access_token"])
         assert [s["ip_address"] for s in sessions] == ["127.0.0.1"]
         assert {e["ip_address"] for e in event_list(events)} == {"127.0.0.1"}
+
+
+class TestNginxAnswers:
+    def test_no_version_banner_and_what_nginx_refuses_itself_is_json(self, tmp_path: Path) -> None:
+        with behind_nginx(tmp_path, TRUSTED_PROXIES="127.0.0.1") as nginx:
+            live = httpx.get(nginx.url + "/health/live")
+            assert live.status_code == 200
+            assert "/" not in live.headers.get("server", ""), live.headers  # no version
+            # Over the API's 64 KiB: the API's own JSON 413 comes through.
+            over = httpx.post(nginx.url + API + "/login", content=b"x" * (70 * 1024))
+            # Over nginx's own bound: nginx answers, in the API's shape.
+            far_over = httpx.post(nginx.url + API + "/login", content=b"x" * (2 * 1024 * 1024))
+            for response in (over, far_over):
+                assert response.status_code == 413
+                assert response.headers["content-type"].startswith("application/json")
+                assert response.json()["code"] == "payload_too_large"
+                assert response.headers["x-content-type-options"] == "nosniff"
+
+    def test_the_api_down_is_a_json_503(self, tmp_path: Path) -> None:
+        with Nginx(tmp_path / "nginx", free_port()) as nginx:  # nothing listens upstream
+            response = httpx.get(nginx.url + API + "/me")
+        assert response.status_code == 503
+        assert response.json()["code"] == "service_unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+    def test_a_dpop_sign_in_through_nginx_on_its_own_port(self, tmp_path: Path) -> None:
+        # The proof names the URL the phone used, nginx's port included.
+        phone = PhoneKey()
+        with behind_nginx(tmp_path, TRUSTED_PROXIES="127.0.0.1") as nginx:
+            url = nginx.url + API + "/login"
+            assert ":80/" not in url
+            body = {"username": "alice", "password": PASSWORD, "device_name": "Pixel 8"}
+            response = httpx.post(
+                url, json=body, headers={"DPoP": phone.proof("POST", url, time.time())}
+            )
+        assert response.status_code == 200, response.text
+        assert response.json()["token_type"] == "DPoP"
