@@ -7,7 +7,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.conftest import PASSWORD
+from conductor_api.app import create_app
+from conductor_api.auth.models import LoginThrottle
+from tests.conftest import PASSWORD, make_settings
 from tests.operator import cli, login, server_on
 
 WRONG = "wrong password, but long enough"
@@ -107,3 +109,35 @@ class TestUnlockDeviceTokens:
         twice = cli(data, "users", "unlock", "alice")
         assert twice.returncode == 0, twice.stderr
         assert twice.stdout.strip() == "alice was not locked"
+
+
+class TestUnlockStaleSlots:
+    async def test_unlock_clears_the_slots_of_a_process_killed_mid_check(
+        self, tmp_path: Path
+    ) -> None:
+        data = tmp_path / "data"
+        created = cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        assert created.returncode == 0, created.stderr
+        # What a worker killed during a burst of wrong passwords leaves: five checks that
+        # never gave their slots back (stale only in a minute), so every slot is taken.
+        app = create_app(make_settings(data, None))
+        async with app.router.lifespan_context(app):
+            now = datetime.now(UTC)
+            async with app.state.container.sessionmaker.begin() as db:
+                db.add(
+                    LoginThrottle(
+                        scope="user",
+                        key="alice",
+                        failures=0,
+                        window_started_at=now,
+                        locked_until=None,
+                        pending=5,
+                        pending_until=now + timedelta(minutes=1),
+                    )
+                )
+
+        unlocked = cli(data, "users", "unlock", "alice")
+        assert unlocked.returncode == 0, unlocked.stderr
+        assert unlocked.stdout.strip() == "alice unlocked"
+        async with server_on(data) as client:
+            assert (await login(client, "alice", PASSWORD)).status_code == 200

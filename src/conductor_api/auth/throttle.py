@@ -536,14 +536,16 @@ async def add_failure(
 
 async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = ()) -> bool:
     """Clear a name's lockout and count, and those of the given device tokens (the
-    operator's `users unlock`); whether any of them held a lock or a failure."""
+    operator's `users unlock`); whether any of them held a lock, a failure or a slot. The
+    slots go too: those of a process killed mid-check would otherwise hold the name for up
+    to a minute (a check still in flight gives its slot back to no harm: never below 0)."""
     targets = (T.scope == USER) & (T.key == key)
     if device_keys:
         targets = targets | ((T.scope == DEVICE) & T.key.in_(device_keys))
     result = await db.execute(
         update(T)
-        .where(targets, (T.failures > 0) | T.locked_until.is_not(None))
-        .values(failures=0, locked_until=None)
+        .where(targets, (T.failures > 0) | T.locked_until.is_not(None) | (T.pending > 0))
+        .values(failures=0, locked_until=None, pending=0, pending_until=None)
         .returning(T.key)
     )
     return result.first() is not None
