@@ -192,6 +192,23 @@ class TestTwoWorkers:
         finally:
             server.stop()
 
+    def test_a_killed_runs_metrics_directory_goes_at_the_next_start(self, tmp_path: Path) -> None:
+        env = metrics_env(tmp_path, free_port())
+        tmp = tmp_path / "tmp"
+        tmp.mkdir()
+        # The directory of a process that is alive (pid 1, init) is left alone.
+        foreign = tmp / "conductor-metrics-1-abcdef"
+        foreign.mkdir()
+        killed = Server(tmp_path, env).start()
+        [orphan] = [p for p in tmp.glob("conductor-metrics-*") if p != foreign]
+        killed.kill()  # SIGKILL: nothing runs to remove the directory
+        assert orphan.exists()
+        with Server(tmp_path, env):
+            left = {p for p in tmp.glob("conductor-metrics-*") if p != foreign}
+            assert orphan not in left and len(left) == 1, left
+        assert foreign.exists()
+        assert [p for p in tmp.glob("conductor-metrics-*") if p != foreign] == []
+
     def test_metrics_are_off_by_default(self, tmp_path: Path) -> None:
         env = {**SECRETS, "TMPDIR": str(tmp_path / "tmp")}
         (tmp_path / "tmp").mkdir()

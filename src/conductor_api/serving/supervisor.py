@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,24 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACEFUL_SECONDS = 20.0
 # More unexpected exits than this within the window: something is wrong, stop.
 MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
+
+
+METRICS_DIR_PREFIX = "conductor-metrics-"
+
+
+def _remove_orphaned_metrics_dirs() -> None:
+    """The metrics directories of earlier runs of this user that were killed (SIGKILL, a
+    power cut) before they could remove their own: their process no longer exists."""
+    for path in Path(tempfile.gettempdir()).glob(METRICS_DIR_PREFIX + "*-*"):
+        pid = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # gone already, or a live process of another user
 
 
 class ServeError(Exception):
@@ -119,8 +138,10 @@ class Supervisor:
         if s.metrics_port is None:
             return None
         # Every worker writes its figures to files here; the listener sums them. Made fresh
-        # for each run, so a scrape never counts a previous run's requests.
-        self.metrics_dir = tempfile.mkdtemp(prefix="conductor-metrics-")
+        # for each run, so a scrape never counts a previous run's requests; named after this
+        # process, so that the next run removes it if this one is killed before it can.
+        _remove_orphaned_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         # Imported only now: prometheus-client picks its file-backed values at import.
