@@ -741,6 +741,15 @@ def insert_row(model: type[Base]) -> Insert:
     return insert(table).values({c.key: bindparam(c.key, type_=c.type) for c in table.columns})
 
 
+def dialect_of(db: Executor) -> str:
+    """The name of the database `db` runs on: `sqlite` or `postgresql`."""
+    return (
+        db.dialect_name
+        if isinstance(db, Autocommit | DirectTransaction)
+        else db.get_bind().dialect.name
+    )
+
+
 async def execute_direct(
     db: Executor, statement: Executable, params: Mapping[str, object]
 ) -> list[tuple[Any, ...]]:

@@ -330,3 +330,62 @@ class TestPasswordChangeLockout:
         assert rejected.status_code == 422
         assert rejected.json()["code"] == "password_rejected"
         assert (checks.checks, checks.hashes) == (0, 0)
+
+
+class TestOneDeviceTogether:
+    """Signing in again with a fingerprint revokes the device's old session, also when the
+    sign-ins of one device arrive together: one live session for the device, never two."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"database_timeout_seconds": 60.0}
+
+    async def test_simultaneous_sign_ins_of_one_device_leave_one_session(
+        self, app: FastAPI, alice: Account, container: Container, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # At most MAX_FAILED_LOGIN_ATTEMPTS checks of one name run at once; more would wait.
+        count = 5
+        verify = container.hasher.verify
+        checked = 0
+        all_checked = asyncio.Event()
+        opened = asyncio.Event()
+
+        async def checked_then_held(password: str, password_hash: str) -> tuple[bool, str | None]:
+            # Each check done, then held until all are: their sessions start together.
+            nonlocal checked
+            result = await verify(password, password_hash)
+            checked += 1
+            if checked == count:
+                all_checked.set()
+            await opened.wait()
+            return result
+
+        monkeypatch.setattr(container.hasher, "verify", checked_then_held)
+
+        async def one() -> httpx.Response:
+            async with make_client(app) as c:
+                return await login(c, fingerprint="phone")
+
+        for _ in range(3):
+            checked = 0
+            all_checked.clear()
+            opened.clear()
+            pending = [asyncio.ensure_future(one()) for _ in range(count)]
+            await all_checked.wait()
+            opened.set()
+            responses = await asyncio.gather(*pending)
+            assert Counter(r.status_code for r in responses) == {200: count}
+            live = await live_sessions(container, alice.id)
+            assert len(live) == 1, live
+            assert str(live[0]) in {r.json()["session_id"] for r in responses}
+
+    async def test_other_devices_are_not_revoked(
+        self, app: FastAPI, alice: Account, container: Container
+    ) -> None:
+        async def one(n: int) -> httpx.Response:
+            async with make_client(app) as c:
+                return await login(c, fingerprint=f"device-{n}")
+
+        responses = await asyncio.gather(*(one(n) for n in range(6)))
+        assert Counter(r.status_code for r in responses) == {200: 6}
+        assert len(await live_sessions(container, alice.id)) == 6

@@ -99,7 +99,7 @@ class SecondStep:
             if not live:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
-            async with attempt.finish_direct(Verified.of(user)) as tx:
+            async with attempt.finish_direct(Verified.of(user), device.fingerprint) as tx:
                 return await self.signin.start(
                     tx, attempt, user, device, jkt=jkt, mfa=True, device_id=device_id
                 )

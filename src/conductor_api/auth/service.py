@@ -144,7 +144,7 @@ class SignInService:
             # 1. the client address's limit; 2. the name's, or the device token's instead
             await attempt.limits(*self.limits(attempt, trusted.id if trusted else None))
             verified = await attempt.password(password)  # 3. the credential
-            async with attempt.finish_direct(verified) as db:
+            async with attempt.finish_direct(verified, device.fingerprint) as db:
                 user = verified.user
                 if attempt.second_factor:
                     # 4. the second factor: a pending sign-in, finished by `SecondStep.verify`
@@ -195,7 +195,7 @@ class SignInService:
             user = verified.user
             async with self.steps.sessionmaker() as db:
                 trusted = await devices.find(db, device_token, user.id, self.steps.clock.now())
-            async with attempt.finish_direct(verified) as tx:
+            async with attempt.finish_direct(verified, device.fingerprint) as tx:
                 await self.passkeys.used(tx, assertion)
                 return await self.start(
                     tx, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True

@@ -267,10 +267,13 @@ class SignIn:
         """Step 5 in an ORM session (`_finish`), for the flows whose step 5 needs the ORM."""
         return self._finish(verified, self._s.sessionmaker.begin)
 
-    def finish_direct(self, verified: Verified) -> AbstractAsyncContextManager[Writer]:
+    def finish_direct(
+        self, verified: Verified, device: str | None = None
+    ) -> AbstractAsyncContextManager[Writer]:
         """Step 5 (`_finish`) in `_direct`'s transaction, for a flow that sends every
-        statement of it with `execute_direct`."""
-        return self._finish(verified, self._direct)
+        statement of it with `execute_direct`; `device`, the fingerprint of a sign-in that
+        starts a session for one."""
+        return self._finish(verified, self._direct, device)
 
     def _direct(self) -> AbstractAsyncContextManager[Writer]:
         """A transaction for statements sent with `execute_direct` only, with no ORM
@@ -280,7 +283,10 @@ class SignIn:
 
     @asynccontextmanager
     async def _finish(
-        self, verified: Verified, begin: Callable[[], AbstractAsyncContextManager[W]]
+        self,
+        verified: Verified,
+        begin: Callable[[], AbstractAsyncContextManager[W]],
+        device: str | None = None,
     ) -> AsyncIterator[W]:
         """Step 5: the transaction that acts on the sign-in (starts the session).
 
@@ -290,7 +296,7 @@ class SignIn:
         live session. Sign-ins of one user share the lock, so they never queue on it."""
         refusal: AppError | None = None
         async with begin() as db:
-            held = await users.hold(db, verified.user.id)
+            held = await users.hold(db, verified.user.id, device)
             current, self.second_factor = held if held is not None else (None, False)
             if current is None or not verified.still_holds(current):
                 await self._fail(db, current)

@@ -38,10 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.db import (
     Autocommit,
-    DirectTransaction,
     Executor,
     UTCDateTime,
     Writer,
+    dialect_of,
     execute_direct,
 )
 
@@ -316,14 +316,6 @@ def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
     return rows[0] if rows else None
 
 
-def _dialect(db: Executor) -> str:
-    return (
-        db.dialect_name
-        if isinstance(db, Autocommit | DirectTransaction)
-        else db.get_bind().dialect.name
-    )
-
-
 def _at(now: datetime, window: timedelta | None) -> dict[str, datetime]:
     return {"now": now} if window is None else {"now": now, "cutoff": now - window}
 
@@ -345,7 +337,7 @@ async def take(db: Executor, claim: Claim, now: datetime, *, ttl: timedelta) -> 
     taken: the key is closed). All slots are stale after `ttl` without a new one: a process
     killed during its checks cannot give them back."""
     params = _slot_params(claim, now) | {"now": now, "slots_until": now + ttl}
-    statement = _take(_dialect(db), claim.window is not None, isinstance(db, Autocommit))
+    statement = _take(dialect_of(db), claim.window is not None, isinstance(db, Autocommit))
     row = _first(await execute_direct(db, statement, params))
     return None if row is None else Counter(row[0], row[1] - 1, row[2], row[3])
 
@@ -473,7 +465,7 @@ async def settle_in_order(db: Writer, settlements: Sequence[Settlement]) -> None
     on SQLite one statement after the other."""
     if not settlements:
         return
-    if _dialect(db) != "postgresql":
+    if dialect_of(db) != "postgresql":
         for each in settlements:
             if each.scope == IP:
                 await release_ip(db, each.key)
@@ -531,7 +523,7 @@ async def add_failure(
     """Count one event in a fixed window of `window` length, in one atomic upsert, outside
     a sign-in's slots (a forged refresh token from an address, a registration)."""
     params = {"in_scope": scope, "in_key": key, **_at(now, window)}
-    return _counter((await execute_direct(db, _add_failure(_dialect(db)), params))[0])
+    return _counter((await execute_direct(db, _add_failure(dialect_of(db)), params))[0])
 
 
 async def unlock_user(db: AsyncSession, key: str, device_keys: Sequence[str] = ()) -> bool:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Uuid, bindparam, select, update
+from sqlalchemy import Select, String, Table, Uuid, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import Executor, Writer, execute_direct
+from conductor_api.db import Executor, Writer, dialect_of, execute_direct
 from conductor_api.mfa.models import TotpFactor
 from conductor_api.users.models import User
 
@@ -41,6 +41,14 @@ _ROW_SHARED = (
     .where(User.id == bindparam("user_id", type_=Uuid()))
     .with_for_update(read=True, of=User)
 )
+# The same, for a sign-in that names its device (a fingerprint) on PostgreSQL: it also takes
+# a transaction-scoped advisory lock on (user, device), in the same round trip, so that two
+# sign-ins of one device run their "revoke the device's old session, start the new one" one
+# after the other (the second then sees, and revokes, the first's session: READ COMMITTED
+# gives each later statement a new snapshot). Sign-ins of other devices do not wait.
+_ROW_SHARED_DEVICE = _ROW_SHARED.add_columns(
+    func.pg_advisory_xact_lock(func.hashtextextended(bindparam("device", type_=String()), 0))
+)
 
 
 def _user(columns: Sequence[Any]) -> User:
@@ -67,11 +75,20 @@ def from_columns(columns: Sequence[Any]) -> User | None:
     return None if columns[0] is None else _user(columns)
 
 
-async def read_shared(db: Writer, user_id: uuid.UUID) -> tuple[User, bool] | None:
+async def read_shared(
+    db: Writer, user_id: uuid.UUID, device: str | None = None
+) -> tuple[User, bool] | None:
     """A copy of the user with this id, read under a shared row lock (PostgreSQL; on
     SQLite every transaction already holds the write lock), not tracked by `db`, and
-    whether the user has a confirmed TOTP factor."""
-    rows = await execute_direct(db, _ROW_SHARED, {"user_id": user_id})
+    whether the user has a confirmed TOTP factor. With `device` (a fingerprint), on
+    PostgreSQL, also the lock that orders the sign-ins of that device (`_ROW_SHARED_DEVICE`)."""
+    if device is not None and dialect_of(db) == "postgresql":
+        rows = await execute_direct(
+            db, _ROW_SHARED_DEVICE, {"user_id": user_id, "device": f"{user_id}/{device}"}
+        )
+        rows = [row[:-1] for row in rows]  # the lock's own column (void)
+    else:
+        rows = await execute_direct(db, _ROW_SHARED, {"user_id": user_id})
     if not rows:
         return None
     *columns, confirmed = rows[0]

@@ -144,13 +144,17 @@ async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
     return await repository.get(db, user_id, lock=True)
 
 
-async def hold(db: Writer, user_id: uuid.UUID) -> tuple[User, bool] | None:
+async def hold(
+    db: Writer, user_id: uuid.UUID, device: str | None = None
+) -> tuple[User, bool] | None:
     """The user row read afresh under the shared lock of a sign-in's start of session: it
     orders the sign-in against password changes and disables (`lock`), not against the
     user's other sign-ins, so a burst of right passwords does not queue on the row. A copy
     to read, not tracked by `db`; with it, whether the user's sign-ins need a second
-    factor (`SecondFactor.is_on`, in the same read)."""
-    return await repository.read_shared(db, user_id)
+    factor (`SecondFactor.is_on`, in the same read). With `device` (the sign-in's
+    fingerprint), sign-ins of that one device are ordered too: of two at once, the second
+    revokes the first's session, as one after the other would."""
+    return await repository.read_shared(db, user_id, device)
 
 
 async def upgrade_hash(db: AsyncSession, user_id: uuid.UUID, old: str, new: str) -> None:
