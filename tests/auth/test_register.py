@@ -156,6 +156,19 @@ class TestRegistrationEnabled:
         assert response.json()["code"] == "invalid_username"
         assert await user_count(container) == 0
 
+    @pytest.mark.parametrize("filler", ["\u3164", "\u115f", "\u1160", "\uffa0"])
+    async def test_a_name_with_an_invisible_letter_is_refused(
+        self, filler: str, client: httpx.AsyncClient, container: Container
+    ) -> None:
+        # The Hangul fillers are letters to Unicode (so word characters) and blank to the
+        # eye: "bob" with one would look exactly like "bob".
+        assert (await register(client, "bob")).status_code == 201
+        for name in ("bob" + filler, "bo" + filler + "b", filler + "eve"):
+            response = await register(client, name)
+            assert response.status_code == 422, name
+            assert response.json()["code"] == "invalid_username"
+        assert await user_count(container) == 1
+
 
 class TestCommonPasswordAtRegistration:
     @pytest.fixture

@@ -304,7 +304,9 @@ def common_passwords() -> frozenset[str]:
     return frozenset(w for w in lists["passwords"] if len(w) >= 8)
 
 
-def _invisible(ch: str) -> bool:
+def invisible(ch: str) -> bool:
+    """Whether `ch` prints as nothing: a space, a format character, or a blank such as the
+    Hangul fillers (letters to Unicode, blanks to the eye)."""
     return ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cf") or ch in _BLANKS
 
 
@@ -336,7 +338,7 @@ def check_password_rules(password: str, min_length: int, username: str | None = 
         raise PasswordRejected("Password must be valid text (it contains an unpaired surrogate)")
     if any(unicodedata.category(ch) == "Cc" for ch in password):
         raise PasswordRejected("Password must not contain control characters")
-    if all(_invisible(ch) for ch in password):
+    if all(invisible(ch) for ch in password):
         raise PasswordRejected(
             "Password must contain visible characters, not only spaces or invisible ones"
         )

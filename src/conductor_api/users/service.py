@@ -21,7 +21,7 @@ from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import Owner, SecondFactor, void_pending
-from conductor_api.security.passwords import PasswordHasher, check_password_rules
+from conductor_api.security.passwords import PasswordHasher, check_password_rules, invisible
 from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
 from conductor_api.users.confusables import skeleton_digest
@@ -57,9 +57,15 @@ def normalize_username(username: str) -> str:
 
 
 def check_username(username: str) -> str:
-    """The name as stored (NFKC), or `InvalidUsername`."""
+    """The name as stored (NFKC), or `InvalidUsername`. A character that prints as nothing
+    is refused even where Unicode calls it a letter (the Hangul fillers): "bob" with one
+    added would look exactly like "bob", and the confusable skeleton keeps it."""
     name = unicodedata.normalize("NFKC", username)
-    if not _USERNAME_RE.fullmatch(name) or len(_fold(name)) > USERNAME_MAX:
+    if (
+        not _USERNAME_RE.fullmatch(name)
+        or len(_fold(name)) > USERNAME_MAX
+        or any(invisible(ch) for ch in name)
+    ):
         raise InvalidUsername()
     return name
 
