@@ -16,6 +16,9 @@ from conductor_api.schemas import NO_STORE
 
 # fullmatch, not match with `$`: `$` also matches before a trailing newline.
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# RFC 9112 section 3.2 / RFC 3986: a Host is a registered name or an IP literal, and a port.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+_BAD_HOST = {"detail": "Missing, repeated or invalid Host header", "code": "bad_request"}
 
 
 # The body of a 500, also rendered by the app's last-resort handler.
@@ -71,6 +74,8 @@ class EdgeMiddleware:
         request_id = b""
         length: int | None = None
         dpop = False
+        hosts = 0
+        valid_host = True
         for name, value in scope["headers"]:
             if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
                 request_id = value
@@ -78,6 +83,9 @@ class EdgeMiddleware:
                 length = int(value) if value.isdigit() else -1
             elif name == b"dpop":
                 dpop = True
+            elif name == b"host":
+                hosts += 1
+                valid_host = valid_host and _HOST.fullmatch(value) is not None
         if not request_id:
             request_id = secrets.token_hex(16).encode()
         context = REQUEST_ID.set(request_id.decode())
@@ -98,6 +106,12 @@ class EdgeMiddleware:
             await send(message)
 
         try:
+            # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the
+            # URL a DPoP proof is compared to is built from it); HTTP/1.0 may have none.
+            if hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1"):
+                for message in _json_error(400, _BAD_HOST):
+                    await send_wrapper(message)
+                return
             if length is not None and (length < 0 or length > self.max_body_bytes):
                 await self._refuse(send_wrapper)
                 return

@@ -228,6 +228,60 @@ class TestUnparsableRequests:
         assert json.loads(body) == {"detail": "Invalid HTTP request", "code": "bad_request"}
 
 
+def exchange(port: int, request_bytes: bytes) -> tuple[str, dict[str, str], bytes]:
+    """One raw request on its own connection: (status line, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # Refused before it was all sent: the answer is already there.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request_bytes)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return lines[0], dict(line.lower().split(": ", 1) for line in lines[1:]), body
+
+
+class TestRequestHeads:
+    def test_oversized_heads_and_bad_hosts_are_json_4xx(self, tmp_path: Path) -> None:
+        big = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 2048) for i in range(40))  # 80 KiB
+        cases = {
+            "many headers": (b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n", 431),
+            "one huge line": (
+                b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n",
+                431,
+            ),
+            "a line that never ends": (
+                b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"d" * 100_000,
+                431,
+            ),
+            "no Host": (b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+            "two Hosts": (b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            "junk Host": (b"GET /health/live HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400),
+        }
+        fine = {
+            "10 KiB of headers": b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: "
+            + b"c" * 10_000
+            + b"\r\nConnection: close\r\n\r\n",
+            "HTTP/1.0 without Host": b"GET /health/live HTTP/1.0\r\n\r\n",
+            "IPv6 literal and port": b"GET /health/live HTTP/1.1\r\nHost: [::1]:8000\r\n"
+            b"Connection: close\r\n\r\n",
+        }
+        with Server(tmp_path, SECRETS) as server:
+            for name, (request_bytes, status) in cases.items():
+                line, headers, body = exchange(server.port, request_bytes)
+                assert line.startswith(f"HTTP/1.1 {status} "), (name, line)
+                assert headers["content-type"] == "application/json", name
+                assert headers["x-content-type-options"] == "nosniff", name
+                code = json.loads(body)["code"]
+                assert code == ("headers_too_large" if status == 431 else "bad_request"), name
+            for name, request_bytes in fine.items():
+                line, _, body = exchange(server.port, request_bytes)
+                assert " 200 " in line, (name, line)
+                assert json.loads(body) == {"status": "ok"}, name
+
+
 class TestOneLineErrors:
     def test_busy_port(self, tmp_path: Path) -> None:
         with socket.socket() as taken:

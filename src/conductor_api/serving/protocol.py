@@ -15,6 +15,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from conductor_api.metrics.middleware import UNMATCHED
 
 _BODY = json.dumps({"detail": "Invalid HTTP request", "code": "bad_request"}).encode()
+_HEADERS_BODY = json.dumps(
+    {"detail": "Request headers too large", "code": "headers_too_large"}
+).encode()
+# The request line and headers of one request, at most: far above what a client sends (the
+# app's are a few hundred bytes; nginx's default buffers hold 8 KiB a line), and a bound on
+# what one connection can make a worker hold before the request is even routed.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def _application(app: Any) -> Any:
@@ -26,26 +33,77 @@ def _application(app: Any) -> Any:
 
 class Protocol(HttpToolsProtocol):
     """httptools, with the 400 for an unparsable request as JSON with `nosniff`, counted in
-    the metrics as every answered request is (method `other`, route `unmatched`)."""
+    the metrics as every answered request is (method `other`, route `unmatched`); and a
+    request whose line and headers pass `MAX_HEAD_BYTES` refused the same way, with 431."""
+
+    _in_head = True
+    _head_received = 0  # bytes received since the request began, while its head is open
+    _head_bytes = 0  # bytes of its URL and headers, as parsed
+    _head_too_large = False
+
+    def on_message_begin(self) -> None:
+        """A request starts: its head is counted from here."""
+        super().on_message_begin()
+        self._in_head, self._head_received, self._head_bytes = True, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        """Part of the request target (counted with the headers)."""
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header, whole."""
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head is whole: what follows is the body (bounded by the edge middleware)."""
+        self._in_head = False
+        super().on_headers_complete()
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            # Raised inside the parser's callback: the parser stops, and uvicorn answers
+            # its parse error with `send_400_response`, which says 431 instead.
+            self._head_too_large = True
+            raise ValueError("request head too large")
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client; a head still incomplete past `MAX_HEAD_BYTES` (a line that
+        never ends) is refused before the parser holds more of it."""
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_received += len(data)
+            if self._head_received > MAX_HEAD_BYTES:
+                self._head_too_large = True
+                self.send_400_response("request head too large")
 
     def send_400_response(self, msg: str) -> None:
-        """The connection's last answer: a malformed request line, header or body framing."""
+        """The connection's last answer: a malformed request line, header or body framing
+        (400), or a head over `MAX_HEAD_BYTES` (431)."""
+        if self._head_too_large:
+            self._refuse(b"431 Request Header Fields Too Large", 431, _HEADERS_BODY)
+        else:
+            self._refuse(b"400 Bad Request", 400, _BODY)
+
+    def _refuse(self, status_line: bytes, status: int, body: bytes) -> None:
         # The container (and its metrics) exists once the application's lifespan has run.
         container = getattr(getattr(_application(self.app), "state", None), "container", None)
         if container is not None:
-            container.metrics.observe_request("", UNMATCHED, 400, 0.0)
-        content = [b"HTTP/1.1 400 Bad Request\r\n"]
+            container.metrics.observe_request("", UNMATCHED, status, 0.0)
+        content = [b"HTTP/1.1 " + status_line + b"\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
             [
                 b"content-type: application/json\r\n",
-                b"content-length: " + str(len(_BODY)).encode() + b"\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n",
                 b"x-content-type-options: nosniff\r\n",
                 b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
                 b"connection: close\r\n",
                 b"\r\n",
-                _BODY,
+                body,
             ]
         )
         self.transport.write(b"".join(content))
