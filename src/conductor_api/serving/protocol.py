@@ -36,48 +36,41 @@ class Protocol(HttpToolsProtocol):
     the metrics as every answered request is (method `other`, route `unmatched`); and a
     request whose line and headers pass `MAX_HEAD_BYTES` refused the same way, with 431."""
 
+    # Bytes received while a request's head was open: an upper bound of its size (the
+    # chunk that ends the head may carry body too), counted without a call per header.
     _in_head = True
-    _head_received = 0  # bytes received since the request began, while its head is open
-    _head_bytes = 0  # bytes of its URL and headers, as parsed
+    _head_received = 0
     _head_too_large = False
 
-    def on_message_begin(self) -> None:
-        """A request starts: its head is counted from here."""
-        super().on_message_begin()
-        self._in_head, self._head_received, self._head_bytes = True, 0, 0
-
-    def on_url(self, url: bytes) -> None:
-        """Part of the request target (counted with the headers)."""
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """One header, whole."""
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        """The head is whole: what follows is the body (bounded by the edge middleware)."""
+        """The head is whole: what follows is the body (bounded by the edge middleware). Its
+        exact size is summed only when the bound says it may be over `MAX_HEAD_BYTES`."""
         self._in_head = False
-        super().on_headers_complete()
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
+        if self._head_received > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             # Raised inside the parser's callback: the parser stops, and uvicorn answers
             # its parse error with `send_400_response`, which says 431 instead.
             self._head_too_large = True
             raise ValueError("request head too large")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The request is whole: the next bytes begin the next one's head."""
+        self._in_head, self._head_received = True, 0
+        super().on_message_complete()
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client; a head still incomplete past `MAX_HEAD_BYTES` (a line that
         never ends) is refused before the parser holds more of it."""
-        super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head:
             self._head_received += len(data)
-            if self._head_received > MAX_HEAD_BYTES:
-                self._head_too_large = True
-                self.send_400_response("request head too large")
+        super().data_received(data)
+        too_large = self._in_head and self._head_received > MAX_HEAD_BYTES
+        if too_large and not self.transport.is_closing():
+            self._head_too_large = True
+            self.send_400_response("request head too large")
 
     def send_400_response(self, msg: str) -> None:
         """The connection's last answer: a malformed request line, header or body framing
