@@ -47,7 +47,7 @@ async def sign_in_key(
         raise c.dpop.error(proof, c.clock.now().timestamp(), resource=False)
     if proof is None:
         if c.dpop.required:
-            raise InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
+            raise _unproven(c, None, c.clock.now().timestamp())
         return None
     return proof.jkt
 
@@ -87,7 +87,7 @@ async def refresh(
 
 
 def _unproven(c: Container, proof: DPoPError | None, now: float) -> InvalidDPoPProof:
-    """REQUIRE_DPOP's answer to a refresh without a valid proof."""
+    """REQUIRE_DPOP's answer to a sign-in or refresh without a valid proof."""
     if isinstance(proof, DPoPError):
         return c.dpop.error(proof, now, resource=False)
     return InvalidDPoPProof("A DPoP proof is required (REQUIRE_DPOP)")
