@@ -69,12 +69,11 @@ class Protocol(HttpToolsProtocol):
         super().data_received(data)
         too_large = self._in_head and self._head_received > MAX_HEAD_BYTES
         if too_large and not self.transport.is_closing():
-            self._head_too_large = True
-            self.send_400_response("request head too large")
+            self._refuse(b"431 Request Header Fields Too Large", 431, _HEADERS_BODY)
 
     def send_400_response(self, msg: str) -> None:
         """The connection's last answer: a malformed request line, header or body framing
-        (400), or a head over `MAX_HEAD_BYTES` (431)."""
+        (400), or a head over `MAX_HEAD_BYTES` found whole (431, `on_headers_complete`)."""
         if self._head_too_large:
             self._refuse(b"431 Request Header Fields Too Large", 431, _HEADERS_BODY)
         else:
