@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from conductor_api.db import dialect_of
 from conductor_api.keys.models import SigningKey
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
@@ -16,7 +17,7 @@ _PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
 async def lock(db: AsyncSession) -> None:
     """Serialize key-set changes: a transaction-scoped advisory lock on PostgreSQL. SQLite
     transactions here already begin IMMEDIATE, which takes the database's write lock."""
-    if db.get_bind().dialect.name == "postgresql":
+    if dialect_of(db) == "postgresql":
         await db.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
 
 
