@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
@@ -148,6 +149,21 @@ class TestSessions:
         )
         assert "revoked" in cli("sessions", "list", "alice").stdout.split("\t")[1]
         assert "already revoked" in cli("sessions", "revoke", session_id).stdout
+
+    def test_an_expired_session_is_left_as_it_ended(self, cli: Cli) -> None:
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        _login_in_process(cli.data_dir)
+        database = sqlite3.connect(cli.data_dir / "conductor.db")
+        with database:
+            database.execute("UPDATE sessions SET expires_at = '2000-01-01 00:00:00.000000'")
+        (session_id,) = database.execute("SELECT id FROM sessions").fetchone()
+        database.close()
+        session_id = str(uuid.UUID(session_id))
+        assert cli("sessions", "list", "alice").stdout.split("\t")[1] == "expired"
+        result = cli("sessions", "revoke", session_id)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"session {session_id} had already expired"
+        assert cli("sessions", "list", "alice").stdout.split("\t")[1] == "expired"
 
     def test_bad_ids_are_one_line(self, cli: Cli) -> None:
         one_line_error(cli("sessions", "revoke", "not-a-uuid"), "not a session id")

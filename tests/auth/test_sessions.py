@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
+from conductor_api.events.models import SecurityEvent
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
 from tests.conftest import CLIENT_IP, Account, add_user, bearer, make_client, session_row, tokens
@@ -50,6 +51,17 @@ async def live_session_ids(container: Container, user_id: uuid.UUID) -> set[str]
             )
         )
         return {str(sid) for sid in rows}
+
+
+async def revoked_event_sessions(container: Container, user_id: uuid.UUID) -> list[str]:
+    """The sessions named by the user's `session_revoked` events."""
+    async with container.sessionmaker() as db:
+        rows = await db.scalars(
+            select(SecurityEvent.session_id).where(
+                SecurityEvent.user_id == user_id, SecurityEvent.type == "session_revoked"
+            )
+        )
+        return [str(sid) for sid in rows]
 
 
 async def assert_refused(client: httpx.AsyncClient, access_token: str) -> None:
@@ -198,6 +210,22 @@ class TestRevokeOne:
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"
 
+    async def test_an_expired_session_is_404_and_stays_as_it_ended(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        """It left the list when it expired: the app reloads, and nothing new is recorded."""
+        old = await tokens(client, fingerprint="tablet")
+        clock.advance(days=7, seconds=1)
+        me = await tokens(client, fingerprint="phone")
+        response = await client.delete(
+            f"{SESSIONS}/{old['session_id']}", headers=bearer(me["access_token"])
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["code"] == "not_found"
+        row = await session_row(container, old["session_id"])
+        assert (row.revoked_at, row.revoked_reason) == (None, None)
+        assert await revoked_event_sessions(container, alice.id) == []
+
     async def test_own_current_session(
         self, client: httpx.AsyncClient, alice: Account, container: Container
     ) -> None:
@@ -265,6 +293,33 @@ class TestRevokeOthers:
 
         again = await client.post(f"{SESSIONS}/revoke-others", headers=bearer(me["access_token"]))
         assert again.json() == {"revoked": 0}
+
+    async def test_expired_sessions_are_not_counted_or_recorded(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        expired = await tokens(client, fingerprint="old tablet")
+        clock.advance(days=7, seconds=1)
+        live = await tokens(client, fingerprint="laptop")
+        me = await tokens(client, fingerprint="phone")
+        listed = (await client.get(SESSIONS, headers=bearer(me["access_token"]))).json()
+        assert {s["id"] for s in listed} == {live["session_id"], me["session_id"]}
+        response = await client.post(
+            f"{SESSIONS}/revoke-others", headers=bearer(me["access_token"])
+        )
+        assert response.json() == {"revoked": 1}
+        assert await revoked_event_sessions(container, alice.id) == [live["session_id"]]
+        assert (await session_row(container, expired["session_id"])).revoked_at is None
+        assert (await session_row(container, live["session_id"])).revoked_reason == "revoked"
+
+    async def test_a_sign_in_does_not_replace_an_expired_session_again(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        """The same fingerprint's earlier session had ended: no `session_revoked` for it."""
+        expired = await tokens(client, fingerprint="phone")
+        clock.advance(days=7, seconds=1)
+        await tokens(client, fingerprint="phone")
+        assert await revoked_event_sessions(container, alice.id) == []
+        assert (await session_row(container, expired["session_id"])).revoked_at is None
 
 
 class TestLogout:

@@ -56,6 +56,8 @@ def revoke(session_id: str) -> None:
         if session is None or user is None:
             raise CliError(f"no session {sid}")
         if not await revoke_session(db, user, sid, now, None, reason="operator"):
+            if session.revoked_at is None:
+                return f"session {sid} had already expired"
             return f"session {sid} was already revoked"
         return f"session {sid} revoked"
 

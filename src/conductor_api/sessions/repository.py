@@ -49,10 +49,15 @@ async def list_active(
 
 
 async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason: str) -> bool:
-    """Revoke one session if it is not revoked yet; whether this call revoked it."""
+    """Revoke one session if it is live (neither revoked nor expired); whether this call
+    revoked it. An expired session has ended already: no token of it verifies any more."""
     result = await db.execute(
         update(DeviceSession)
-        .where(DeviceSession.id == session_id, DeviceSession.revoked_at.is_(None))
+        .where(
+            DeviceSession.id == session_id,
+            DeviceSession.revoked_at.is_(None),
+            DeviceSession.expires_at > now,
+        )
         .values(revoked_at=now, revoked_reason=reason)
         .returning(DeviceSession.id)
     )
@@ -61,14 +66,15 @@ async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason:
 
 def _revoke_statement(except_one: bool, one_device: bool) -> Update:
     s = DeviceSession
-    query = update(s).where(s.user_id == bindparam("p_user_id"), s.revoked_at.is_(None))
+    now = bindparam("p_now", type_=UTCDateTime())
+    query = update(s).where(
+        s.user_id == bindparam("p_user_id"), s.revoked_at.is_(None), s.expires_at > now
+    )
     if except_one:
         query = query.where(s.id != bindparam("p_except_id"))
     if one_device:
         query = query.where(s.device_fingerprint == bindparam("p_fingerprint"))
-    return query.values(
-        revoked_at=bindparam("p_now", type_=UTCDateTime()), revoked_reason=bindparam("p_reason")
-    ).returning(s.id)
+    return query.values(revoked_at=now, revoked_reason=bindparam("p_reason")).returning(s.id)
 
 
 # Built once, keyed by (all but one session, one device's): a sign-in with a device
@@ -85,7 +91,9 @@ async def revoke_for_user(
     except_id: uuid.UUID | None = None,
     fingerprint: str | None = None,
 ) -> list[uuid.UUID]:
-    """Revoke a user's unrevoked sessions (all but `except_id`, or one device's); their ids."""
+    """Revoke a user's live sessions (all but `except_id`, or one device's); their ids.
+    Expired ones are left as they are: they ended already, so they are neither counted nor
+    recorded again."""
     rows = await execute_direct(
         db,
         _REVOKE[except_id is not None, fingerprint is not None],

@@ -16,6 +16,7 @@ from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
 from conductor_api.sessions import repository
+from conductor_api.sessions.models import DeviceSession
 from conductor_api.sessions.rotation import Rotations, Swap
 from conductor_api.users.models import User
 from conductor_api.values import ClientInfo, TokenPair
@@ -248,11 +249,17 @@ async def revoke_session(
 async def revoke_users_session(
     db: AsyncSession, user: User, session_id: uuid.UUID, now: datetime, client: ClientInfo
 ) -> None:
-    """Revoke one of the user's own live sessions; `NotFound` for anything else."""
+    """Revoke one of the user's own live sessions; `NotFound` for anything else (an expired
+    one included: it has ended, and the session list no longer shows it)."""
     session = await repository.get(db, session_id)
-    if session is None or session.user_id != user.id or session.revoked_at is not None:
+    if session is None or session.user_id != user.id or not is_live(session, now):
         raise NotFound("No such session")
     await revoke_session(db, user, session_id, now, client, reason="revoked")
+
+
+def is_live(session: DeviceSession, now: datetime) -> bool:
+    """Neither revoked nor expired: what the session list shows."""
+    return session.revoked_at is None and session.expires_at > now
 
 
 async def revoke_many(
