@@ -58,6 +58,15 @@ def _add_no_store(headers: list[tuple[bytes, bytes]]) -> None:
         headers.extend(_NO_STORE)
 
 
+# Set in the scope of a request whose client went away before its body ended; the metrics
+# count no response for it (none was sent), and the access log says 499, as nginx does.
+CLIENT_GONE = "conductor.client_gone"
+
+
+class ClientGone(Exception):
+    """The connection closed, or broke its framing, before the request body ended."""
+
+
 class EdgeMiddleware:
     """Request id, `nosniff`, `no-store` on the sign-in paths, 413 for oversized bodies, and
     one log line per request."""
@@ -117,7 +126,14 @@ class EdgeMiddleware:
                 return
             if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
                 # No length given (chunked): read up to the limit first, then replay.
-                body = await self._read_limited(receive)
+                try:
+                    body = await self._read_limited(receive)
+                except ClientGone:
+                    # The body never ended (RFC 9112 section 8: a chunked message without
+                    # its last chunk is incomplete): nothing is run, and nothing can be sent.
+                    status = 499
+                    scope[CLIENT_GONE] = True
+                    return
                 if body is None:
                     await self._refuse(send_wrapper)
                     return
@@ -154,7 +170,7 @@ class EdgeMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return b"".join(chunks)
+                raise ClientGone()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -282,6 +282,57 @@ class TestRequestHeads:
                 assert json.loads(body) == {"status": "ok"}, name
 
 
+class TestUnfinishedBodies:
+    def test_a_chunked_body_that_never_ends_runs_nothing(self, tmp_path: Path) -> None:
+        """RFC 9112 section 8: without its last chunk a chunked message is incomplete. A
+        password change whose body broke off (bad chunk framing, or the connection closed or
+        reset before the last chunk) is not run, although its first chunk held it whole."""
+        password, new = "correct horse battery staple", "a different horse battery staple"
+        metrics_port = free_port()
+        env = {**SECRETS, "ALLOW_REGISTRATION": "true", "METRICS_PORT": str(metrics_port)}
+        with Server(tmp_path, env) as server, httpx.Client(base_url=server.url) as client:
+            assert client.post(
+                "/api/v1/auth/register", json={"username": "alice", "password": password}
+            ).status_code == 201  # fmt: skip
+            login = {"username": "alice", "device_name": "Pixel"}
+            token = client.post("/api/v1/auth/login", json={**login, "password": password})
+            body = json.dumps({"current_password": password, "new_password": new}).encode()
+            head = (
+                b"POST /api/v1/auth/password HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + token.json()["access_token"].encode() + b"\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"%x\r\n" % len(body)
+                + body
+                + b"\r\n"
+            )
+
+            def password_posts() -> float:
+                text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+                return sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("conductor_http_requests_total{")
+                    and 'route="/api/v1/auth/password"' in line
+                )
+
+            line, _, _ = exchange(server.port, head + b"zz\r\n")  # not a chunk size
+            assert line.startswith("HTTP/1.1 400 "), line
+            for reset in (False, True):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    sock.sendall(head)
+                    time.sleep(0.3)
+                    if reset:  # RST instead of FIN
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                time.sleep(0.3)
+            old = client.post("/api/v1/auth/login", json={**login, "password": password})
+            assert old.status_code == 200, old.text
+            changed = client.post("/api/v1/auth/login", json={**login, "password": new})
+            assert changed.status_code == 401, changed.text
+            # Nothing was answered for them, so nothing is counted; the log says 499.
+            assert password_posts() == 0
+        assert server.log().count("POST /api/v1/auth/password 499") == 3
+
+
 class TestOneLineErrors:
     def test_busy_port(self, tmp_path: Path) -> None:
         with socket.socket() as taken:

@@ -11,6 +11,7 @@ from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_api.metrics.service import Metrics
+from conductor_api.middleware import CLIENT_GONE
 
 UNMATCHED = "unmatched"
 
@@ -108,7 +109,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            if not counted:
+            if not counted and not scope.get(CLIENT_GONE):
                 # An error the server's last handler answers outside this middleware (500),
-                # or a client that went away first.
+                # or a client that went away during the response.
                 count()
