@@ -83,9 +83,16 @@ def _render(error: AppError) -> JSONResponse:
     )
 
 
+# Starlette runs a handler where the route raised and again in its exception middleware
+# when the first one re-raises (a database error that is a bug, bound for the 500 handler):
+# the request is counted once.
+_DATABASE_ERROR_COUNTED = "conductor.database_error_counted"
+
+
 def _count_database_error(request: Request) -> None:
     container: Container | None = getattr(request.app.state, "container", None)
-    if container is not None:
+    if container is not None and not request.scope.get(_DATABASE_ERROR_COUNTED):
+        request.scope[_DATABASE_ERROR_COUNTED] = True
         container.metrics.database_error()
 
 

@@ -4,6 +4,8 @@ outcome is counted as, every hash timed, and no label holding a name, address or
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from conductor_api import migrate
 from conductor_api.app import create_app
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
@@ -267,3 +270,32 @@ class TestDatabaseErrors:
             assert ready == 1
             # A login the database failed is no sign-in outcome.
             assert s.value("conductor_logins_total") == 0
+
+    async def test_a_database_error_that_is_a_bug_is_counted_once(
+        self, tmp_path: Path, clock: FrozenClock
+    ) -> None:
+        """A 500 from the database passes two exception handlers on its way (the route's
+        and the app's); it is one request the database failed."""
+        settings = make_settings(tmp_path, None)
+        await asyncio.to_thread(migrate.upgrade, settings)
+        app = create_app(settings, clock)
+        async with app.router.lifespan_context(app):
+            container: Container = app.state.container
+            await add_user(container)
+            database = sqlite3.connect(container.settings.sqlite_path)
+            with database:
+                database.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON sessions "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            database.close()
+            transport = httpx.ASGITransport(
+                app=app, client=(CLIENT_IP, 40000), raise_app_exceptions=False
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await login(client)
+            assert response.status_code == 500, response.text
+            assert response.json()["code"] == "internal_error"
+            s = scrape(container)
+            assert s.value("conductor_database_errors_total") == 1
+            assert s.value("conductor_http_requests_total", status="500") == 1
