@@ -67,5 +67,49 @@ class TestCors:
         response = await preflight(client, API + "/login", "POST", origin="https://evil.example")
         assert response.status_code == 400
         assert "access-control-allow-origin" not in response.headers
+        # Refused in the API's error shape, with the headers every answer has.
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"detail": "Disallowed CORS origin", "code": "cors_refused"}
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-request-id"]
         plain = await client.get("/health/live", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in plain.headers
+
+    async def test_a_method_or_header_not_allowed_is_a_json_400(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        response = await client.options(
+            API + "/login",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "x-secret",
+            },
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "detail": "Disallowed CORS method, headers",
+            "code": "cors_refused",
+        }
+
+    async def test_the_servers_own_refusals_are_readable_from_the_listed_origin(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        """A 413 (answered before the body is parsed) and a 400 for a bad Host carry the
+        CORS headers too, so a browser can read their `code` and `X-Request-ID`."""
+        too_large = await client.post(
+            API + "/login",
+            content=b"{" + b" " * (64 * 1024),
+            headers={"Origin": ORIGIN, "Content-Type": "application/json"},
+        )
+        bad_host = await client.get("/health/live", headers={"Origin": ORIGIN, "Host": "a b"})
+        for response, status, code in (
+            (too_large, 413, "payload_too_large"),
+            (bad_host, 400, "bad_request"),
+        ):
+            assert response.status_code == status, response.text
+            assert response.json()["code"] == code
+            assert response.headers["access-control-allow-origin"] == ORIGIN
+            assert response.headers["access-control-allow-credentials"] == "true"
+            assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+            assert response.headers["x-content-type-options"] == "nosniff"

@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
@@ -32,7 +31,7 @@ from conductor_api.keys.router import router as keys_router
 from conductor_api.logs import configure_logging
 from conductor_api.metrics.middleware import MetricsMiddleware
 from conductor_api.mfa.router import router as mfa_router
-from conductor_api.middleware import INTERNAL_ERROR, EdgeMiddleware
+from conductor_api.middleware import INTERNAL_ERROR, CorsMiddleware, EdgeMiddleware, GuardMiddleware
 from conductor_api.passkeys.router import router as passkeys_router
 from conductor_api.passkeys.router import well_known as well_known_router
 from conductor_api.schemas import ErrorOut
@@ -214,16 +213,17 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     for router, prefix in routers:
         _answer_head_like_get(app, router.routes, prefix)
 
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            CorsMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "DPoP", "X-Request-ID"],
             expose_headers=["Retry-After", "X-Request-ID", "DPoP-Nonce", "WWW-Authenticate"],
         )
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(EdgeMiddleware)
     # Added last, so outermost: the time it measures includes every other middleware.
     app.add_middleware(MetricsMiddleware)
     return app

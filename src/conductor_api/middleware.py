@@ -1,5 +1,7 @@
-"""One pure-ASGI middleware for what every response needs: a request id, security headers,
-the body-size limit (enforced before anything parses the body), and the access log line."""
+"""Two pure-ASGI middlewares for what every response needs: a request id, security headers
+and the access log line (EdgeMiddleware, outermost), and the Host check, the body-size limit
+(enforced before anything parses the body) and the last-resort 500 (GuardMiddleware, inside
+CORS)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import re
 import secrets
 import time
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_api.errors import PayloadTooLarge
@@ -68,12 +73,11 @@ class ClientGone(Exception):
 
 
 class EdgeMiddleware:
-    """Request id, `nosniff`, `no-store` on the sign-in paths, 413 for oversized bodies, and
-    one log line per request."""
+    """The outermost of the two: a request id, `nosniff`, `no-store` on the sign-in paths, a
+    DPoP nonce, and one log line per request, on every answer (CORS's own included)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,16 +99,19 @@ class EdgeMiddleware:
             elif name == b"host":
                 hosts += 1
                 valid_host = valid_host and _HOST.fullmatch(value) is not None
+        # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the URL a
+        # DPoP proof is compared to is built from it); HTTP/1.0 may have none.
+        bad_host = hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1")
+        scope[_HEAD] = (length, bad_host)
         if not request_id:
             request_id = secrets.token_hex(16).encode()
         context = REQUEST_ID.set(request_id.decode())
         status = 500
-        started = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status = message["status"]
                 headers = message.setdefault("headers", [])
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"x-request-id", request_id))
@@ -115,40 +122,10 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the
-            # URL a DPoP proof is compared to is built from it); HTTP/1.0 may have none.
-            if hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1"):
-                for message in _json_error(400, _BAD_HOST):
-                    await send_wrapper(message)
-                return
-            if length is not None and (length < 0 or length > self.max_body_bytes):
-                await self._refuse(send_wrapper)
-                return
-            if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
-                # No length given (chunked): read up to the limit first, then replay.
-                try:
-                    body = await self._read_limited(receive)
-                except ClientGone:
-                    # The body never ended (RFC 9112 section 8: a chunked message without
-                    # its last chunk is incomplete): nothing is run, and nothing can be sent.
-                    status = 499
-                    scope[CLIENT_GONE] = True
-                    return
-                if body is None:
-                    await self._refuse(send_wrapper)
-                    return
-                receive = _replay(body, receive)
-            try:
-                await self.app(scope, receive, send_wrapper)
-            except Exception:
-                # Answered here, not by Starlette's last-resort handler: that one sits outside
-                # every middleware, and its 500 would lack nosniff and the request id. It still
-                # runs (and logs the error); it sends nothing once a response has started.
-                if not started:
-                    for message in _json_error(500, INTERNAL_ERROR):
-                        await send_wrapper(message)
-                raise
+            await self.app(scope, receive, send_wrapper)
         finally:
+            if scope.get(CLIENT_GONE):
+                status = 499
             ACCESS.info(
                 "%s %s %d",
                 scope["method"],
@@ -163,6 +140,65 @@ class EdgeMiddleware:
                 },
             )
             REQUEST_ID.reset(context)
+
+
+# What EdgeMiddleware read of the request head, for GuardMiddleware: (Content-Length, or
+# None when absent and -1 when invalid; whether the Host header is missing or bad).
+_HEAD = "conductor.head"
+
+
+class GuardMiddleware:
+    """The inner of the two, inside CORS (so that browsers can read its answers): 400 for a
+    bad Host, 413 for an oversized body (enforced before anything parses it), and the JSON
+    500 for an error nothing else answered."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length, bad_host = scope[_HEAD]
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        if bad_host:
+            for message in _json_error(400, _BAD_HOST):
+                await send(message)
+            return
+        if length is not None and (length < 0 or length > self.max_body_bytes):
+            await self._refuse(send)
+            return
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            # No length given (chunked): read up to the limit first, then replay.
+            try:
+                body = await self._read_limited(receive)
+            except ClientGone:
+                # The body never ended (RFC 9112 section 8: a chunked message without its
+                # last chunk is incomplete): nothing is run, and nothing can be sent.
+                scope[CLIENT_GONE] = True
+                return
+            if body is None:
+                await self._refuse(send)
+                return
+            receive = _replay(body, receive)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answered here, not by Starlette's last-resort handler: that one sits outside
+            # every middleware, and its 500 would lack nosniff, the request id and CORS. It
+            # still runs (and logs the error); it sends nothing once a response has started.
+            if not started:
+                for message in _json_error(500, INTERNAL_ERROR):
+                    await send(message)
+            raise
 
     async def _read_limited(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []
@@ -184,6 +220,23 @@ class EdgeMiddleware:
         start, body = _too_large()
         await send(start)
         await send(body)
+
+
+class CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's error shape (JSON with
+    `detail` and `code` `cors_refused`) instead of plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        content = {"detail": bytes(response.body).decode(), "code": "cors_refused"}
+        return JSONResponse(content, status_code=400, headers=headers)
 
 
 def _add_dpop_nonce(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:

@@ -276,7 +276,8 @@ class TestDatabaseErrors:
     ) -> None:
         """A 500 from the database passes two exception handlers on its way (the route's
         and the app's); it is one request the database failed."""
-        settings = make_settings(tmp_path, None)
+        origin = "https://app.example"
+        settings = make_settings(tmp_path, None, cors_origins=[origin])
         await asyncio.to_thread(migrate.upgrade, settings)
         app = create_app(settings, clock)
         async with app.router.lifespan_context(app):
@@ -293,9 +294,12 @@ class TestDatabaseErrors:
                 app=app, client=(CLIENT_IP, 40000), raise_app_exceptions=False
             )
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                response = await login(client)
+                response = await login(client, Origin=origin)
             assert response.status_code == 500, response.text
             assert response.json()["code"] == "internal_error"
+            # Readable by a browser on an allowed origin, like every other answer.
+            assert response.headers["access-control-allow-origin"] == origin
+            assert response.headers["x-content-type-options"] == "nosniff"
             s = scrape(container)
             assert s.value("conductor_database_errors_total") == 1
             assert s.value("conductor_http_requests_total", status="500") == 1
