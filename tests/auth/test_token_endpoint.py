@@ -56,7 +56,9 @@ def assert_oauth_error(response: httpx.Response, error: str, code: str) -> dict[
     assert body["error"] == error
     assert body["code"] == code
     assert body["detail"]
-    assert "error_description" in body
+    # RFC 6749 section 5.2: %x20-21 / %x23-5B / %x5D-7E only.
+    assert body["error_description"], body
+    assert all(" " <= ch <= "~" and ch not in '"\\' for ch in body["error_description"]), body
     return body
 
 
@@ -234,6 +236,12 @@ class TestRequestErrors:
             "grant_type=password&username=alice&username=bob&password=x",
             "grant_type=password&grant_type=refresh_token&username=alice&password=x",
             "grant_type=refresh_token&refresh_token=a&refresh_token=b",
+            # Names a strict client could not parse back if echoed as they came.
+            "grant_type=password&%C3%A9=1&%C3%A9=2",
+            "grant_type=password&%22%5C=1&%22%5C=2",
+            "grant_type=password&a%0Ab=1&a%0Ab=2",
+            "grant_type=password&"
+            + "&".join(f"{'x' * 500}{i}=1&{'x' * 500}{i}=2" for i in range(9)),
         ],
     )
     async def test_a_parameter_given_twice_is_invalid_request(
@@ -245,6 +253,7 @@ class TestRequestErrors:
         )
         body = assert_oauth_error(response, "invalid_request", "invalid_request")
         assert "given more than once" in body["detail"]
+        assert len(body["error_description"]) < 300
         assert response.headers["cache-control"] == "no-store"
         # Refused before any credential was looked at: no attempt was counted.
         async with container.sessionmaker() as db:

@@ -90,6 +90,7 @@ def _oauth_error(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    description = _rfc6749_text(description)
     body = OAuthErrorOut(error=error, error_description=description, detail=description, code=code)
     return JSONResponse(
         {**body.model_dump(), **extra},
@@ -98,15 +99,20 @@ def _oauth_error(
     )
 
 
+def _rfc6749_text(text: str) -> str:
+    """`text` in the characters RFC 6749 section 5.2 allows in an `error_description`
+    (printable ASCII but `"` and `\\`): those two dropped, anything else a `?`."""
+    return "".join(("?" if not " " <= ch <= "~" else ch) for ch in text if ch not in '"\\')
+
+
 def _described(error: RequestValidationError) -> str:
     """A validation failure as an `error_description`: each field and what is wrong with it
-    (never the value), in the characters RFC 6749 section 5.2 allows."""
+    (never the value)."""
     parts = []
     for each in error.errors():
         field = ".".join(str(part) for part in each.get("loc", ())[1:]) or "form"
         parts.append(f"{field}: {each.get('msg', 'invalid')}")
-    text = "; ".join(parts) or "the form is invalid"
-    return "".join(ch for ch in text if " " <= ch <= "~" and ch not in '"\\')
+    return "; ".join(parts) or "the form is invalid"
 
 
 class _OAuthRoute(APIRoute):
@@ -150,9 +156,9 @@ async def token(
     form = await request.form()
     repeated = sorted({key for key in form if len(form.getlist(key)) > 1})
     if repeated:
-        return _oauth_error(
-            "invalid_request", f"given more than once: {', '.join(repeated)}", "invalid_request"
-        )
+        # The names are the client's own: a few, shortened, are enough to tell which.
+        names = ", ".join(name[:40] for name in repeated[:5])
+        return _oauth_error("invalid_request", f"given more than once: {names}", "invalid_request")
     if not grant_type:
         # RFC 6749 section 5.2: a missing required parameter is invalid_request.
         return _oauth_error("invalid_request", "grant_type is required", "invalid_request")
