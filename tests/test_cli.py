@@ -165,6 +165,27 @@ class TestSessions:
         assert result.stdout.strip() == f"session {session_id} had already expired"
         assert cli("sessions", "list", "alice").stdout.split("\t")[1] == "expired"
 
+    def test_a_stored_device_name_cannot_forge_lines_or_drive_the_terminal(self, cli: Cli) -> None:
+        """Names stored before control characters were refused are escaped on output."""
+        cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        _login_in_process(cli.data_dir)
+        database = sqlite3.connect(cli.data_dir / "conductor.db")
+        with database:
+            database.execute(
+                "UPDATE sessions SET device_name = ?",
+                ("Pixel 9\r\n00000000-0000-0000-0000-000000000000\tactive\tfake\x1b[2J\x9b",),
+            )
+        database.close()
+        listed = cli("sessions", "list", "alice")
+        assert listed.returncode == 0, listed.stderr
+        (line,) = listed.stdout.splitlines()
+        fields = line.split("\t")
+        assert fields[2] == (
+            "Pixel 9\\r\\n00000000-0000-0000-0000-000000000000\\tactive\\tfake\\x1b[2J\\x9b"
+        )
+        assert fields[-1] == "unbound"
+        assert "\x1b" not in listed.stdout and "\r" not in listed.stdout
+
     def test_bad_ids_are_one_line(self, cli: Cli) -> None:
         one_line_error(cli("sessions", "revoke", "not-a-uuid"), "not a session id")
         one_line_error(

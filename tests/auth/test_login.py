@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 
 LOGIN = "/api/v1/auth/login"
+TOKEN = "/api/v1/auth/token"
 ME = "/api/v1/auth/me"
 REFRESH = "/api/v1/auth/refresh"
 AGENT = "Conductor/2.3 (Android 14; Pixel 8)"
@@ -237,6 +238,30 @@ class TestValidation:
         # Sorted: the frozen clock gives both sessions one created_at.
         names = sorted(s.device_name for s in await user_sessions(container, alice.id))
         assert names == ["x", "x" * 100]
+
+    async def test_device_name_has_no_control_characters(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        """It is shown in lists and on the operator's terminal: a line break or an escape
+        sequence could forge lines there or drive the terminal."""
+        for device_name in (
+            "Pixel 9\n00000000 active",
+            "Pixel\r",
+            "a\tb",
+            "\x1b[2J",
+            "x\x7f",
+            "\x9b2J",
+        ):
+            response = await self.post(client, device_name=device_name)
+            assert response.status_code == 422, (device_name, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", "device_name"]
+        form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+        response = await client.post(TOKEN, data={**form, "device_name": "Pixel 8\r\nforged"})
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+        assert await user_sessions(container, alice.id) == []
+        for device_name in ("Pixel 8 Pro, 화면 📱", "Ünïcödé\u00a0name"):
+            response = await self.post(client, device_name=device_name)
+            assert response.status_code == 200, (device_name, response.text)
 
     async def test_fingerprint_length(
         self, client: httpx.AsyncClient, alice: Account, container: Container

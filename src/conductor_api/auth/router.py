@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
 from conductor_api.auth.schemas import (
+    NO_CONTROL,
     NO_NUL,
     LoginRequest,
     OAuthErrorOut,
@@ -146,7 +147,7 @@ async def token(
     grant_type: Annotated[str, Form()] = "",
     username: Annotated[str, Form(max_length=users.USERNAME_MAX, pattern=NO_NUL)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
-    device_name: Annotated[str, Form(max_length=100, pattern=NO_NUL)] = "",
+    device_name: Annotated[str, Form(max_length=100, pattern=NO_CONTROL)] = "",
     refresh_token: Annotated[str, Form()] = "",
     scope: Annotated[str, Form()] = "",
     device_token: Annotated[str, Form()] = "",

@@ -15,6 +15,9 @@ from conductor_api.values import TokenPair
 # PostgreSQL text cannot hold NUL, and these fields reach the database (throttle keys,
 # session rows): refused here as a 422 rather than failing there as a 500.
 NO_NUL = r"^[^\x00]*$"
+# A name people read in a list, on a screen or a terminal (`sessions list`): no control
+# characters (C0, DEL, C1), which could break its lines or drive the terminal.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 class LoginRequest(BaseModel):
@@ -24,7 +27,7 @@ class LoginRequest(BaseModel):
 
     username: str = Field(min_length=1, max_length=USERNAME_MAX, pattern=NO_NUL)
     password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
-    device_name: str = Field(min_length=1, max_length=100, pattern=NO_NUL, examples=["Pixel 8"])
+    device_name: str = Field(min_length=1, max_length=100, pattern=NO_CONTROL, examples=["Pixel 8"])
     device_fingerprint: str | None = Field(
         default=None, min_length=1, max_length=256, pattern=NO_NUL
     )

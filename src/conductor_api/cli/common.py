@@ -50,6 +50,14 @@ def run_db(
     return asyncio.run(main())
 
 
+def shown(text: str) -> str:
+    """A value a client chose (a device name), fit for one tab-separated line on a terminal:
+    control and other unprintable characters (a tab, a newline, ESC) written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def iso(value: datetime | None) -> str:
     """A timestamp as the API shows it (ISO 8601, UTC, Z)."""
     if value is None:

@@ -8,7 +8,7 @@ from datetime import datetime
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.cli.common import CliError, iso, run_db
+from conductor_api.cli.common import CliError, iso, run_db, shown
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.sessions import repository
 from conductor_api.sessions.service import revoke_session
@@ -32,7 +32,7 @@ def list_sessions(username: str) -> None:
             else:
                 state = "active"
             lines.append(
-                f"{s.id}\t{state}\t{s.device_name}\t{s.ip_address}\t"
+                f"{s.id}\t{state}\t{shown(s.device_name)}\t{shown(s.ip_address)}\t"
                 f"created {iso(s.created_at)}\tlast used {iso(s.last_used_at)}\t"
                 + ("bound" if s.dpop_jkt is not None else "unbound")
             )

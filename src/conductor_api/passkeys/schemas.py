@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from conductor_api.auth.schemas import NO_NUL
+from conductor_api.auth.schemas import NO_CONTROL, NO_NUL
 
 
 class OptionsIn(BaseModel):
@@ -36,14 +36,14 @@ class RegisterIn(BaseModel):
         description="The RegistrationResponseJSON that Credential Manager returns"
     )
     name: str = Field(
-        default="Passkey", min_length=1, max_length=100, pattern=NO_NUL, examples=["Pixel 8"]
+        default="Passkey", min_length=1, max_length=100, pattern=NO_CONTROL, examples=["Pixel 8"]
     )
 
 
 class RenameIn(BaseModel):
     """A passkey's new name."""
 
-    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_CONTROL)
 
 
 class PasskeyOut(BaseModel):
@@ -64,7 +64,7 @@ class LoginIn(BaseModel):
     credential: dict[str, Any] = Field(
         description="The AuthenticationResponseJSON that Credential Manager returns"
     )
-    device_name: str = Field(min_length=1, max_length=100, pattern=NO_NUL, examples=["Pixel 8"])
+    device_name: str = Field(min_length=1, max_length=100, pattern=NO_CONTROL, examples=["Pixel 8"])
     device_fingerprint: str | None = Field(
         default=None, min_length=1, max_length=256, pattern=NO_NUL
     )
