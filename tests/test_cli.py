@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -239,6 +241,24 @@ class TestCommand:
         one_line_error(cli("migrate", env={"DATABASE_URL": no_host}), "database")
         beneath_a_file = "sqlite:////dev/null/conductor.db"
         one_line_error(cli("users", "list", env={"DATABASE_URL": beneath_a_file}), "DATABASE_URL")
+
+    def test_a_database_that_never_answers_fails_within_its_timeout(self, cli: Cli) -> None:
+        """DATABASE_TIMEOUT_SECONDS bounds the schema step every command runs first, not
+        asyncpg's own 60 s: during an outage, `users disable` says so at once."""
+        with socket.socket() as silent:  # connections complete, and nothing is ever said
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            port = silent.getsockname()[1]
+            env = {
+                "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/db",
+                "DATABASE_TIMEOUT_SECONDS": "1",
+            }
+            for command in (("migrate",), ("users", "disable", "alice")):
+                began = time.monotonic()
+                result = cli(*command, env=env)
+                elapsed = time.monotonic() - began
+                one_line_error(result, "database")
+                assert elapsed < 20, (command, elapsed)
 
     def test_text_that_is_not_utf8_is_one_line(self, cli: Cli) -> None:
         assert cli("migrate").returncode == 0

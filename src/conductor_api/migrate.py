@@ -24,12 +24,20 @@ from conductor_api.storage import prepare_sqlite
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+def connect_args(settings: Settings) -> dict[str, float]:
+    """A connection to PostgreSQL that does not answer gives up after DATABASE_TIMEOUT_SECONDS
+    (asyncpg's own default is 60 s), so a command or a start during an outage fails in that
+    time. Statements are not bounded: a migration may take long, or wait for another."""
+    return {} if settings.is_sqlite else {"timeout": settings.database_timeout_seconds}
+
+
 def alembic_config(settings: Settings) -> Config:
     """An Alembic config pointed at this package's migrations and the configured database."""
     config = Config(stdout=io.StringIO())
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(slug)s")
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
+    config.attributes["connect_args"] = connect_args(settings)
     if settings.is_sqlite:
         try:
             prepare_sqlite(settings.sqlalchemy_url)
@@ -90,7 +98,9 @@ def current_revision(settings: Settings) -> str | None:
     """The revision the database is at (not from inside a running event loop)."""
 
     async def read() -> str | None:
-        engine = create_async_engine(settings.sqlalchemy_url, poolclass=NullPool)
+        engine = create_async_engine(
+            settings.sqlalchemy_url, poolclass=NullPool, connect_args=connect_args(settings)
+        )
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(

@@ -38,7 +38,9 @@ def _run(connection: Connection) -> None:
 async def _run_async() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
-    engine = create_async_engine(url, poolclass=NullPool)
+    engine = create_async_engine(
+        url, poolclass=NullPool, connect_args=config.attributes.get("connect_args", {})
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
