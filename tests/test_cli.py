@@ -203,8 +203,23 @@ class TestCommand:
         # The newest migration, read from the scripts: every branch that adds one moves it.
         head = migrate.head_revision(make_settings(cli.data_dir, None))
         assert head is not None and len(head) >= 4
-        assert result.stdout.strip() == f"database at revision {head} (head)"
-        assert (cli.data_dir / "conductor.db").exists()
+        database = (cli.data_dir / "conductor.db").resolve()
+        assert result.stdout.strip() == f"database at revision {head} (head) in {database}"
+        assert database.exists()
+
+    def test_a_relative_sqlite_url_is_under_the_working_directory_and_said(
+        self, cli: Cli, tmp_path: Path
+    ) -> None:
+        """sqlite:///name.db is relative (as in SQLAlchemy), sqlite:////path absolute; the
+        operator is told which file was opened."""
+        absolute = tmp_path / "elsewhere" / "auth.db"
+        absolute.parent.mkdir()
+        result = cli("migrate", env={"DATABASE_URL": f"sqlite:///{absolute}"})
+        assert result.stdout.strip().endswith(f" in {absolute}"), result.stdout
+        relative = cli("migrate", env={"DATABASE_URL": "sqlite:///relative.db"})
+        where = (cli.data_dir.parent / "relative.db").resolve()
+        assert relative.stdout.strip().endswith(f" in {where}"), relative.stdout
+        assert where.exists()
 
     def test_usage_errors_are_one_line(self, cli: Cli) -> None:
         one_line_error(cli("frobnicate"), "frobnicate")

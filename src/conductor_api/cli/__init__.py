@@ -7,6 +7,7 @@ import logging
 import secrets
 import socket
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,7 +80,8 @@ def migrate() -> None:
     """Bring the schema up to date and say which revision it is at."""
     s = settings()
     migrations.upgrade(s)
-    typer.echo(f"database at revision {migrations.current_revision(s)} (head)")
+    where = f" in {Path(s.sqlite_path).resolve()}" if s.is_sqlite else ""
+    typer.echo(f"database at revision {migrations.current_revision(s)} (head){where}")
 
 
 @app.command()
