@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     key_publish_seconds: int = Field(default=300, ge=0, le=7 * 86400)
     key_rotation_days: int = Field(default=30, ge=0, le=3650)
     # How often each worker re-reads the key set (and rotates/retires when due).
-    key_refresh_seconds: float = Field(default=30.0, gt=0, le=60)
+    key_refresh_seconds: float = Field(default=30.0, ge=0.1, le=60)
 
     # Metrics (contract section "Metrics"): off unless METRICS_PORT is set.
     metrics_host: str = "127.0.0.1"

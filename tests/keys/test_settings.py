@@ -70,6 +70,7 @@ class TestBadValues:
             ("JWT_ALGORITHM", "RS256"),
             ("JWT_ALGORITHM", "none"),
             ("KEY_REFRESH_SECONDS", "61"),
+            ("KEY_REFRESH_SECONDS", "0.001"),  # a query a millisecond: half a core, idle
             ("KEY_PUBLISH_SECONDS", "-1"),
             ("KEY_PUBLISH_SECONDS", "29"),  # below KEY_REFRESH_SECONDS (30)
             ("KEY_ROTATION_DAYS", "-1"),
