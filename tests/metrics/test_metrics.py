@@ -142,8 +142,10 @@ class TestHttp:
         self, client: httpx.AsyncClient, container: Container
     ) -> None:
         await client.request("BREW", "/health/live")
+        await client.request("TRACE", "/health/live")  # standard (RFC 9110), if not taken
         s = scrape(container)
         assert s.value("conductor_http_requests_total", method="other") == 1
+        assert s.value("conductor_http_requests_total", method="TRACE", status="405") == 1
         assert "BREW" not in s.text
 
     async def test_each_request_is_counted_before_its_answer_arrives(

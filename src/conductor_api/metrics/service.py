@@ -32,8 +32,11 @@ _LOGIN_RESULT_OF = {
     "mfa_required": "mfa_required",
 }
 _REFRESH_RESULT_OF = {"invalid_refresh_token": "invalid", "refresh_token_reused": "reused"}
-# The `method` label takes these or "other": a client must not be able to mint label values.
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The `method` label takes these (RFC 9110's methods, and PATCH) or "other": a client must
+# not be able to mint label values.
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 
 
 class Metrics:
