@@ -150,7 +150,8 @@ def main() -> None:
         TimeoutError,
         socket.gaierror,
     ) as e:
-        _fail(f"the database did not answer ({type(e).__name__}: {_first_line(e)})")
+        # Unreachable, silent, busy, or unusable (a read-only file): the driver says which.
+        _fail(f"the database could not be used ({type(e).__name__}: {_first_line(e)})")
     except sa_exc.DBAPIError as e:
         # It answered, and refused: no such database or role, a file that is not SQLite.
         _fail(f"the database refused: {_first_line(e)}")
