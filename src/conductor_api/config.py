@@ -227,6 +227,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_webauthn(self) -> Settings:
+        # Checked with passkeys off too: a half-set pair would otherwise surface only on the
+        # day passkeys are turned on.
+        if (self.android_package_name is None) != (not self.android_cert_fingerprints):
+            raise ValueError(
+                "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and "
+                "ANDROID_CERT_FINGERPRINTS, or neither"
+            )
         if self.webauthn_rp_id is None:
             return self
         rp_id = self.webauthn_rp_id
@@ -239,11 +246,6 @@ class Settings(BaseSettings):
                     f"WEBAUTHN_ORIGINS: {origin} is not on WEBAUTHN_RP_ID {rp_id} "
                     "or one of its subdomains"
                 )
-        if (self.android_package_name is None) != (not self.android_cert_fingerprints):
-            raise ValueError(
-                "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and "
-                "ANDROID_CERT_FINGERPRINTS, or neither"
-            )
         return self
 
     @property

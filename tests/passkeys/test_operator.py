@@ -84,6 +84,11 @@ BAD = [
         {**ON, "android_cert_fingerprints": ""},
         "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and",
     ),
+    # Passkeys off: the half-set pair is refused now, not the day they are turned on.
+    (
+        {"android_package_name": "com.example.conductor"},
+        "ANDROID_CERT_FINGERPRINTS: set both ANDROID_PACKAGE_NAME and",
+    ),
     ({"webauthn_challenge_seconds": "5"}, "WEBAUTHN_CHALLENGE_SECONDS"),
 ]
 
