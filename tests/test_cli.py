@@ -189,10 +189,12 @@ class TestSessions:
         assert "\x1b" not in listed.stdout and "\r" not in listed.stdout
 
     def test_bad_ids_are_one_line(self, cli: Cli) -> None:
-        one_line_error(cli("sessions", "revoke", "not-a-uuid"), "not a session id")
-        one_line_error(
-            cli("sessions", "revoke", "00000000-0000-0000-0000-000000000000"), "no session"
-        )
+        malformed = cli("sessions", "revoke", "not-a-uuid")
+        one_line_error(malformed, "not a session id")
+        assert malformed.returncode == 2  # a usage error, as a bad option
+        unknown = cli("sessions", "revoke", "00000000-0000-0000-0000-000000000000")
+        one_line_error(unknown, "no session")
+        assert unknown.returncode == 1
         one_line_error(cli("sessions", "list", "nobody"), "nobody")
 
 

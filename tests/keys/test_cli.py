@@ -33,7 +33,12 @@ def test_list_rotate_revoke(tmp_path: Path) -> None:
     states = {x.split("\t")[0]: x.split("\t")[2] for x in cli("keys", "list").stdout.splitlines()}
     assert states[current] == "revoked" and list(states.values()).count("current") == 1
     assert "already revoked" in cli("keys", "revoke", current).stdout
-    one_line_error(cli("keys", "revoke", "nope"), "no key 'nope'")
+    unknown = cli("keys", "revoke", "nope")
+    one_line_error(unknown, "no key 'nope'")
+    assert unknown.returncode == 1
+    malformed = cli("keys", "revoke", "bad/kid!")
+    one_line_error(malformed, "not a key id")
+    assert malformed.returncode == 2
     # Another key-encryption key: one line naming it, and nothing is generated.
     wrong = cli("keys", "rotate", env={"KEY_ENCRYPTION_KEY": WRONG_KEK})
     one_line_error(wrong, "KEY_ENCRYPTION_KEY")

@@ -17,7 +17,7 @@ from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
 from conductor_api.cli import keys, prune, sessions, users
-from conductor_api.cli.common import CliError, check_stored_secrets, settings
+from conductor_api.cli.common import CliError, UsageError, check_stored_secrets, settings
 from conductor_api.config import (
     ConfigError,
     Settings,
@@ -139,7 +139,7 @@ def main() -> None:
             typer.echo(context.get_help())
             _fail("missing command (the commands are listed above)", e.exit_code)
         _fail(e.format_message().replace("\n", " "), e.exit_code)
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         _fail(str(e), 2)
     except (CliError, AppError) as e:
         _fail(str(e))

@@ -23,6 +23,11 @@ class CliError(Exception):
     """An operator error; printed as one line on standard error."""
 
 
+class UsageError(CliError):
+    """An argument that cannot be what it names (a malformed id): exit status 2, as for a
+    bad option."""
+
+
 def settings() -> Settings:
     """Validated settings (a bad value raises `ConfigError`)."""
     return load_settings()

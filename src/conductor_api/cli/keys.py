@@ -9,11 +9,12 @@ from typing import Annotated, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.cli.common import CliError, iso, run_db, settings
+from conductor_api.cli.common import CliError, UsageError, iso, run_db, settings
 from conductor_api.config import ConfigError
 from conductor_api.keys import crypto, repository, service
 from conductor_api.keys.manager import WRONG_KEK
 from conductor_api.keys.models import SigningKey
+from conductor_api.keys.ring import KID_PATTERN
 from conductor_api.security.passwords import PasswordHasher
 
 app = typer.Typer(help="Access-token signing keys (EdDSA, ES256).", no_args_is_help=True)
@@ -111,6 +112,8 @@ def rotate(
 @app.command()
 def revoke(kid: str) -> None:
     """Revoke a leaked key: it leaves the JWKS and its tokens are refused."""
+    if not KID_PATTERN.fullmatch(kid):
+        raise UsageError(f"not a key id (letters, digits and _): {kid!r}")
 
     async def go(
         db: AsyncSession, cipher: crypto.KeyCipher, policy: service.KeyPolicy, at: datetime

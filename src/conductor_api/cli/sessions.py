@@ -8,7 +8,7 @@ from datetime import datetime
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.cli.common import CliError, iso, run_db, shown
+from conductor_api.cli.common import CliError, UsageError, iso, run_db, shown
 from conductor_api.security.passwords import PasswordHasher
 from conductor_api.sessions import repository
 from conductor_api.sessions.service import revoke_session
@@ -48,7 +48,7 @@ def revoke(session_id: str) -> None:
     try:
         sid = uuid.UUID(session_id)
     except ValueError:
-        raise CliError(f"not a session id: {session_id!r}") from None
+        raise UsageError(f"not a session id: {session_id!r}") from None
 
     async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str:
         session = await repository.get(db, sid)
