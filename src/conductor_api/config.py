@@ -109,6 +109,9 @@ class Settings(BaseSettings):
         default_factory=lambda: hash_threads_per_worker(1), ge=1, le=256
     )
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    # A request's line, headers and body arrive within this of its first byte (a connection's
+    # first request: of the connection), or the connection is closed (serving/protocol.py).
+    request_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Retention (see conductor_api.retention): how long history is kept, how often serve prunes.
     event_retention_days: int = Field(default=90, ge=1, le=36500)

@@ -333,6 +333,54 @@ class TestUnfinishedBodies:
         assert server.log().count("POST /api/v1/auth/password 499") == 3
 
 
+class TestStalledRequests:
+    def test_a_request_that_does_not_arrive_in_time_is_dropped(self, tmp_path: Path) -> None:
+        """REQUEST_TIMEOUT_SECONDS: a connection that sends nothing, half a head or half a
+        body is closed (a 408 for the half head), so stalled clients cannot hold every
+        connection; a request that arrives in time, slowly or on a kept-alive connection, is
+        served as ever."""
+        env = {**SECRETS, "REQUEST_TIMEOUT_SECONDS": "1"}
+        with Server(tmp_path, env) as server:
+
+            def connect() -> socket.socket:
+                return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+            def read_all(sock: socket.socket) -> bytes:
+                answer = b""
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                return answer
+
+            silent, half_head, half_body = connect(), connect(), connect()
+            half_head.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+            half_body.sendall(
+                b"POST /api/v1/auth/refresh HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            began = time.monotonic()
+            with silent, half_head, half_body:
+                assert read_all(silent) == b""
+                answer = read_all(half_head)
+                assert answer.startswith(b"HTTP/1.1 408 "), answer
+                assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_timeout"
+                assert b"x-content-type-options: nosniff" in answer.lower()
+                assert read_all(half_body) == b""
+            assert time.monotonic() - began < 8
+            # Slow but in time, then a second request on the same kept-alive connection.
+            with connect() as slow:
+                for piece in (b"GET /health/live HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+                    slow.sendall(piece)
+                    time.sleep(0.25)
+                first = slow.recv(65536)
+                assert first.startswith(b"HTTP/1.1 200 "), first
+                time.sleep(0.5)
+                slow.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert read_all(slow).startswith(b"HTTP/1.1 200 ")
+        # The stalled body reached the application and ran nothing: no answer was counted.
+        assert "POST /api/v1/auth/refresh 499" in server.log()
+
+
 class TestOneLineErrors:
     def test_busy_port(self, tmp_path: Path) -> None:
         with socket.socket() as taken:

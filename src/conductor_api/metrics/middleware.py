@@ -92,6 +92,8 @@ class MetricsMiddleware:
         def count() -> None:
             nonlocal counted
             counted = True
+            if scope.get(CLIENT_GONE):
+                return  # nothing reached the client (see `middleware.CLIENT_GONE`)
             metrics.observe_request(
                 scope["method"], route_of(scope, status), status, time.perf_counter() - started
             )
@@ -109,7 +111,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            if not counted and not scope.get(CLIENT_GONE):
+            if not counted:
                 # An error the server's last handler answers outside this middleware (500),
                 # or a client that went away during the response.
                 count()

@@ -1,11 +1,16 @@
-"""uvicorn's HTTP protocol (httptools), answering a request it cannot parse in the API's shape.
+"""uvicorn's HTTP protocol (httptools), answering a request it cannot parse in the API's shape,
+and closing connections whose requests stall.
 
 uvicorn answers such a request itself, before any application code runs: `400`, `text/plain`,
 no `X-Content-Type-Options`. The contract wants every error body in JSON with a `code` and
-every response with `nosniff`, so this protocol writes that 400 instead."""
+every response with `nosniff`, so this protocol writes that 400 instead. uvicorn also waits
+for a request's bytes for ever (only an idle keep-alive connection is closed): a client that
+opens connections and sends half a request on each could hold every connection a worker can
+have. Here each request must arrive whole within REQUEST_TIMEOUT_SECONDS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -17,6 +22,9 @@ from conductor_api.metrics.middleware import UNMATCHED
 _BODY = json.dumps({"detail": "Invalid HTTP request", "code": "bad_request"}).encode()
 _HEADERS_BODY = json.dumps(
     {"detail": "Request headers too large", "code": "headers_too_large"}
+).encode()
+_TIMEOUT_BODY = json.dumps(
+    {"detail": "The request did not arrive in time", "code": "request_timeout"}
 ).encode()
 # The request line and headers of one request, at most: far above what a client sends (the
 # app's are a few hundred bytes; nginx's default buffers hold 8 KiB a line), and a bound on
@@ -41,6 +49,52 @@ class Protocol(HttpToolsProtocol):
     _in_head = True
     _head_received = 0
     _head_too_large = False
+    # Seconds a request may take to arrive whole (REQUEST_TIMEOUT_SECONDS; see `with_timeout`),
+    # and the timer that enforces it while one is arriving.
+    request_timeout = 30.0
+    _arrival: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[Protocol]:
+        """This protocol with REQUEST_TIMEOUT_SECONDS set (uvicorn makes it from the class)."""
+        return type(cls.__name__, (cls,), {"request_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection: its first request must begin and end in time too."""
+        super().connection_made(transport)
+        self._expect_arrival()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Gone: nothing more to wait for."""
+        self._arrived()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        """A request begins (its first byte, or the next one on a kept-alive connection)."""
+        self._expect_arrival()
+        super().on_message_begin()
+
+    def _expect_arrival(self) -> None:
+        if self._arrival is None:
+            self._arrival = self.loop.call_later(self.request_timeout, self._timed_out)
+
+    def _arrived(self) -> None:
+        if self._arrival is not None:
+            self._arrival.cancel()
+            self._arrival = None
+
+    def _timed_out(self) -> None:
+        """The request did not arrive whole in time: a head begun gets a 408 (nothing of it
+        reached the application); a connection that sent nothing, or a body that stalled
+        (the application sees the client gone, and runs nothing), is closed."""
+        self._arrival = None
+        if self.transport.is_closing():
+            return
+        previous_answered = self.cycle is None or self.cycle.response_complete
+        if self._in_head and self._head_received and previous_answered:
+            self._refuse(b"408 Request Timeout", 408, _TIMEOUT_BODY)
+        else:
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         """The head is whole: what follows is the body (bounded by the edge middleware). Its
@@ -55,6 +109,7 @@ class Protocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         """The request is whole: the next bytes begin the next one's head."""
+        self._arrived()
         self._in_head, self._head_received = True, 0
         super().on_message_complete()
 

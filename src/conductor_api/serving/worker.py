@@ -80,8 +80,9 @@ def main(argv: list[str]) -> None:
     config = uvicorn.Config(
         serving_app,
         factory=True,
-        # httptools, answering a request it cannot parse in the API's error shape.
-        http=Protocol,
+        # httptools, answering a request it cannot parse in the API's error shape, and
+        # closing a connection whose request does not arrive in time.
+        http=Protocol.with_timeout(settings.request_timeout_seconds),
         # The client address is decided by TRUSTED_PROXIES in the app, not by uvicorn.
         proxy_headers=False,
         server_header=False,
