@@ -8,6 +8,7 @@ differs from the proxy's (127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from tests.conftest import PASSWORD
 from tests.dpop.keys import PhoneKey
 from tests.e2e.proxy import Nginx
 from tests.e2e.server import Server, create_user, free_port
+from tests.e2e.test_serve import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -134,6 +136,55 @@ class TestNginxAnswers:
                 assert response.headers["content-type"].startswith("application/json")
                 assert response.json()["code"] == "payload_too_large"
                 assert response.headers["x-content-type-options"] == "nosniff"
+
+    def test_requests_nginx_refuses_before_the_api_are_json_too(self, tmp_path: Path) -> None:
+        """Malformed request lines (which nginx cannot give a URI), a URL over nginx's
+        buffer, a method or transfer coding or version it will not forward: the API's JSON
+        shape with nosniff, never an HTML page or a 500."""
+        cases = {
+            "garbage": (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+            "lower-case method": (
+                b"post /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+                400,
+                "bad_request",
+            ),
+            "NUL in the path": (
+                b"GET /health/\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+                400,
+                "bad_request",
+            ),
+            "URL over 8 KiB": (
+                b"GET /health/live?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                414,
+                "uri_too_long",
+            ),
+            "gzip transfer coding": (
+                b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+                400,
+                "bad_request",
+            ),
+            "HTTP/2.0 line": (b"GET /health/live HTTP/2.0\r\nHost: x\r\n\r\n", 400, "bad_request"),
+            "TRACE": (b"TRACE /health/live HTTP/1.1\r\nHost: x\r\n\r\n", 405, "method_not_allowed"),
+            "nginx's own paths": (
+                b"GET /__conductor__/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                404,
+                "not_found",
+            ),
+        }
+        with Nginx(tmp_path / "nginx", free_port()) as nginx:
+            for name, (request_bytes, status, code) in cases.items():
+                line, headers, body = exchange(nginx.port, request_bytes)
+                assert line.startswith(f"HTTP/1.1 {status} "), (name, line, body[:200])
+                assert headers["content-type"] == "application/json", name
+                assert headers["x-content-type-options"] == "nosniff", name
+                assert json.loads(body)["code"] == code, name
+            assert "redirect to named location" not in nginx.error_log(), nginx.error_log()
+
+    def test_an_http_1_0_request_without_host_reaches_the_api(self, tmp_path: Path) -> None:
+        with behind_nginx(tmp_path) as nginx:
+            line, _, body = exchange(nginx.port, b"GET /health/live HTTP/1.0\r\n\r\n")
+        assert line.startswith("HTTP/1.1 200 "), (line, body)
+        assert json.loads(body) == {"status": "ok"}
 
     def test_the_api_down_is_a_json_503(self, tmp_path: Path) -> None:
         with Nginx(tmp_path / "nginx", free_port()) as nginx:  # nothing listens upstream
