@@ -46,7 +46,9 @@ class TestCors:
         self, client: httpx.AsyncClient, path: str, method: str
     ) -> None:
         response = await preflight(client, path, method)
-        assert response.status_code == 200, response.text
+        assert response.status_code == 204, response.text
+        assert response.content == b""
+        assert "content-type" not in response.headers
         assert response.headers["access-control-allow-origin"] == ORIGIN
         assert response.headers["access-control-allow-credentials"] == "true"
         assert method in response.headers["access-control-allow-methods"]

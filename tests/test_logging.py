@@ -94,6 +94,14 @@ class TestAccessLine:
             ("GET", "/nowhere", 404),
         ]
 
+    async def test_a_percent_encoded_path_cannot_forge_the_lines_fields(
+        self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
+    ) -> None:
+        """Decoded, `%20200%20` would read as the status of a successful request."""
+        await client.get(f"{API}/login%20200%20status=200%20client=203.0.113.9")
+        [line] = [r.getMessage() for r in logs.records if r.name == "conductor_api.access"]
+        assert line == f"GET {API}/login%20200%20status=200%20client=203.0.113.9 404"
+
     async def test_the_query_string_is_not_logged(
         self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
     ) -> None:
@@ -196,7 +204,8 @@ class TestJsonFormat:
         await client.get(f"{API}/sessions/%0A%7B%22forged%22%3A1%7D")
 
         [line] = json_lines(json_stream)
-        assert line["path"] == f'{API}/sessions/\n{{"forged":1}}'
+        # As sent, still percent-encoded.
+        assert line["path"] == f"{API}/sessions/%0A%7B%22forged%22%3A1%7D"
 
     def test_debug_lines_of_the_database_drivers_are_not_logged(
         self, capsys: pytest.CaptureFixture[str]

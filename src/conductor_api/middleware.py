@@ -126,15 +126,19 @@ class EdgeMiddleware:
         finally:
             if scope.get(CLIENT_GONE):
                 status = 499
+            # The path as sent, still percent-encoded: decoded, `%20200%20` would put a
+            # space and a forged status into the line's text.
+            raw = scope.get("raw_path")
+            path = raw.decode("latin-1") if raw else scope["path"]
             ACCESS.info(
                 "%s %s %d",
                 scope["method"],
-                scope["path"],
+                path,
                 status,
                 extra={
                     "request_id": request_id.decode(),
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": path,
                     "status": status,
                     "duration_ms": round((time.perf_counter() - began) * 1000, 2),
                 },
@@ -226,17 +230,18 @@ class GuardMiddleware:
 
 class CorsMiddleware(CORSMiddleware):
     """Starlette's CORS, with a refused preflight answered in the API's error shape (JSON with
-    `detail` and `code` `cors_refused`) instead of plain text."""
+    `detail` and `code` `cors_refused`), and an allowed one with 204 and no body, instead of
+    plain text ("OK")."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
-        if response.status_code != 400:
-            return response
         headers = {
             name: value
             for name, value in response.headers.items()
             if name not in ("content-length", "content-type")
         }
+        if response.status_code != 400:
+            return Response(status_code=204, headers=headers)
         content = {"detail": bytes(response.body).decode(), "code": "cors_refused"}
         return JSONResponse(content, status_code=400, headers=headers)
 
