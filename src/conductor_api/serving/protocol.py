@@ -97,7 +97,7 @@ class Protocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_headers_complete(self) -> None:
-        """The head is whole: what follows is the body (bounded by the edge middleware). Its
+        """The head is whole: what follows is the body (bounded by `GuardMiddleware`). Its
         exact size is summed only when the bound says it may be over `MAX_HEAD_BYTES`."""
         self._in_head = False
         if self._head_received > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:

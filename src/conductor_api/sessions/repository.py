@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Update, bindparam, exists, func, select, update
+from sqlalchemy import BindParameter, ColumnElement, Update, bindparam, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import UTCDateTime, Writer, execute_direct, insert_later, insert_row
@@ -14,6 +14,12 @@ from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 
 _INSERT = insert_row(DeviceSession)
+
+
+def _live(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
+    """A session neither revoked nor expired at `now`: what the session lists show, and all
+    that revoking touches."""
+    return DeviceSession.revoked_at.is_(None) & (DeviceSession.expires_at > now)
 
 
 async def add(db: Writer, values: dict[str, object]) -> None:
@@ -38,11 +44,7 @@ async def list_active(
     """A user's live sessions, most recently used first."""
     rows = await db.scalars(
         select(DeviceSession)
-        .where(
-            DeviceSession.user_id == user_id,
-            DeviceSession.revoked_at.is_(None),
-            DeviceSession.expires_at > now,
-        )
+        .where(DeviceSession.user_id == user_id, _live(now))
         .order_by(DeviceSession.last_used_at.desc(), DeviceSession.created_at.desc())
     )
     return rows.all()
@@ -53,11 +55,7 @@ async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason:
     revoked it. An expired session has ended already: no token of it verifies any more."""
     result = await db.execute(
         update(DeviceSession)
-        .where(
-            DeviceSession.id == session_id,
-            DeviceSession.revoked_at.is_(None),
-            DeviceSession.expires_at > now,
-        )
+        .where(DeviceSession.id == session_id, _live(now))
         .values(revoked_at=now, revoked_reason=reason)
         .returning(DeviceSession.id)
     )
@@ -67,9 +65,7 @@ async def revoke(db: AsyncSession, session_id: uuid.UUID, now: datetime, reason:
 def _revoke_statement(except_one: bool, one_device: bool) -> Update:
     s = DeviceSession
     now = bindparam("p_now", type_=UTCDateTime())
-    query = update(s).where(
-        s.user_id == bindparam("p_user_id"), s.revoked_at.is_(None), s.expires_at > now
-    )
+    query = update(s).where(s.user_id == bindparam("p_user_id"), _live(now))
     if except_one:
         query = query.where(s.id != bindparam("p_except_id"))
     if one_device:
@@ -111,11 +107,7 @@ async def revoke_for_user(
 async def count_active(db: AsyncSession, now: datetime) -> dict[uuid.UUID, int]:
     """The number of live sessions of every user that has one."""
     s = DeviceSession
-    rows = await db.execute(
-        select(s.user_id, func.count())
-        .where(s.revoked_at.is_(None), s.expires_at > now)
-        .group_by(s.user_id)
-    )
+    rows = await db.execute(select(s.user_id, func.count()).where(_live(now)).group_by(s.user_id))
     return {user_id: int(n) for user_id, n in rows.tuples()}
 
 

@@ -252,12 +252,12 @@ async def revoke_users_session(
     """Revoke one of the user's own live sessions; `NotFound` for anything else (an expired
     one included: it has ended, and the session list no longer shows it)."""
     session = await repository.get(db, session_id)
-    if session is None or session.user_id != user.id or not is_live(session, now):
+    if session is None or session.user_id != user.id or not _is_live(session, now):
         raise NotFound("No such session")
     await revoke_session(db, user, session_id, now, client, reason="revoked")
 
 
-def is_live(session: DeviceSession, now: datetime) -> bool:
+def _is_live(session: DeviceSession, now: datetime) -> bool:
     """Neither revoked nor expired: what the session list shows."""
     return session.revoked_at is None and session.expires_at > now
 
