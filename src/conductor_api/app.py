@@ -82,16 +82,9 @@ def _render(error: AppError) -> JSONResponse:
     )
 
 
-# Starlette runs a handler where the route raised and again in its exception middleware
-# when the first one re-raises (a database error that is a bug, bound for the 500 handler):
-# the request is counted once.
-_DATABASE_ERROR_COUNTED = "conductor.database_error_counted"
-
-
 def _count_database_error(request: Request) -> None:
     container: Container | None = getattr(request.app.state, "container", None)
-    if container is not None and not request.scope.get(_DATABASE_ERROR_COUNTED):
-        request.scope[_DATABASE_ERROR_COUNTED] = True
+    if container is not None:
         container.metrics.database_error()
 
 
@@ -123,14 +116,19 @@ def _install_handlers(app: FastAPI) -> None:
 
         @app.exception_handler(exc_type)
         async def database_error(request: Request, error: Exception) -> JSONResponse:
-            _count_database_error(request)
             if not database_down(error):
-                raise error  # a bug, not an outage: the 500 handler below
+                # A bug, not an outage: the 500 handler below, which counts it. Not counted
+                # here: Starlette runs this handler twice for an error it re-raises (where
+                # the route raised, and again in its exception middleware).
+                raise error
+            _count_database_error(request)
             log.warning("database unavailable: %s", type(error).__name__)
             return _render(ServiceUnavailable())
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, (*DATABASE_DOWN, sa_exc.DBAPIError)):
+            _count_database_error(request)  # a request the database failed, as a 500
         log.error("unhandled error: %s", type(error).__name__, exc_info=error)
         return JSONResponse(INTERNAL_ERROR, status_code=500)
 
