@@ -70,18 +70,8 @@ class Server:
 
     def start(self, timeout: float = 30) -> Server:
         """Start and wait until /health/ready answers 200."""
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [cli_path(), "serve", "--port", str(self.port), "--workers", str(self.workers)],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        self.launch()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -94,6 +84,21 @@ class Server:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server not ready in {timeout}s: {self.log()}")
+
+    def launch(self) -> None:
+        """Start the process and return at once."""
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [cli_path(), "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def log(self) -> str:
         """Everything the server printed so far."""

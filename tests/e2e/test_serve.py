@@ -115,6 +115,30 @@ class TestShutdown:
             time.sleep(0.1)
         assert not any(alive(p) for p in pids)
 
+    def test_workers_die_with_a_supervisor_killed_while_they_start(self, tmp_path: Path) -> None:
+        # Killed while the workers still import, before they have asked the kernel for a
+        # signal on their parent's death.
+        server = Server(tmp_path, SECRETS, workers=2)
+        server.launch()
+        assert server.proc is not None
+        pids: list[int] = []
+        try:
+            deadline = time.monotonic() + 15
+            while len(pids) < 2 and time.monotonic() < deadline:
+                pids = workers_of(server)
+                time.sleep(0.01)
+            assert len(pids) == 2
+            server.proc.kill()
+            server.proc.wait(timeout=10)
+            deadline = time.monotonic() + 15
+            while any(alive(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(alive(p) for p in pids)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
     def test_a_dead_worker_is_replaced(self, tmp_path: Path) -> None:
         with Server(tmp_path, SECRETS, workers=2) as server:
             first = workers_of(server)

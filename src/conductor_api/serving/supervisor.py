@@ -169,7 +169,7 @@ class Supervisor:
         fd = self.sockets[i].fileno()
         # Our own interpreter and module, no input from outside.
         self.procs[i] = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "conductor_api.serving.worker", str(fd)],
+            [sys.executable, "-m", "conductor_api.serving.worker", str(fd), str(os.getpid())],
             pass_fds=(fd,),
             env=self.env,
         )

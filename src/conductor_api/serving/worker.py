@@ -1,6 +1,7 @@
 """One worker process: uvicorn on the listening socket its supervisor handed over.
 
-Run as `python -m conductor_api.serving.worker FD` by `serving.supervisor`; each worker has
+Run as `python -m conductor_api.serving.worker FD PID` by `serving.supervisor` (PID its
+own); each worker has
 a socket of its own in one SO_REUSEPORT group, so the kernel spreads connections evenly."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import signal
 import socket
 import sys
@@ -30,11 +32,15 @@ _PR_SET_PDEATHSIG = 1
 STARTUP_FAILURE = 3
 
 
-def die_with_parent() -> None:
-    """Get SIGTERM when the supervisor dies, even by SIGKILL: no orphan keeps serving."""
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the supervisor (process `parent`) dies, even by SIGKILL: no orphan
+    keeps serving. A supervisor that died before this call (while the worker was still
+    importing) sends no signal, so then the worker stops here."""
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         ctypes.CDLL(libc_name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
 # The cyclic garbage collector's first threshold (CPython's default is 700 allocations):
@@ -73,7 +79,7 @@ def serving_app() -> FastAPI:
 def main(argv: list[str]) -> None:
     """Serve the application on the inherited socket until SIGTERM or SIGINT."""
     tune_allocator()  # before any thread starts (see its docstring)
-    die_with_parent()
+    die_with_parent(int(argv[2]))
     sock = socket.socket(fileno=int(argv[1]))
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
