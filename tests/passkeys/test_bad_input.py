@@ -4,6 +4,7 @@ address."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Callable
@@ -224,6 +225,33 @@ class TestSignIn:
         # The passkey stays, for its owner to judge; a later, higher counter signs in.
         assert len(await passkeys_of(container)) == 1
         assert (await passkey_login(client, phone, counter=5)).status_code == 200
+
+    async def test_copies_used_at_once_are_each_a_suspected_clone(
+        self, client: httpx.AsyncClient, container: Container, phone: Authenticator
+    ) -> None:
+        # Sent together, several pass the counter check before any is stored: the last
+        # transaction refuses all but one, and each of those is a failure like the others.
+        started = [await login_options(client) for _ in range(6)]
+        counter = phone.counter + 1
+        bodies = [
+            {"challenge_id": s["challenge_id"], "device_name": "Pixel 8",
+             "credential": phone.sign_in(s["options"], counter=counter)}
+            for s in started
+        ]  # fmt: skip
+        before = await _state(container)
+        types_before = await event_types(container)
+        responses = await asyncio.gather(
+            *(client.post(f"{PASSKEYS}/login", json=body) for body in bodies)
+        )
+        assert sorted(r.status_code for r in responses) == [200] + [401] * 5
+        assert all(r.json() == INVALID for r in responses if r.status_code == 401)
+        new = (await event_types(container))[len(types_before) :]
+        assert new.count("passkey_clone_suspected") == 5
+        assert new.count("login_failed") == 5
+        assert new.count("login_succeeded") == 1
+        assert await session_count(container) == before[0] + 1
+        assert await address_failures(container) == before[1] + 5
+        assert [count for count, _ in (await _state(container))[2]] == [counter]
 
     @pytest.mark.parametrize("settings_overrides", [{**ON, "max_failed_logins_per_ip": 3}])
     async def test_an_address_over_its_limit_is_refused_even_with_a_good_passkey(

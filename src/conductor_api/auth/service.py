@@ -26,7 +26,7 @@ from conductor_api.config import Settings
 from conductor_api.db import Autocommit, Writer
 from conductor_api.devices import service as devices
 from conductor_api.devices.service import TrustedDevice
-from conductor_api.errors import MfaRequired, NotFound
+from conductor_api.errors import InvalidPasskey, MfaRequired, NotFound
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import METHODS, PENDING_SECONDS, Owner, SecondFactor
 from conductor_api.passkeys.service import Assertion, PasskeyService
@@ -195,11 +195,16 @@ class SignInService:
             user = verified.user
             async with self.steps.sessionmaker() as db:
                 trusted = await devices.find(db, device_token, user.id, self.steps.clock.now())
-            async with attempt.finish_direct(verified, device.fingerprint) as tx:
-                await self.passkeys.used(tx, assertion)
-                return await self.start(
-                    tx, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True
-                )  # 5.
+            try:
+                async with attempt.finish_direct(verified, device.fingerprint) as tx:
+                    await self.passkeys.used(tx, assertion)
+                    return await self.start(
+                        tx, attempt, user, device, trusted, jkt=jkt, method="passkey", mfa=True
+                    )  # 5.
+            except InvalidPasskey:
+                # Overtaken by a sign-in with the same counter: failed like any other.
+                also = self.passkeys.overtaken(assertion, user, client)
+                await attempt.reject(user, InvalidPasskey(), also=also)
 
     async def _trusted(self, attempt: SignIn, token: str | None) -> TrustedDevice | None:
         """The device token if it is valid for the user the attempt names."""

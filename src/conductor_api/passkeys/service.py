@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -413,6 +414,20 @@ class PasskeyService:
             now=self.clock.now(),
         ):  # fmt: skip
             raise InvalidPasskey()
+
+    def overtaken(
+        self, assertion: Assertion, user: User, client: ClientInfo
+    ) -> Callable[[AsyncSession], Awaitable[None]]:
+        """What to record beside the failure of an assertion that verified but that `used`
+        refused: another sign-in with the same passkey and counter got there first, so one
+        of the two came from a copy (`passkey_clone_suspected`), unless the passkey was
+        deleted meanwhile."""
+
+        async def record(db: AsyncSession) -> None:
+            if await db.get(Passkey, assertion.passkey_id) is not None:
+                await self._record(db, EventType.PASSKEY_CLONE_SUSPECTED, user, client)
+
+        return record
 
     async def _record(
         self,
