@@ -64,8 +64,10 @@ class Authenticator:
             "type": tweaks.get("type", kind),
             "challenge": tweaks.get("challenge", nonce),
             "origin": tweaks.get("origin", self.origin),
-            "crossOrigin": False,
+            "crossOrigin": tweaks.get("cross_origin", False),
         }
+        if "top_origin" in tweaks:
+            data["topOrigin"] = tweaks["top_origin"]
         return json.dumps(data).encode()
 
     def _auth_data(self, bits: int, count: int, attested: bytes = b"", **tweaks: Any) -> bytes:

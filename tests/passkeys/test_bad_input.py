@@ -65,6 +65,10 @@ ASSERTION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "unknown credential id": lambda: {"credential_id": os.urandom(32)},
     "user handle of someone else": lambda: {"user_handle": uuid.uuid4().bytes},
     "user handle missing": lambda: {"user_handle": None},
+    "in a frame of another origin": lambda: {
+        "cross_origin": True,
+        "top_origin": "https://evil.example",
+    },
     "malformed clientDataJSON": lambda: {"client_data": b"{not json"},
     "clientDataJSON not an object": lambda: {"client_data": b"[1, 2]"},
     "malformed authenticatorData": lambda: {"auth_data": b"\x00" * 10},
@@ -288,6 +292,10 @@ REGISTRATION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "wrong RP ID hash": lambda: {"rp_id": "evil.example"},
     "user verification missing": lambda: {"flags": UP | BE | BS | 0x40},
     "user presence missing": lambda: {"flags": UV | BE | BS | 0x40},
+    "in a frame of another origin": lambda: {
+        "cross_origin": True,
+        "top_origin": "https://evil.example",
+    },
     "malformed clientDataJSON": lambda: {"client_data": b"\xff\xfe"},
     "malformed attestationObject": lambda: {"attestation_object": b"\xa3junk"},
     "malformed authenticatorData": lambda: {"auth_data": b"\x00" * 40},

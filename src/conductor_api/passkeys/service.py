@@ -86,6 +86,14 @@ class Assertion:
     backup_state: bool
 
 
+def _cross_origin(client_data_json: bytes) -> bool:
+    """Whether the ceremony ran in a frame of another origin (`crossOrigin: true`, which
+    py_webauthn does not check): neither the app nor a page of the RP's asks for that."""
+    from webauthn.helpers import parse_client_data_json
+
+    return bool(parse_client_data_json(client_data_json).cross_origin)
+
+
 def _challenge_id(text: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(text)
@@ -260,8 +268,10 @@ class PasskeyService:
             )
         except Exception:
             raise InvalidPasskey() from None
-        if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES or not _usable_key(
-            verified.credential_public_key
+        if (
+            len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES
+            or not _usable_key(verified.credential_public_key)
+            or _cross_origin(parsed.response.client_data_json)
         ):
             raise InvalidPasskey()
         transports = ",".join(t.value for t in parsed.response.transports or [])[:200]
@@ -391,6 +401,8 @@ class PasskeyService:
                 require_user_verification=True,
             )
         except Exception:
+            return refused, None
+        if _cross_origin(parsed.response.client_data_json):
             return refused, None
         handle = parsed.response.user_handle
         if handle is None or not secrets.compare_digest(handle, user_handle(user.id)):
