@@ -168,6 +168,8 @@ class Settings(BaseSettings):
     @field_validator("webauthn_rp_id")
     @classmethod
     def _check_rp_id(cls, value: str | None) -> str | None:
+        if value is not None and value != value.lower() and _DOMAIN.fullmatch(value.lower()):
+            raise ValueError(f"write the domain in lower case ({value.lower()})")
         # An IPv4 address matches the pattern; no top-level domain is all digits.
         if value is not None and (not _DOMAIN.fullmatch(value) or value.rsplit(".")[-1].isdigit()):
             raise ValueError("not a domain like example.com (no scheme, port, path or IP address)")

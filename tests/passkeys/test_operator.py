@@ -58,6 +58,7 @@ BAD = [
     ({"webauthn_rp_id": "https://conductor.example"}, "WEBAUTHN_RP_ID: not a domain"),
     # WebAuthn and Credential Manager take no IP address for an RP ID.
     ({"webauthn_rp_id": "192.0.2.1"}, "WEBAUTHN_RP_ID: not a domain"),
+    ({"webauthn_rp_id": "Conductor.Example"}, "WEBAUTHN_RP_ID: write the domain in lower case"),
     ({"webauthn_rp_id": "conductor.example"}, "WEBAUTHN_ORIGINS: required"),
     (
         {"webauthn_rp_id": "conductor.example", "webauthn_origins": "https://evil.example"},
