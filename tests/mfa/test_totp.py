@@ -3,6 +3,7 @@ codes, replay, disable; every bad input answers its contract code and stores not
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
+from conductor_api.mfa.service import Owner
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
 from tests.conftest import PASSWORD, Account, add_user, bearer, login, tokens
@@ -434,6 +436,89 @@ class TestDisableAndRegenerate:
         assert again.status_code == 200
         assert "recovery_codes_regenerated" in await event_types(container)
 
+    async def test_new_codes_asked_for_at_once_leave_one_set(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        _, old = await enable_totp(client, at, clock.now())
+        responses = await asyncio.gather(
+            *(
+                client.post(f"{MFA}/recovery-codes", json={"code": code}, headers=bearer(at))
+                for code in old[:4]
+            )
+        )
+        sets = [r.json()["recovery_codes"] for r in responses if r.status_code == 200]
+        assert sets, [r.text for r in responses]
+        # Ten codes are left, all of one set: the last one given out voided the others.
+        assert await unused_codes(container, alice) == 10
+        assert (await mfa_status(client, at))["recovery_codes_left"] == 10
+        valid = [codes for codes in sets if await _signs_in(client, codes[0])]
+        assert len(valid) == 1
+
+    async def test_new_codes_wait_for_new_codes_in_flight(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        # Two renewals whose codes were both right: the second starts while the first is
+        # not committed, and must void what the first stores.
+        at = (await tokens(client))["access_token"]
+        await enable_totp(client, at, clock.now())
+        owner = Owner(alice.id, alice.username, "alice")
+        async with container.sessionmaker.begin() as first:
+            await container.mfa.regenerated(first, owner, clock.now())
+            second = asyncio.create_task(_in_transaction(container, owner, clock))
+            await asyncio.sleep(0.3)  # the second is waiting (for the lock, or to write)
+        await second
+        assert await unused_codes(container, alice) == 10
+
+    async def test_setups_at_once_keep_one_secret(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        body = {"current_password": PASSWORD}
+        responses = await asyncio.gather(
+            *(client.post(f"{MFA}/totp/setup", json=body, headers=bearer(at)) for _ in range(4))
+        )
+        assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+        owner = Owner(alice.id, alice.username, "alice")
+        # A setup that starts while another is not committed waits for it, then replaces it.
+        async with container.sessionmaker.begin() as first:
+            mine, _ = await container.mfa.begin_setup(first, owner, clock.now())
+            other = asyncio.create_task(_setup_in_transaction(container, owner, clock))
+            await asyncio.sleep(0.3)
+        later, _ = await other
+        row = await factor(container, alice)
+        assert row is not None and not row.confirmed
+        assert container.mfa._secret(row) == later != mine
+
+
+async def unused_codes(container: Container, account: Account) -> int:
+    """How many of the user's recovery codes are stored unused."""
+    async with container.sessionmaker() as db:
+        rows = await db.scalars(
+            select(RecoveryCode.id).where(
+                RecoveryCode.user_id == account.id, RecoveryCode.used_at.is_(None)
+            )
+        )
+        return len(rows.all())
+
+
+async def _in_transaction(container: Container, owner: Owner, clock: FrozenClock) -> list[str]:
+    async with container.sessionmaker.begin() as db:
+        return await container.mfa.regenerated(db, owner, clock.now())
+
+
+async def _setup_in_transaction(
+    container: Container, owner: Owner, clock: FrozenClock
+) -> tuple[str, str]:
+    async with container.sessionmaker.begin() as db:
+        return await container.mfa.begin_setup(db, owner, clock.now())
+
+
+async def _signs_in(client: httpx.AsyncClient, recovery_code: str) -> bool:
+    """Whether a recovery code finishes a sign-in."""
+    token = await pending_login(client)
+    return (await verify(client, token, recovery_code=recovery_code)).status_code == 200
+
 
 class TestPasswordChange:
     async def test_needs_a_code_with_totp_on(
@@ -480,3 +565,19 @@ class TestPasswordChange:
         clock.advance(seconds=30)
         late = await verify(client, started, code=code_at(secret, clock.now()))
         assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+
+    async def test_a_pending_sign_in_dies_when_the_account_is_disabled(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, _ = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        started = await pending_login(client)
+        for active in (False, True):  # disabled, then enabled again before the second step
+            async with container.sessionmaker.begin() as db:
+                user = await users.require_user(db, "alice")
+                await users.set_active(db, user, active, clock.now())
+        late = await verify(client, started, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+        async with container.sessionmaker() as db:
+            assert await db.scalar(select(MfaToken).where(MfaToken.user_id == alice.id)) is None

@@ -36,6 +36,17 @@ async def get_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:
     )
 
 
+async def lock_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:
+    """`get_factor` under the factor's row lock (PostgreSQL): the changes to a user's
+    factor and recovery codes take turns on it, and each then sees the one before."""
+    return await db.scalar(
+        select(TotpFactor)
+        .where(TotpFactor.user_id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 async def any_factor(db: AsyncSession) -> TotpFactor | None:
     """One stored factor, any (to check the KEK at start)."""
     return await db.scalar(select(TotpFactor).limit(1))

@@ -22,6 +22,7 @@ from conductor_api.mfa.models import TotpFactor
 from conductor_api.security import otp
 from conductor_api.security.encryption import DecryptionError, SecretBox, derive_key
 from conductor_api.security.tokens import token_digest
+from conductor_api.users import repository as users
 from conductor_api.values import ClientInfo
 
 PENDING_SECONDS = 300
@@ -114,7 +115,9 @@ class SecondFactor:
 
     async def begin_setup(self, db: AsyncSession, owner: Owner, now: datetime) -> tuple[str, str]:
         """A new secret, not yet on: (secret, otpauth URI). Setting up again before the
-        confirmation replaces the secret (the first QR code may have been lost)."""
+        confirmation replaces the secret (the first QR code may have been lost). Setups of
+        one user at once take turns on the user's row: the last one's secret is kept."""
+        await users.get(db, owner.user_id, lock=True)
         factor = await repository.get_factor(db, owner.user_id)
         if factor is not None and factor.confirmed:
             raise MfaAlreadyEnabled()
@@ -195,7 +198,12 @@ class SecondFactor:
         return "recovery_code"
 
     async def new_recovery_codes(self, db: AsyncSession, owner: Owner, now: datetime) -> list[str]:
-        """Ten new codes; the earlier ones are void."""
+        """Ten new codes; the earlier ones are void. Under the factor's row lock, so that of
+        two requests at once the later one voids the codes of the earlier; `MfaNotEnabled`
+        when TOTP went off meanwhile."""
+        factor = await repository.lock_factor(db, owner.user_id)
+        if factor is None or not factor.confirmed:
+            raise MfaNotEnabled()
         codes = otp.new_recovery_codes()
         hashes = []
         for code in codes:
@@ -219,7 +227,8 @@ class SecondFactor:
 
     async def turn_off(self, db: AsyncSession, owner: Owner, now: datetime) -> bool:
         """Remove the factor, void the recovery codes and pending sign-ins; whether it was on."""
-        was_on = await self.is_on(db, owner.user_id)
+        factor = await repository.lock_factor(db, owner.user_id)
+        was_on = factor is not None and factor.confirmed
         await repository.delete_factor(db, owner.user_id)
         await repository.delete_recovery_codes(db, owner.user_id)
         await repository.delete_pending_for_user(db, owner.user_id)

@@ -226,6 +226,8 @@ async def set_active(db: AsyncSession, user: User, active: bool, now: datetime) 
     if active:
         return []
     await devices.revoke_all(db, user.id, now)
+    # A second step waiting when the account was disabled must not finish after an enable.
+    await void_pending(db, user.id)
     return await revoke_many(db, user, now, None, reason="account_disabled")
 
 
