@@ -75,6 +75,14 @@ class TestAccepted:
         for iat in (NOW - 60, NOW + 60):
             verifier.verify(key.proof("GET", URL, iat), method="GET", url=URL, now=NOW)
 
+    def test_a_fractional_iat_is_remembered_to_its_last_acceptable_moment(
+        self, verifier: ProofVerifier, key: PhoneKey
+    ) -> None:
+        # The replay cache keeps a proof until its `iat` + the skew: rounded down, a proof
+        # still acceptable for most of a second could be forgotten, then replayed.
+        proof = key.proof("GET", URL, NOW, claims={"iat": NOW + 0.25})
+        assert verifier.verify(proof, method="GET", url=URL, now=NOW).iat == NOW + 1
+
     def test_ath_of_the_token(self, verifier: ProofVerifier, key: PhoneKey) -> None:
         proof = key.proof("GET", URL, NOW, token="tok.en.x")
         verifier.verify(proof, method="GET", url=URL, now=NOW, access_token="tok.en.x")
@@ -114,6 +122,20 @@ class TestRefused:
     def test_symmetric_jwk_with_es256(self, verifier: ProofVerifier, key: PhoneKey) -> None:
         jwk = {"kty": "oct", "k": b64(b"k" * 32)}
         assert "public" in refused(verifier, key.proof("GET", URL, NOW, header={"jwk": jwk}))
+
+    @pytest.mark.parametrize("member", ["x", "y"])
+    def test_key_written_another_way(
+        self, verifier: ProofVerifier, key: PhoneKey, member: str
+    ) -> None:
+        # The same key with padding, or with the unused low bits of its last character set,
+        # would have another thumbprint (and so a fresh set of jtis).
+        value: str = key.jwk[member]
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        stray = value[:-1] + alphabet[alphabet.index(value[-1]) ^ 1]
+        assert base64.urlsafe_b64decode(stray + "=") == base64.urlsafe_b64decode(value + "=")
+        for written in (value + "=", stray):
+            proof = key.proof("GET", URL, NOW, header={"jwk": {**key.jwk, member: written}})
+            assert "base64url" in refused(verifier, proof)
 
     def test_key_of_another_curve(self, verifier: ProofVerifier, key: PhoneKey) -> None:
         other = PhoneKey("EdDSA")

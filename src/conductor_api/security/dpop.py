@@ -103,8 +103,23 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     members = next((m for t, _, m in _KEY_TYPES.values() if t == kty), None)
     if members is None or any(not isinstance(jwk.get(m), str) for m in members):
         raise DPoPError("unsupported or incomplete jwk")
+    # One key, one thumbprint: its coordinates only in canonical unpadded base64url (RFC
+    # 7518), else the same key written with padding or stray low bits would be a new key
+    # with a fresh set of `jti`s.
+    if not all(_canonical_b64url(jwk[m]) for m in members if m in {"x", "y"}):
+        raise DPoPError("jwk coordinates must be unpadded base64url")
     canonical = json.dumps({m: jwk[m] for m in members}, sort_keys=True, separators=(",", ":"))
     return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def _canonical_b64url(value: str) -> bool:
+    """Whether `value` is base64url as `b64url` writes it (no padding, no stray bits)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        return False
+    try:
+        return b64url(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))) == value
+    except ValueError:
+        return False
 
 
 def _is_text(value: str) -> bool:
@@ -275,7 +290,9 @@ class ProofVerifier:
                 raise DPoPError("ath missing or not the hash of this access token")
         if require_nonce and not self.nonces.valid(claims.get("nonce"), now):
             raise DPoPError("a current server nonce is required", nonce=True)
-        return Proof(jkt=key.jkt, jti=jti, iat=int(iat))
+        # Rounded up: the replay cache keeps the proof until `iat` + the skew, and a proof
+        # of a fractional `iat` is accepted until then, not until its whole second.
+        return Proof(jkt=key.jkt, jti=jti, iat=math.ceil(iat))
 
     def _key(self, header_segment: str, proof: str) -> _Key:
         """The public key of a proof's header (typ, alg, jwk checked), cached by segment."""
