@@ -110,9 +110,11 @@ class TestMigrations:
         assert migrate.current_revision(empty_settings) == migrate.head_revision(empty_settings)
 
 
-def _insert_users(conn: Connection) -> None:
+def _insert_users(
+    conn: Connection, names: tuple[str, ...] = ("alice", "\u0430lice", "bob")
+) -> None:
+    # By default the second with a Cyrillic a.
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    names = ["alice", "\u0430lice", "bob"]  # the second with a Cyrillic a
     for i, name in enumerate(names):
         user_id = uuid.uuid4()
         conn.execute(
@@ -123,10 +125,40 @@ def _insert_users(conn: Connection) -> None:
             {
                 "id": user_id.hex if conn.dialect.name == "sqlite" else user_id,
                 "n": name,
-                "k": name,
+                "k": name.casefold(),
                 "c": now + timedelta(minutes=i),
             },
         )
+
+
+class TestSkeletonOfTheName:
+    def test_capital_look_alikes_found_in_existing_names(self, empty_settings: Settings) -> None:
+        migrate.upgrade(empty_settings, "0012_session_device_token")
+
+        async def insert() -> None:
+            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_insert_users, ("paypal", "paypaI", "b0b"))
+            finally:
+                await engine.dispose()
+
+        asyncio.run(insert())
+        before = _inspect(empty_settings, _skeletons)
+        assert before["paypai"] is None and before["b0b"] is None  # inserted bare
+        migrate.upgrade(empty_settings)
+        skeletons = _inspect(empty_settings, _skeletons)
+        assert skeletons == {
+            "paypal": skeleton_digest("paypal"),
+            "paypai": None,  # the younger look-alike keeps its account, with no digest
+            "b0b": skeleton_digest("b0b"),
+        }
+        assert skeleton_digest("b0b") == skeleton_digest("bob")
+        migrate.downgrade(empty_settings, "0012_session_device_token")
+        old = _inspect(empty_settings, _skeletons)
+        assert old["paypai"] is not None and old["paypai"] != old["paypal"]
+        migrate.upgrade(empty_settings)
+        assert _inspect(empty_settings, _skeletons) == skeletons
 
 
 def _skeletons(conn: Connection) -> dict[str, str | None]:

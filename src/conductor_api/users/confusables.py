@@ -45,7 +45,11 @@ def skeleton(text: str) -> str:
     return unicodedata.normalize("NFD", "".join(table.get(ch, ch) for ch in decomposed))
 
 
-def skeleton_digest(username_key: str) -> str:
-    """What the users table keeps to find look-alike names: the SHA-256 of the skeleton
-    of the case-folded key (fixed length, however much the skeleton grows)."""
-    return hashlib.sha256(skeleton(username_key).encode("utf-8", "surrogatepass")).hexdigest()
+def skeleton_digest(name: str) -> str:
+    """What the users table keeps to find look-alike names: the SHA-256 (fixed length,
+    however much the skeleton grows) of the skeleton of the name as stored (NFKC, as typed),
+    case-folded, and skeleton again. From the name, not its case-folded key: capitals have
+    look-alikes of their own (I and l, O and 0) that folding first would lose ("paypaI" is
+    "paypai" once folded, and "b0b" would not meet "bob")."""
+    folded = skeleton(skeleton(name).casefold())
+    return hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()

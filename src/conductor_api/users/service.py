@@ -84,7 +84,7 @@ async def create_user(
     # Hashed before the first query: on SQLite the transaction holds the write lock.
     password_hash = await hash_new_password(hasher, password, min_password_length, name)
     key = normalize_username(name)
-    skeleton = skeleton_digest(key)
+    skeleton = skeleton_digest(name)
     if await repository.get_by_key(db, key) is not None:
         raise UsernameTaken()
     # A name that looks like an existing one (a Cyrillic a for a Latin one, "rn" for "m")

@@ -5,12 +5,13 @@ Revises: 0005_retention_indexes
 Create Date: 2026-12-01 23:40:00.000000
 """
 
+import hashlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-from conductor_api.users.confusables import skeleton_digest
+from conductor_api.users.confusables import skeleton
 
 revision: str = "0003_username_skeleton"
 down_revision: str | None = "0005_retention_indexes"
@@ -33,7 +34,8 @@ def upgrade() -> None:
     ).all()
     seen: set[str] = set()
     for user_id, key in rows:
-        digest = skeleton_digest(key)
+        # The digest of this revision: of the case-folded key (0013 made it the name's).
+        digest = hashlib.sha256(skeleton(key).encode("utf-8", "surrogatepass")).hexdigest()
         # Existing look-alikes stay (the oldest keeps the skeleton); only new ones are refused.
         if digest in seen:
             continue
