@@ -235,6 +235,7 @@ class TestCommand:
             (("frobnicate",), "frobnicate"),
             (("users", "create"), "username"),
             (("serve", "--workers", "0"), "--workers"),
+            (("serve", "--workers", "10000"), "--workers"),  # one worker a core, at most 64
             (("serve", "--port", "99999"), "--port"),
             (("serve", "--port", "-1"), "--port"),
             (("serve", "--port", "0"), "--port"),

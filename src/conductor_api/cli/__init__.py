@@ -41,13 +41,20 @@ app.command()(prune.prune)
 app.add_typer(keys.app, name="keys")
 
 
+# Each worker holds about 100 MiB and a database pool; more than this is a typo, not a
+# machine (one worker a core serves best).
+MAX_WORKERS = 64
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [ANDROID_API_HOST].")] = None,
     port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Listen port [ANDROID_API_PORT].")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, max=MAX_WORKERS, help="Worker processes (one per core).")
+    ] = 1,
 ) -> None:
     """Bring the schema up to date, then serve."""
     if host is not None:

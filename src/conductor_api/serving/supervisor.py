@@ -121,6 +121,8 @@ class Supervisor:
         try:
             listener = self._start_metrics()
             for i in range(len(self.sockets)):
+                if self.stopping:  # a stop signal while the workers start
+                    return 0
                 self._spawn(i)
             log.info("serving on %s:%d with %d worker(s)", self.host, self.port, len(self.sockets))
             return self._watch()
