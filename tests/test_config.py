@@ -68,6 +68,11 @@ BAD_VALUES = [
     ({"TRUSTED_PROXIES": "10.0.0.1,::/0"}, "TRUSTED_PROXIES"),
     ({"TRUSTED_PROXIES": "0.0.0.0/1,128.0.0.0/1"}, "TRUSTED_PROXIES"),
     ({"TRUSTED_PROXIES": "::ffff:0:0/96"}, "TRUSTED_PROXIES"),
+    # Not every address, but every ordinary client's: more than a /8 (v4) or /32 (v6) public.
+    ({"TRUSTED_PROXIES": "2000::/3"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "0.0.0.0/1"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "34.0.0.0/8,35.0.0.0/8"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "2600::/31"}, "TRUSTED_PROXIES"),
     ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE"),
     ({"JWT_ISSUER": "   "}, "JWT_ISSUER"),
     ({"JWT_SECRET_KEY": "a" * 48, "JWT_REFRESH_SECRET_KEY": GOOD_B}, "JWT_SECRET_KEY"),
@@ -249,10 +254,11 @@ class TestAcceptedValues:
     ) -> None:
         monkeypatch.setenv("REFRESH_REUSE_GRACE_SECONDS", "60")
         monkeypatch.setenv("ACCESS_TOKEN_EXPIRE_MINUTES", "1440")
-        monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8,0.0.0.0/1,fd00::/8")
+        # Private networks of any size, and at most a /8 (v4) and a /32 (v6) of public ones.
+        monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8,fc00::/7,34.0.0.0/8,2600::/32")
         s = load_settings(jwt_secret_key=GOOD_A, jwt_refresh_secret_key=GOOD_B)
         assert (s.refresh_reuse_grace_seconds, s.access_token_expire_minutes) == (60, 1440)
-        assert len(s.trusted_proxies) == 3
+        assert len(s.trusted_proxies) == 4
 
     @pytest.mark.parametrize(
         ("value", "kept"),

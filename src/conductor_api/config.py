@@ -22,7 +22,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from conductor_api.settings_checks import SECRET_NAMES, redact, trusts_everyone, weak_secret
+from conductor_api.settings_checks import (
+    SECRET_NAMES,
+    redact,
+    trusts_everyone,
+    trusts_public_clients,
+    weak_secret,
+)
 from conductor_api.storage import make_private_dir
 
 SECRETS_FILE_NAME = "secrets.json"
@@ -276,6 +282,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "trusts every address, so any client could choose its own address "
                 "(X-Forwarded-For) and escape the per-address limit; list your proxies"
+            )
+        if trusts_public_clients(networks):
+            raise ValueError(
+                "trusts more than a /8 of public IPv4 addresses or a /32 of IPv6, so ordinary "
+                "clients could choose their own address (X-Forwarded-For) and escape the "
+                "per-address limit; list your proxies"
             )
         return networks
 

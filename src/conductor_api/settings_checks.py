@@ -38,6 +38,22 @@ def trusts_everyone(networks: list[IPNetwork]) -> bool:
     )
 
 
+# The most public addresses TRUSTED_PROXIES may cover: a /8 of IPv4, a /32 of IPv6 (what
+# one provider's proxies fill at most). More trusts ordinary clients to name themselves.
+MAX_PUBLIC_PROXIES = {4: 2**24, 6: 2**96}
+
+
+def trusts_public_clients(networks: list[IPNetwork]) -> bool:
+    """Whether the networks that are not private (RFC 1918, ULA, loopback, ...) together
+    cover more than a /8 of IPv4 or a /32 of IPv6 (2000::/3, 0.0.0.0/1, ...)."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network) and not n.is_private]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network) and not n.is_private]
+    return (
+        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) > MAX_PUBLIC_PROXIES[4]
+        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) > MAX_PUBLIC_PROXIES[6]
+    )
+
+
 # Setting names whose values are never shown in an error message: every secret setting
 # (JWT_SECRET_KEY, JWT_REFRESH_SECRET_KEY, KEY_ENCRYPTION_KEY) has one of them in its name.
 SECRET_NAMES = ("SECRET", "KEY")
