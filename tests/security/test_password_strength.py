@@ -86,6 +86,20 @@ class TestWeakPasswords:
         # A long strong password is checked quickly: only its first 40 characters are scored.
         check_password_rules("Tq9#vL2mWx8!pZ4 correct horse battery staple " * 20, 15)
 
+    @pytest.mark.parametrize(
+        ("username", "password"),
+        [
+            ("straßenbahnfahrerin", "STRASSENBAHNFAHRERIN"),  # the same name, case-folded
+            ("nightingale-sings-loud", "\uff2e\uff29\uff27\uff28\uff34ingale-sings-loud"),
+        ],
+        ids=["folded", "fullwidth"],
+    )
+    def test_the_username_in_another_form_is_the_username(
+        self, username: str, password: str
+    ) -> None:
+        with pytest.raises(Exception, match="must not be the username"):
+            check_password_rules(password, 15, username)
+
 
 class TestUnencodablePasswords:
     @pytest.mark.parametrize("field", ["current_password", "new_password"])

@@ -304,6 +304,12 @@ def common_passwords() -> frozenset[str]:
     return frozenset(w for w in lists["passwords"] if len(w) >= 8)
 
 
+def fold(text: str) -> str:
+    """NFKC, case-folded, NFKC again: what makes two usernames the same (and a password the
+    username: "STRASSE" is "straße", fullwidth letters are letters)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
 def invisible(ch: str) -> bool:
     """Whether `ch` prints as nothing: a space, a format character, or a blank such as the
     Hangul fillers (letters to Unicode, blanks to the eye)."""
@@ -345,7 +351,7 @@ def check_password_rules(password: str, min_length: int, username: str | None = 
     folded = password.lower()
     if folded in common_passwords():
         raise PasswordRejected("This password is too common")
-    if username is not None and folded == username.lower():
+    if username is not None and fold(password) == fold(username):
         raise PasswordRejected("Password must not be the username")
     weakness = _weakness(password, username)
     if weakness is not None:

@@ -21,7 +21,7 @@ from conductor_api.errors import AppError, NotFound, UsernameTaken
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import Owner, SecondFactor, void_pending
-from conductor_api.security.passwords import PasswordHasher, check_password_rules, invisible
+from conductor_api.security.passwords import PasswordHasher, check_password_rules, fold, invisible
 from conductor_api.sessions.service import revoke_many
 from conductor_api.users import repository
 from conductor_api.users.confusables import skeleton_digest
@@ -38,10 +38,6 @@ class InvalidUsername(AppError):
     detail = "Username must be 3 to 150 letters, digits or . @ + - _"
 
 
-def _fold(username: str) -> str:
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
-
-
 def normalize_username(username: str) -> str:
     """The key that logins and lockouts match on: NFKC, case-folded, NFKC again.
 
@@ -50,7 +46,7 @@ def normalize_username(username: str) -> str:
     refuses it), so it is replaced by a fixed-length digest: the login then takes the
     unknown-name path (dummy hash, 401) and its lockout counter still works. The `~`
     cannot occur in a real key, so no digest can collide with one."""
-    key = _fold(username)
+    key = fold(username)
     if len(key) <= USERNAME_MAX:
         return key
     return "~" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
@@ -63,7 +59,7 @@ def check_username(username: str) -> str:
     name = unicodedata.normalize("NFKC", username)
     if (
         not _USERNAME_RE.fullmatch(name)
-        or len(_fold(name)) > USERNAME_MAX
+        or len(fold(name)) > USERNAME_MAX
         or any(invisible(ch) for ch in name)
     ):
         raise InvalidUsername()
