@@ -189,6 +189,25 @@ class TestLogins:
             assert secret not in s.label_values()
             assert secret not in s.text
 
+    async def test_the_second_step_counts_like_the_first(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, clock: FrozenClock
+    ) -> None:
+        from tests.mfa.helpers import code_at, enable_totp, verify
+
+        at = (await tokens(client))["access_token"]
+        secret, _ = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        started = (await login(client)).json()["mfa_token"]
+        assert (await verify(client, started, code="000000")).status_code == 401
+        assert (await verify(client, "not-a-token", code="000000")).status_code == 401
+        right = await verify(client, started, code=code_at(secret, clock.now()))
+        assert right.status_code == 200
+        s = scrape(container)
+        # The first login (before TOTP) and the second step's success; two failed steps.
+        assert s.value("conductor_logins_total", method="password", result="succeeded") == 2
+        assert s.value("conductor_logins_total", method="password", result="mfa_required") == 1
+        assert s.value("conductor_logins_total", method="password", result="failed") == 2
+
     async def test_disabled_account(
         self, client: httpx.AsyncClient, container: Container, alice: Account
     ) -> None:

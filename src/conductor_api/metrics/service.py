@@ -26,6 +26,10 @@ REFRESH_RESULTS = ("rotated", "grace", "reused", "invalid")
 _LOGIN_RESULT_OF = {
     "invalid_credentials": "failed",
     "invalid_passkey": "failed",
+    # The second step of a sign-in (`/auth/mfa/verify`): a wrong code, or a pending
+    # sign-in that is unknown, spent or expired, is a failed attempt like a wrong password.
+    "invalid_mfa_code": "failed",
+    "invalid_mfa_token": "failed",
     "account_locked": "locked",
     "too_many_attempts": "throttled",
     "account_disabled": "disabled",
