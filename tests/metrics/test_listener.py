@@ -4,12 +4,14 @@ and no `Server` header naming the software or its version."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conductor_api.metrics import exposition
 from conductor_api.metrics.exposition import MetricsListener
 from conductor_api.metrics.service import Metrics
 
@@ -58,3 +60,26 @@ def test_a_request_refused_before_the_application_too(listener: str) -> None:
     assert head.startswith(b"http/1.0 431"), head
     assert b"\r\nserver:" not in head
     assert b"\r\nx-content-type-options: nosniff" in head
+    assert answer.split(b"\r\n\r\n", 1)[1] == b"431 Too many headers\n"
+
+
+def test_a_stalled_request_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(exposition._Quiet, "timeout", 0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    served = MetricsListener("127.0.0.1", port, str(tmp_path), Metrics().declared())
+    served.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /metr")  # and nothing more
+            started = time.monotonic()
+            assert conn.recv(65536) == b""  # closed by the listener
+            assert time.monotonic() - started < 4
+        # The listener still answers, and printed no traceback for the stalled client.
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    finally:
+        served.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -27,7 +27,17 @@ class _Unnamed(ServerHandler):
     server_software = ""
 
 
+# How long a scrape may take to send its request: a connection that sends part of one and
+# stalls is closed, so idle connections cannot pile up threads in the supervisor.
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+
 class _Quiet(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT_SECONDS
+    # The answers of the HTTP layer (`send_error`) in plain text, not Python's HTML page.
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every few seconds would drown the log."""
 
@@ -58,6 +68,9 @@ class _Quiet(WSGIRequestHandler):
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that stalled (the timeout) or went away: closed, with no traceback."""
 
 
 def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:

@@ -164,7 +164,8 @@ class Supervisor:
                 f"{name}: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
             ) from None
         listener.start()
-        log.info("metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+        host = f"[{s.metrics_host}]" if ":" in s.metrics_host else s.metrics_host  # IPv6
+        log.info("metrics on http://%s:%d/metrics", host, s.metrics_port)
         return listener
 
     def _spawn(self, i: int) -> None:
