@@ -16,7 +16,7 @@ from tests.e2e.server import clean_env, cli_path
 from tests.mfa.helpers import enable_totp
 from tests.operator import cli, login, server_on
 from tests.passkeys.authenticator import Authenticator
-from tests.passkeys.helpers import ANDROID_ORIGIN, ON, add_passkey, passkey_login
+from tests.passkeys.helpers import ANDROID_ORIGIN, ON, add_passkey, passkey_login, register
 
 
 class TestOperator:
@@ -52,6 +52,41 @@ class TestOperator:
             refused = await passkey_login(client, phone)
             assert refused.status_code == 403
             assert refused.json()["code"] == "account_disabled"
+
+    async def test_the_operator_lists_and_removes_a_users_passkeys(self, tmp_path: Path) -> None:
+        # An account taken over: the intruder added a passkey with a stolen token, and a new
+        # password would not take it away. The operator finds it and removes it.
+        data = tmp_path / "data"
+        cli(data, "users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+        owners, intruders = Authenticator(), Authenticator()
+        async with server_on(data, **ON) as client:
+            access = (await login(client)).json()["access_token"]
+            assert (await register(client, access, owners, name="Pixel 8")).status_code == 201
+            assert (await register(client, access, intruders, name="Galaxy")).status_code == 201
+            assert (await passkey_login(client, owners)).status_code == 200
+        listed = cli(data, "passkeys", "list", "alice")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert [line.split("\t")[1] for line in lines] == ["Pixel 8", "Galaxy"]
+        assert "last used never" not in lines[0] and lines[1].endswith("last used -")
+        intruder_id = lines[1].split("\t")[0]
+
+        removed = cli(data, "passkeys", "remove", intruder_id)
+        assert removed.returncode == 0, removed.stderr
+        assert removed.stdout.strip() == f"passkey {intruder_id} of alice removed"
+        assert len(cli(data, "passkeys", "list", "alice").stdout.splitlines()) == 1
+        again = cli(data, "passkeys", "remove", intruder_id)
+        assert again.returncode == 1 and again.stderr.strip().endswith(f"no passkey {intruder_id}")
+        bad = cli(data, "passkeys", "remove", "not-an-id")
+        assert bad.returncode == 2 and "not a passkey id" in bad.stderr
+        async with server_on(data, **ON) as client:
+            assert (await passkey_login(client, intruders)).status_code == 401
+            assert (await passkey_login(client, owners)).status_code == 200
+            access = (await login(client)).json()["access_token"]
+            events = await client.get(
+                "/api/v1/auth/events", headers={"Authorization": f"Bearer {access}"}
+            )
+            assert "passkey_removed" in [e["type"] for e in events.json()]
 
 
 BAD = [

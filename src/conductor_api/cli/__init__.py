@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from typer.exceptions import TyperException
 
 from conductor_api import migrate as migrations
-from conductor_api.cli import keys, prune, sessions, users
+from conductor_api.cli import keys, passkeys, prune, sessions, users
 from conductor_api.cli.common import CliError, UsageError, check_stored_secrets, settings
 from conductor_api.config import (
     ConfigError,
@@ -37,6 +37,7 @@ app = typer.Typer(
 )
 app.add_typer(users.app, name="users")
 app.add_typer(sessions.app, name="sessions")
+app.add_typer(passkeys.app, name="passkeys")
 app.command()(prune.prune)
 app.add_typer(keys.app, name="keys")
 
