@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import sqlite3
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +17,7 @@ from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.db import asyncpg_dsn
+from conductor_api.dpop.replay import SqliteReplayCache, sqlite_cache_path
 from conductor_api.retention.pruner import Pruner
 from conductor_api.retention.rules import RULES, Retention
 from tests.conftest import Account
@@ -43,6 +46,35 @@ class TestPrune:
             assert after[table] == rows - gone, table
             assert expected.kept.get(table, set()) <= after[table], table
         assert deleted == {t: len(rows) for t, rows in expected.deleted.items()}
+
+    async def test_the_sqlite_proof_cache_file_is_pruned_too(
+        self, container: Container, clock: FrozenClock
+    ) -> None:
+        if not container.settings.is_sqlite:
+            pytest.skip("SQLite keeps the DPoP proofs in a file of their own")
+        path = sqlite_cache_path(container.settings.sqlite_path)
+        now = clock.now().timestamp()
+        aged, young = [secrets.token_hex(32) for _ in range(2)], secrets.token_hex(32)
+        cache = SqliteReplayCache(path, 1.0)
+        try:
+            for key, expires in ((aged[0], now - 120), (aged[1], now - 30), (young, now + 30)):
+                assert await cache.first_use(key, expires, now - 200)
+        finally:
+            await cache.close()
+        with sqlite3.connect(path) as db:
+            before = db.execute("SELECT count(*) FROM dpop_proofs").fetchone()[0]
+        deleted = await Pruner(container.settings, container.engine, clock.now).run()
+        assert deleted is not None and deleted["dpop_proofs"] >= 2
+        with sqlite3.connect(path) as db:
+            left = db.execute("SELECT count(*) FROM dpop_proofs").fetchone()[0]
+        assert left == before - deleted["dpop_proofs"] and left >= 1
+        # The young one is remembered (the same proof again is a replay); the aged are gone.
+        cache = SqliteReplayCache(path, 1.0)
+        try:
+            assert not await cache.first_use(young, now + 30, now)
+            assert await cache.first_use(aged[0], now + 30, now)
+        finally:
+            await cache.close()
 
     async def test_nothing_expired_deletes_nothing(
         self, container: Container, alice: Account, clock: FrozenClock

@@ -52,6 +52,23 @@ def sqlite_cache_path(database: str) -> Path:
     return path.with_name(f"{path.stem}-dpop.db")
 
 
+def prune_sqlite_cache(path: Path, now: float) -> int:
+    """Delete the proofs of a cache file that have aged out (for the pruner and `prune`:
+    the cache itself only deletes them while it takes in new proofs); how many. 0 when
+    the file or its table does not exist yet."""
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(path, isolation_level=None, timeout=1.0)
+    try:
+        return conn.execute("DELETE FROM dpop_proofs WHERE expires_at < ?", (int(now),)).rowcount
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return 0
+        raise
+    finally:
+        conn.close()
+
+
 class SqliteReplayCache:
     """The cache in its own SQLite file (see the module's docstring).
 

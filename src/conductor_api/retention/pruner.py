@@ -14,6 +14,8 @@ from sqlalchemy import ColumnElement, Delete, delete, func, literal_column, sele
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conductor_api.config import Settings
+from conductor_api.dpop.models import SeenProof
+from conductor_api.dpop.replay import prune_sqlite_cache, sqlite_cache_path
 from conductor_api.retention.rules import RULES, Expiring, Retention
 
 # Arbitrary but fixed: every instance on one PostgreSQL database contends for this key.
@@ -92,6 +94,11 @@ class Pruner:
         for rule in self._rules:
             count = await self._drain(conn, rule, retention)
             deleted[rule.name] = deleted.get(rule.name, 0) + count
+        if self._settings.is_sqlite and SeenProof.__tablename__ in deleted:
+            # On SQLite the proofs live in a file of their own beside the database.
+            path = sqlite_cache_path(self._settings.sqlite_path)
+            aged = await asyncio.to_thread(prune_sqlite_cache, path, retention.now.timestamp())
+            deleted[SeenProof.__tablename__] += aged
         return deleted
 
     async def _drain(self, conn: AsyncConnection | None, rule: Expiring, r: Retention) -> int:
