@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -30,6 +31,7 @@ from conductor_api.app import create_app
 from conductor_api.clock import FrozenClock
 from conductor_api.config import Settings
 from conductor_api.container import Container
+from conductor_api.dpop.replay import sqlite_cache_path
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.service import create_user
 
@@ -170,6 +172,11 @@ async def started_app(settings: Settings, clock: FrozenClock) -> AsyncIterator[F
         async with container.engine.begin() as conn:
             for table in TABLES:
                 await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608
+        if settings.is_sqlite:  # and the proofs in SQLite's DPoP cache file beside it
+            cache = sqlite_cache_path(settings.sqlite_path)
+            if cache.exists():
+                with sqlite3.connect(cache) as db:
+                    db.execute("DELETE FROM dpop_proofs")
         yield application
 
 
