@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import jwt
+from fastapi import FastAPI
 from sqlalchemy import select
 
 from conductor_api.auth.models import LoginThrottle
+from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
-from tests.conftest import CLIENT_IP, Account
+from tests.conftest import CLIENT_IP, Account, make_client
 from tests.dpop.conftest import (
     bound_login,
     claims_of,
@@ -152,7 +154,8 @@ class TestStolenRefreshToken:
         async with container.sessionmaker() as db:
             types = (await db.scalars(select(SecurityEvent.type))).all()
             addresses = (await db.scalars(select(SecurityEvent.ip_address))).all()
-        assert types.count("dpop_proof_invalid") == 2
+        # Recorded once for the two: once a minute per session and address.
+        assert types.count("dpop_proof_invalid") == 1
         assert "203.0.113.7" in addresses
         events = await client.get(
             API + "/events",
@@ -251,10 +254,44 @@ class TestResourceRefusals:
             assert (
                 response.headers["WWW-Authenticate"] == f'{CHALLENGE}, error="invalid_dpop_proof"'
             )
-        # Each attempt with the bound token but without its key's valid proof is visible.
+        # The attempts with the bound token but without its key's valid proof are visible:
+        # once a minute per session and address.
         async with container.sessionmaker() as db:
             types = (await db.scalars(select(SecurityEvent.type))).all()
-        assert types.count("dpop_proof_invalid") == len(cases)
+        assert types.count("dpop_proof_invalid") == 1
+
+    async def test_a_copy_used_in_a_loop_is_recorded_once_a_minute_per_address(
+        self,
+        app: FastAPI,
+        container: Container,
+        alice: Account,
+        phone: PhoneKey,
+        clock: FrozenClock,
+    ) -> None:
+        async with make_client(app) as client:
+            pair = await bound_login(client, container, alice, phone)
+        copied = {"Authorization": f"Bearer {pair['access_token']}"}
+
+        async def refusals(ip: str, times: int) -> None:
+            async with make_client(app, ip) as client:
+                for _ in range(times):
+                    assert (await client.get(API + "/me", headers=copied)).status_code == 401
+
+        async def recorded() -> list[str]:
+            async with container.sessionmaker() as db:
+                rows = await db.scalars(
+                    select(SecurityEvent.ip_address).where(
+                        SecurityEvent.type == "dpop_proof_invalid"
+                    )
+                )
+                return sorted(ip or "" for ip in rows.all())
+
+        await refusals("198.51.100.1", 20)
+        await refusals("198.51.100.2", 3)
+        assert await recorded() == ["198.51.100.1", "198.51.100.2"]
+        clock.advance(seconds=61)
+        await refusals("198.51.100.1", 5)
+        assert await recorded() == ["198.51.100.1", "198.51.100.1", "198.51.100.2"]
 
     async def test_replayed_proof(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey

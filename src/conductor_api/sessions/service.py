@@ -202,6 +202,10 @@ async def _refresh_not_current(
     raise RefreshTokenReused()
 
 
+# How often one session's refused proofs from one address are recorded, at most.
+INVALID_PROOF_EVENT_INTERVAL = timedelta(minutes=1)
+
+
 async def record_invalid_proof(
     sessionmaker: async_sessionmaker[AsyncSession],
     claims: Claims,
@@ -209,10 +213,15 @@ async def record_invalid_proof(
     now: datetime,
 ) -> None:
     """A bound session's refresh token presented without a valid proof by its key: perhaps
-    a copied token, so the user sees it (`dpop_proof_invalid`, with the address)."""
+    a copied token, so the user sees it (`dpop_proof_invalid`, with the address). Once a
+    minute per session and address: a copy used in a loop must not push the user's other
+    events out of sight."""
     async with sessionmaker.begin() as db:
         user = await repository.owner(db, claims.user_id)
-        if user is None:
+        if user is None or await events.recorded_since(
+            db, EventType.DPOP_PROOF_INVALID, user_id=user.id, session_id=claims.session_id,
+            ip_address=client.ip_address, since=now - INVALID_PROOF_EVENT_INTERVAL,
+        ):  # fmt: skip
             return
         await events.record(
             db, EventType.DPOP_PROOF_INVALID, now=now, username_key=user.username_key,
