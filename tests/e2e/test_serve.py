@@ -139,6 +139,24 @@ class TestShutdown:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def test_ctrl_c_while_starting_prints_no_traceback(self, tmp_path: Path) -> None:
+        # Ctrl-C reaches the whole process group: the command and its workers, all still
+        # importing.
+        server = Server(tmp_path, SECRETS, workers=2)
+        server.launch()
+        assert server.proc is not None
+        deadline = time.monotonic() + 15
+        while len(workers_of(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pids = workers_of(server)
+        os.killpg(server.proc.pid, signal.SIGINT)
+        server.proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in pids)
+        assert "Traceback" not in server.log(), server.log()
+
     def test_a_dead_worker_is_replaced(self, tmp_path: Path) -> None:
         with Server(tmp_path, SECRETS, workers=2) as server:
             first = workers_of(server)

@@ -170,12 +170,20 @@ class Supervisor:
 
     def _spawn(self, i: int) -> None:
         fd = self.sockets[i].fileno()
-        # Our own interpreter and module, no input from outside.
-        self.procs[i] = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "conductor_api.serving.worker", str(fd), str(os.getpid())],
-            pass_fds=(fd,),
-            env=self.env,
-        )
+        # Ctrl-C reaches every process of the group, and the supervisor stops the workers
+        # itself (SIGTERM): a worker is born with SIGINT blocked (the mask survives fork and
+        # exec), so one still starting Python prints no KeyboardInterrupt traceback. Blocked,
+        # not ignored: a Ctrl-C meanwhile waits for the supervisor instead of being lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            # Our own interpreter and module, no input from outside.
+            self.procs[i] = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "conductor_api.serving.worker", str(fd), str(os.getpid())],
+                pass_fds=(fd,),
+                env=self.env,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
