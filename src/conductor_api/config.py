@@ -13,11 +13,18 @@ import re
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -62,6 +69,10 @@ def hash_threads_per_worker(workers: int) -> int:
     each and turns taken on the cores (two workers of two threads each on two cores spent
     about a sixth more CPU a verify than the threads of one: bench/RESULTS.md)."""
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+# How a whole-number setting is written: digits, perhaps a sign, perhaps spaces around.
+_DIGITS = re.compile(r"\s*[+-]?[0-9]+\s*")
 
 
 class Settings(BaseSettings):
@@ -372,6 +383,16 @@ class Settings(BaseSettings):
     @classmethod
     def _check_host(cls, value: str) -> str:
         return listen_host(value)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_numbers_in_digits(cls, value: object, info: ValidationInfo) -> object:
+        # Pydantic alone also reads Python's `1_000` and a float's `8000.0` as whole numbers.
+        field = cls.model_fields.get(info.field_name or "")
+        whole = field is not None and int in (field.annotation, *get_args(field.annotation))
+        if whole and isinstance(value, str) and value.strip() and not _DIGITS.fullmatch(value):
+            raise ValueError("must be a whole number, in digits")
+        return value
 
     @field_validator("metrics_port", mode="before")
     @classmethod
