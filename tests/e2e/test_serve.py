@@ -66,6 +66,23 @@ def workers_of(server: Server) -> list[int]:
     return [p for p in children(server.proc.pid) if "serving.worker" in _cmdline(p)]
 
 
+def started_workers(server: Server, count: int = 2) -> list[int]:
+    """The workers of a server just launched, as soon as `count` exist (still importing)."""
+    deadline = time.monotonic() + 15
+    while len(pids := workers_of(server)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pids) == count
+    return pids
+
+
+def assert_all_die(pids: list[int], timeout: float = 15) -> None:
+    """Every process of `pids` is gone within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
@@ -96,10 +113,7 @@ class TestShutdown:
         pids = workers_of(server)
         server.proc.send_signal(signal.SIGTERM)  # the supervisor only: it stops the workers
         assert server.proc.wait(timeout=30) == 0
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in pids)
+        assert_all_die(pids, timeout=10)
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url + "/health/live")
         assert "Traceback" not in server.log()
@@ -110,10 +124,7 @@ class TestShutdown:
         pids = workers_of(server)
         server.proc.kill()
         server.proc.wait(timeout=10)
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in pids)
+        assert_all_die(pids)
 
     def test_workers_die_with_a_supervisor_killed_while_they_start(self, tmp_path: Path) -> None:
         # Killed while the workers still import, before they have asked the kernel for a
@@ -123,17 +134,10 @@ class TestShutdown:
         assert server.proc is not None
         pids: list[int] = []
         try:
-            deadline = time.monotonic() + 15
-            while len(pids) < 2 and time.monotonic() < deadline:
-                pids = workers_of(server)
-                time.sleep(0.01)
-            assert len(pids) == 2
+            pids = started_workers(server)
             server.proc.kill()
             server.proc.wait(timeout=10)
-            deadline = time.monotonic() + 15
-            while any(alive(p) for p in pids) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not any(alive(p) for p in pids)
+            assert_all_die(pids)
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -145,16 +149,10 @@ class TestShutdown:
         server = Server(tmp_path, SECRETS, workers=2)
         server.launch()
         assert server.proc is not None
-        deadline = time.monotonic() + 15
-        while len(workers_of(server)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pids = workers_of(server)
+        pids = started_workers(server)
         os.killpg(server.proc.pid, signal.SIGINT)
         server.proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in pids)
+        assert_all_die(pids)
         assert "Traceback" not in server.log(), server.log()
 
     def test_a_dead_worker_is_replaced(self, tmp_path: Path) -> None:

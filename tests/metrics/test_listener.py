@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,17 +17,24 @@ from conductor_api.metrics.exposition import MetricsListener
 from conductor_api.metrics.service import Metrics
 
 
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def listening(directory: Path) -> Iterator[str]:
+    """A metrics listener on a free loopback port: its address."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    served = MetricsListener("127.0.0.1", port, str(tmp_path), Metrics().declared())
+    served = MetricsListener("127.0.0.1", port, str(directory), Metrics().declared())
     served.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         served.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[str]:
+    with listening(tmp_path) as address:
+        yield address
 
 
 def raw(address: str, request: bytes) -> bytes:
@@ -67,19 +75,13 @@ def test_a_stalled_request_is_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(exposition._Quiet, "timeout", 0.5)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    served = MetricsListener("127.0.0.1", port, str(tmp_path), Metrics().declared())
-    served.start()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+    with listening(tmp_path) as address:
+        host, port = address.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
             conn.sendall(b"GET /metr")  # and nothing more
             started = time.monotonic()
             assert conn.recv(65536) == b""  # closed by the listener
             assert time.monotonic() - started < 4
         # The listener still answers, and printed no traceback for the stalled client.
-        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
-    finally:
-        served.close()
+        assert httpx.get(f"http://{address}/metrics").status_code == 200
     assert "Traceback" not in capfd.readouterr().err
