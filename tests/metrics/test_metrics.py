@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.e2e.server import free_port
 from tests.metrics.scrape import LOGIN_RESULT, REFRESH_RESULT, Scrape
+from tests.mfa.helpers import code_at, enable_totp, verify
 
 WRONG = "wrong password, but long enough"
 API = "/api/v1/auth"
@@ -192,8 +193,6 @@ class TestLogins:
     async def test_the_second_step_counts_like_the_first(
         self, client: httpx.AsyncClient, container: Container, alice: Account, clock: FrozenClock
     ) -> None:
-        from tests.mfa.helpers import code_at, enable_totp, verify
-
         at = (await tokens(client))["access_token"]
         secret, _ = await enable_totp(client, at, clock.now())
         clock.advance(seconds=30)
