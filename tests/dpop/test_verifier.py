@@ -93,6 +93,20 @@ class TestRefused:
         refused(verifier, "not-a-jwt")
         refused(verifier, "a.b.c")
 
+    @pytest.mark.parametrize("depth", [500, 1500])
+    def test_a_signed_payload_nested_too_deep(
+        self, verifier: ProofVerifier, key: PhoneKey, depth: int
+    ) -> None:
+        # Under the length bound, signed by the proof's own key, and deeper than Python's
+        # parser goes: refused like any payload that is not JSON.
+        head = b64({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.jwk})
+        body = b64(b"[" * depth)
+        signer = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256)
+        signature = signer.sign(f"{head}.{body}".encode(), key.private)
+        proof = f"{head}.{body}.{b64(signature)}"
+        assert len(proof) < 4096
+        assert "not JSON" in refused(verifier, proof)
+
     def test_too_long(self, verifier: ProofVerifier, key: PhoneKey) -> None:
         proof = key.proof("GET", URL, NOW, claims={"pad": "x" * 5000})
         assert "compact" in refused(verifier, proof)

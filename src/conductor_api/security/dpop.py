@@ -263,7 +263,9 @@ class ProofVerifier:
             raise DPoPError("the signature does not verify")
         try:
             claims = json.loads(jwt.utils.base64url_decode(payload_segment))
-        except ValueError as e:
+        # RecursionError: JSON nested deeper than the parser goes ("[" a thousand times),
+        # signed by any key: a client's mistake like any other, not a server error.
+        except (ValueError, RecursionError) as e:
             raise DPoPError("the payload is not JSON") from e
         if not isinstance(claims, dict):
             raise DPoPError("the payload is not a JSON object")
