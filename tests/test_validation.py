@@ -454,3 +454,20 @@ class TestOtherBadRequests:
         response = await client.get(LOGIN)
         assert response.status_code == 405
         assert response.json()["code"] == "method_not_allowed"
+        assert response.headers["allow"] == "POST"
+
+    @pytest.mark.parametrize(
+        ("path", "allow"),
+        [
+            ("/api/v1/auth/me", "GET, HEAD"),
+            ("/health/live", "GET, HEAD"),
+            ("/api/v1/auth/sessions/00000000-0000-0000-0000-000000000000", "DELETE"),
+        ],
+    )
+    async def test_allow_names_every_method_of_the_path(
+        self, client: httpx.AsyncClient, path: str, allow: str
+    ) -> None:
+        # RFC 9110 section 15.5.6: every method the resource takes, from all its routes.
+        response = await client.put(path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allow

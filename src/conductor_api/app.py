@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route, compile_path
 
 from conductor_api import __version__
 from conductor_api.auth.router import document_token_errors
@@ -74,6 +75,35 @@ def database_down(error: BaseException) -> bool:
     return isinstance(cause, ASYNCPG_LOST)
 
 
+# The order `Allow` lists methods in (RFC 9110 section 10.2.1 sets none; this is the usual).
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _methods_by_path(
+    groups: list[tuple[str, Sequence[BaseRoute]]],
+) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Each route's path (its prefix included) as a pattern, with its methods."""
+    found = []
+    for prefix, routes in groups:
+        for route in routes:
+            if isinstance(route, APIRoute | Route) and route.methods:
+                pattern, _, _ = compile_path(prefix + route.path)
+                found.append((pattern, frozenset(route.methods)))
+    return found
+
+
+def _allowed(request: Request) -> str:
+    """The `Allow` of a 405: the methods of every route of the path (RFC 9110 section
+    15.5.6). Starlette names only the first route's, and a path can have several: GET and
+    the HEAD route beside it, PATCH and DELETE of one passkey."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for pattern, route_methods in request.app.state.methods_by_path:
+        if pattern.match(path):
+            methods |= route_methods
+    return ", ".join(m for m in _METHOD_ORDER if m in methods)
+
+
 def _render(error: AppError) -> JSONResponse:
     return JSONResponse(
         {**error.extra, "detail": error.detail, "code": error.code},
@@ -104,12 +134,15 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors, "code": "validation_error"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(error.status_code, "http_error")
+        headers = error.headers
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(request)}
         return JSONResponse(
             {"detail": str(error.detail), "code": code},
             status_code=error.status_code,
-            headers=error.headers,
+            headers=headers,
         )
 
     for exc_type in (*DATABASE_DOWN, sa_exc.DBAPIError):
@@ -210,6 +243,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     _answer_head_like_get(app, app.router.routes)
     for router, prefix in routers:
         _answer_head_like_get(app, router.routes, prefix)
+    app.state.methods_by_path = _methods_by_path(
+        [("", app.router.routes), *((prefix, r.routes) for r, prefix in routers)]
+    )
 
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

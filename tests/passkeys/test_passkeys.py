@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -204,6 +205,12 @@ class TestLife:
         )
         assert response.status_code == 200, response.text
         assert response.json()["device_token"]
+
+    async def test_a_wrong_method_names_both_of_a_passkeys(self, client: httpx.AsyncClient) -> None:
+        # Two routes share the path; a 405's Allow names the methods of both (RFC 9110).
+        response = await client.put(f"{PASSKEYS}/{uuid.uuid4()}")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "PATCH, DELETE"
 
 
 class TestOptions:
