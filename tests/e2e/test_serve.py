@@ -417,6 +417,15 @@ class TestStalledRequests:
                 time.sleep(0.5)
                 slow.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 assert read_all(slow).startswith(b"HTTP/1.1 200 ")
+            # A blank line after an answer begins no request, yet stops uvicorn's keep-alive
+            # timeout: the connection must not stay open for ever.
+            with connect() as idle:
+                idle.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+                idle.sendall(b"\r\n")
+                began = time.monotonic()
+                read_all(idle)  # closed (with a 408), not left open
+                assert time.monotonic() - began < 5
         # The stalled body reached the application and ran nothing: no answer was counted.
         assert "POST /api/v1/auth/refresh 499" in server.log()
 

@@ -121,6 +121,9 @@ class Protocol(HttpToolsProtocol):
         never ends) is refused before the parser holds more of it."""
         if self._in_head:
             self._head_received += len(data)
+            # Any byte starts the clock, also the blank lines a parser skips before a request
+            # line (they begin no message, yet end uvicorn's keep-alive timeout).
+            self._expect_arrival()
         super().data_received(data)
         too_large = self._in_head and self._head_received > MAX_HEAD_BYTES
         if too_large and not self.transport.is_closing():
