@@ -405,6 +405,7 @@ class TestStalledRequests:
                 assert answer.startswith(b"HTTP/1.1 408 "), answer
                 assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_timeout"
                 assert b"x-content-type-options: nosniff" in answer.lower()
+                request_id = answer.lower().split(b"x-request-id: ")[1].split(b"\r\n")[0]
                 assert read_all(half_body) == b""
             assert time.monotonic() - began < 8
             # Slow but in time, then a second request on the same kept-alive connection.
@@ -428,6 +429,10 @@ class TestStalledRequests:
                 assert time.monotonic() - began < 5
         # The stalled body reached the application and ran nothing: no answer was counted.
         assert "POST /api/v1/auth/refresh 499" in server.log()
+        # The 408's id is in its line of the access log.
+        assert any(
+            request_id.decode() in line and " 408" in line for line in server.log().splitlines()
+        ), server.log()
 
 
 class TestOneLineErrors:

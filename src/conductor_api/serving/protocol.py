@@ -17,6 +17,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from conductor_api.logs import ACCESS
 from conductor_api.metrics.middleware import UNMATCHED
 
 _BODY = json.dumps({"detail": "Invalid HTTP request", "code": "bad_request"}).encode()
@@ -142,6 +143,13 @@ class Protocol(HttpToolsProtocol):
         container = getattr(getattr(_application(self.app), "state", None), "container", None)
         if container is not None:
             container.metrics.observe_request("", UNMATCHED, status, 0.0)
+        # Its line in the access log, as for every answer, so that the id a client reports
+        # finds it (the method and path may not have been read).
+        request_id = uuid.uuid4().hex
+        ACCESS.info(
+            "- - %d", status,
+            extra={"request_id": request_id, "method": "-", "path": "-", "status": status},
+        )  # fmt: skip
         content = [b"HTTP/1.1 " + status_line + b"\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
@@ -150,7 +158,7 @@ class Protocol(HttpToolsProtocol):
                 b"content-type: application/json\r\n",
                 b"content-length: " + str(len(body)).encode() + b"\r\n",
                 b"x-content-type-options: nosniff\r\n",
-                b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
+                b"x-request-id: " + request_id.encode() + b"\r\n",
                 b"connection: close\r\n",
                 b"\r\n",
                 body,
