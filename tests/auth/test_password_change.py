@@ -3,9 +3,13 @@ password is a failed login, with the lockout that follows."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from conductor_api.auth.models import LoginThrottle
@@ -13,6 +17,7 @@ from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
 from conductor_api.sessions.models import DeviceSession
+from conductor_api.users import service as users
 from conductor_api.users.models import User
 from tests.conftest import PASSWORD, Account, bearer, login, tokens
 
@@ -210,3 +215,39 @@ class TestWeakNewPassword:
         response = await change(client, me["access_token"], PASSWORD, "tooshort")
         assert response.status_code == 422
         assert response.json()["code"] == "password_rejected"
+
+
+class TestTwoChangesAtOnce:
+    async def test_the_second_waits_for_the_first_and_finds_the_password_changed(
+        self,
+        client: httpx.AsyncClient,
+        container: Container,
+        alice: Account,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # Two phones change the password at once, both with the right current one. Held in
+        # step 5 until both are there (or a second has passed): with a shared lock each, the
+        # two would then deadlock on the row; with the exclusive one, the second waits.
+        first, second = (
+            (await tokens(client))["access_token"],
+            (await tokens(client))["access_token"],
+        )
+        arrived: list[None] = []
+        both = asyncio.Event()
+        store = users.set_password
+
+        async def set_password_when_both_are_here(*args: Any, **kwargs: Any) -> Any:
+            arrived.append(None)
+            if len(arrived) == 2:
+                both.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(both.wait(), timeout=1.0)
+            return await store(*args, **kwargs)
+
+        monkeypatch.setattr(users, "set_password", set_password_when_both_are_here)
+        answers = await asyncio.gather(
+            change(client, first, PASSWORD, NEW_PASSWORD),
+            change(client, second, PASSWORD, "another passphrase, 7 oranges"),
+        )
+        assert sorted(a.status_code for a in answers) == [204, 401], [a.text for a in answers]
+        assert len(arrived) == 1, "the second never reached step 5 with the old password"

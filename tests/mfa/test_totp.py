@@ -4,16 +4,21 @@ codes, replay, disable; every bad input answers its contract code and stores not
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from conductor_api.auth.models import LoginThrottle
+from conductor_api.auth.signin import SignIn
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
+from conductor_api.mfa import repository as mfa_repository
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.mfa.service import Owner
 from conductor_api.sessions.models import DeviceSession
@@ -581,3 +586,72 @@ class TestPasswordChange:
         assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
         async with container.sessionmaker() as db:
             assert await db.scalar(select(MfaToken).where(MfaToken.user_id == alice.id)) is None
+
+
+class TestRacesWithTheSecondStep:
+    async def test_turning_totp_off_waits_for_a_second_step_in_flight(
+        self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container
+    ) -> None:
+        # The second step locks its pending sign-in, then spends a recovery code; turning
+        # TOTP off meanwhile must take them in the same order, not deadlock with it.
+        at = (await tokens(client))["access_token"]
+        _, codes = await enable_totp(client, at, clock.now())
+        await pending_login(client)
+        owner = Owner(alice.id, alice.username, "alice")
+        now = clock.now()
+        async with container.sessionmaker.begin() as step:
+            pending = (await step.scalars(select(MfaToken.id))).one()
+            assert await mfa_repository.lock_live_pending(step, pending, now, max_failures=5)
+            off = asyncio.create_task(_turn_off(container, owner, clock))
+            await asyncio.sleep(0.3)  # turning off waits for the pending sign-in's lock
+            used = await container.mfa.check(step, owner, now, recovery=codes[0])
+            assert used == "recovery_code"
+        assert await off is True
+        assert await factor(container, alice) is None
+
+    async def test_reset_mfa_voids_a_second_step_whose_code_was_already_right(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        clock: FrozenClock,
+        container: Container,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        at = (await tokens(client))["access_token"]
+        secret, _ = await enable_totp(client, at, clock.now())
+        clock.advance(seconds=30)
+        started = await pending_login(client)
+        finish = SignIn.finish_direct
+
+        def reset_first(attempt: SignIn, *args: Any, **kwargs: Any) -> Any:
+            # The operator's reset lands between the right code and the session's start.
+            async def go() -> None:
+                async with container.sessionmaker.begin() as db:
+                    user = await users.require_user(db, "alice")
+                    await users.reset_mfa(db, user, container.mfa, clock.now())
+
+            inner = finish(attempt, *args, **kwargs)
+
+            @contextlib.asynccontextmanager
+            async def wrapped() -> AsyncIterator[Any]:
+                await go()
+                async with inner as tx:
+                    yield tx
+
+            return wrapped()
+
+        monkeypatch.setattr(SignIn, "finish_direct", reset_first)
+        late = await verify(client, started, code=code_at(secret, clock.now()))
+        assert late.status_code == 401 and late.json()["code"] == "invalid_mfa_token"
+        async with container.sessionmaker() as db:
+            live = await db.scalars(
+                select(DeviceSession).where(
+                    DeviceSession.user_id == alice.id, DeviceSession.revoked_at.is_(None)
+                )
+            )
+            assert live.all() == []
+
+
+async def _turn_off(container: Container, owner: Owner, clock: FrozenClock) -> bool:
+    async with container.sessionmaker.begin() as db:
+        return await container.mfa.turn_off(db, owner, clock.now())

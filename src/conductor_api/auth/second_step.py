@@ -100,6 +100,8 @@ class SecondStep:
                 raise InvalidMfaToken()
             device = Device(pending.device_name, pending.device_fingerprint)
             async with attempt.finish_direct(Verified.of(user), device.fingerprint) as tx:
+                if not await self.mfa.still_pending(tx, pending):
+                    raise InvalidMfaToken()
                 return await self.signin.start(
                     tx, attempt, user, device, jkt=jkt, mfa=True, device_id=device_id
                 )

@@ -259,7 +259,7 @@ class SignInService:
                 await attempt.code(verified.user, right)
             # Hashed outside any transaction (on SQLite a transaction holds the write lock).
             new_hash = await self.steps.hasher.hash(new)
-            async with attempt.finish(verified) as db:
+            async with attempt.finish(verified, exclusive=True) as db:
                 await users.set_password(
                     db, verified.user, new_hash, now=self.steps.clock.now(),
                     keep_session=principal.session_id, client=client,

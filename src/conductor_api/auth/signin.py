@@ -263,9 +263,13 @@ class SignIn:
         self._committed()
         raise error or InvalidCredentials()
 
-    def finish(self, verified: Verified) -> AbstractAsyncContextManager[AsyncSession]:
-        """Step 5 in an ORM session (`_finish`), for the flows whose step 5 needs the ORM."""
-        return self._finish(verified, self._s.sessionmaker.begin)
+    def finish(
+        self, verified: Verified, *, exclusive: bool = False
+    ) -> AbstractAsyncContextManager[AsyncSession]:
+        """Step 5 in an ORM session (`_finish`), for the flows whose step 5 needs the ORM;
+        `exclusive` for one that changes the password (the user row's exclusive lock from
+        the start: two changes that each held the shared one would wait for each other)."""
+        return self._finish(verified, self._s.sessionmaker.begin, exclusive=exclusive)
 
     def finish_direct(
         self, verified: Verified, device: str | None = None
@@ -287,6 +291,8 @@ class SignIn:
         verified: Verified,
         begin: Callable[[], AbstractAsyncContextManager[W]],
         device: str | None = None,
+        *,
+        exclusive: bool = False,
     ) -> AsyncIterator[W]:
         """Step 5: the transaction that acts on the sign-in (starts the session).
 
@@ -296,7 +302,7 @@ class SignIn:
         live session. Sign-ins of one user share the lock, so they never queue on it."""
         refusal: AppError | None = None
         async with begin() as db:
-            held = await users.hold(db, verified.user.id, device)
+            held = await users.hold(db, verified.user.id, device, exclusive=exclusive)
             current, self.second_factor = held if held is not None else (None, False)
             if current is None or not verified.still_holds(current):
                 await self._fail(db, current)

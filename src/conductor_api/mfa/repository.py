@@ -137,6 +137,15 @@ async def add_pending(db: Writer, values: dict[str, object]) -> None:
     await execute_direct(db, _INSERT_PENDING, values)
 
 
+_PENDING_KEPT = select(MfaToken.id).where(MfaToken.id == bindparam("token_id", type_=Uuid()))
+
+
+async def pending_kept(db: Writer, token_id: uuid.UUID) -> bool:
+    """Whether a pending sign-in's row is still there (nothing voided it: a password change,
+    a disable, TOTP turned off), read straight from the driver."""
+    return bool(await execute_direct(db, _PENDING_KEPT, {"token_id": token_id}))
+
+
 async def get_pending(
     db: AsyncSession, token_hash: str, now: datetime, *, max_failures: int
 ) -> MfaToken | None:

@@ -227,11 +227,13 @@ class SecondFactor:
 
     async def turn_off(self, db: AsyncSession, owner: Owner, now: datetime) -> bool:
         """Remove the factor, void the recovery codes and pending sign-ins; whether it was on."""
+        # In the order a second step takes them (its pending sign-in, then the factor or a
+        # recovery code): the other order deadlocks with one in flight.
+        await repository.delete_pending_for_user(db, owner.user_id)
         factor = await repository.lock_factor(db, owner.user_id)
         was_on = factor is not None and factor.confirmed
         await repository.delete_factor(db, owner.user_id)
         await repository.delete_recovery_codes(db, owner.user_id)
-        await repository.delete_pending_for_user(db, owner.user_id)
         if was_on:
             await self._record(db, EventType.MFA_DISABLED, owner, now)
         return was_on
@@ -282,6 +284,11 @@ class SecondFactor:
         """Whether a pending sign-in is still live, read under a row lock (PostgreSQL) so
         that concurrent attempts on it take turns."""
         return await repository.lock_live_pending(db, pending.id, now, max_failures=max_failures)
+
+    async def still_pending(self, db: Writer, pending: Pending) -> bool:
+        """In the sign-in's last transaction, after the user row's lock: whether the pending
+        sign-in was voided since its code was checked (TOTP reset or off, a new password)."""
+        return await repository.pending_kept(db, pending.id)
 
     async def spend_pending(self, db: AsyncSession, pending: Pending, now: datetime) -> None:
         """The pending sign-in is done: its mfa_token is dead."""

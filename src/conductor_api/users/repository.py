@@ -41,6 +41,17 @@ _ROW_SHARED = (
     .where(User.id == bindparam("user_id", type_=Uuid()))
     .with_for_update(read=True, of=User)
 )
+# The same under the lock of a password change (FOR NO KEY UPDATE, `_LOCKED`'s): a change
+# that held the shared lock and then asked for this one would deadlock with a second change
+# doing the same.
+_ROW_EXCLUSIVE = (
+    select(
+        *cast(Table, User.__table__).columns,
+        select(TotpFactor.confirmed).where(TotpFactor.user_id == User.id).scalar_subquery(),
+    )
+    .where(User.id == bindparam("user_id", type_=Uuid()))
+    .with_for_update(key_share=True, of=User)
+)
 # The same, for a sign-in that names its device (a fingerprint) on PostgreSQL: it also takes
 # a transaction-scoped advisory lock on (user, device), in the same round trip, so that two
 # sign-ins of one device run their "revoke the device's old session, start the new one" one
@@ -76,13 +87,15 @@ def from_columns(columns: Sequence[Any]) -> User | None:
 
 
 async def read_shared(
-    db: Writer, user_id: uuid.UUID, device: str | None = None
+    db: Writer, user_id: uuid.UUID, device: str | None = None, *, exclusive: bool = False
 ) -> tuple[User, bool] | None:
     """A copy of the user with this id, read under a shared row lock (PostgreSQL; on
     SQLite every transaction already holds the write lock), not tracked by `db`, and
     whether the user has a confirmed TOTP factor. With `device` (a fingerprint), on
     PostgreSQL, also the lock that orders the sign-ins of that device (`_ROW_SHARED_DEVICE`)."""
-    if device is not None and dialect_of(db) == "postgresql":
+    if exclusive:
+        rows = await execute_direct(db, _ROW_EXCLUSIVE, {"user_id": user_id})
+    elif device is not None and dialect_of(db) == "postgresql":
         rows = await execute_direct(
             db, _ROW_SHARED_DEVICE, {"user_id": user_id, "device": f"{user_id}/{device}"}
         )

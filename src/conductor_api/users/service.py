@@ -147,7 +147,7 @@ async def lock(db: AsyncSession, user_id: uuid.UUID) -> User | None:
 
 
 async def hold(
-    db: Writer, user_id: uuid.UUID, device: str | None = None
+    db: Writer, user_id: uuid.UUID, device: str | None = None, *, exclusive: bool = False
 ) -> tuple[User, bool] | None:
     """The user row read afresh under the shared lock of a sign-in's start of session: it
     orders the sign-in against password changes and disables (`lock`), not against the
@@ -155,8 +155,9 @@ async def hold(
     to read, not tracked by `db`; with it, whether the user's sign-ins need a second
     factor (`SecondFactor.is_on`, in the same read). With `device` (the sign-in's
     fingerprint), sign-ins of that one device are ordered too: of two at once, the second
-    revokes the first's session, as one after the other would."""
-    return await repository.read_shared(db, user_id, device)
+    revokes the first's session, as one after the other would. `exclusive`: the lock of a
+    password change (`lock`) instead, for a flow that goes on to change the password."""
+    return await repository.read_shared(db, user_id, device, exclusive=exclusive)
 
 
 async def upgrade_hash(db: AsyncSession, user_id: uuid.UUID, old: str, new: str) -> None:
@@ -232,6 +233,9 @@ async def reset_mfa(
 ) -> tuple[bool, list[uuid.UUID]]:
     """The operator's reset: the second factor off, its recovery codes void, every session
     revoked. Returns whether a factor was on, and the revoked sessions' ids."""
+    # The row lock first, as `set_password`: a second step finishing now either commits its
+    # session before this (revoked below) or waits and finds its pending sign-in gone.
+    await lock(db, user.id)
     owner = Owner(user.id, user.username, user.username_key)
     was_on = await mfa.turn_off(db, owner, now)
     return was_on, await revoke_many(db, user, now, None, reason="mfa_reset")
