@@ -30,28 +30,18 @@ _COLUMNS = tuple(c.key for c in cast(Table, User.__table__).columns)
 _ROW_BY_KEY = select(*cast(Table, User.__table__).columns).where(
     User.username_key == bindparam("key")
 )
+# The row and whether the user's sign-ins need a second factor: one round trip fewer on
+# PostgreSQL.
+_ROW = select(
+    *cast(Table, User.__table__).columns,
+    select(TotpFactor.confirmed).where(TotpFactor.user_id == User.id).scalar_subquery(),
+).where(User.id == bindparam("user_id", type_=Uuid()))
 # FOR SHARE, a sign-in's: it waits for a password change or disable in flight, and makes
-# them wait, but sign-ins of one user do not wait for each other. With the row, whether
-# the user's sign-ins need a second factor: one round trip fewer on PostgreSQL.
-_ROW_SHARED = (
-    select(
-        *cast(Table, User.__table__).columns,
-        select(TotpFactor.confirmed).where(TotpFactor.user_id == User.id).scalar_subquery(),
-    )
-    .where(User.id == bindparam("user_id", type_=Uuid()))
-    .with_for_update(read=True, of=User)
-)
-# The same under the lock of a password change (FOR NO KEY UPDATE, `_LOCKED`'s): a change
-# that held the shared lock and then asked for this one would deadlock with a second change
-# doing the same.
-_ROW_EXCLUSIVE = (
-    select(
-        *cast(Table, User.__table__).columns,
-        select(TotpFactor.confirmed).where(TotpFactor.user_id == User.id).scalar_subquery(),
-    )
-    .where(User.id == bindparam("user_id", type_=Uuid()))
-    .with_for_update(key_share=True, of=User)
-)
+# them wait, but sign-ins of one user do not wait for each other.
+_ROW_SHARED = _ROW.with_for_update(read=True, of=User)
+# FOR NO KEY UPDATE, a password change's (`_LOCKED`'s): a change that held the shared lock
+# and then asked for this one would deadlock with a second change doing the same.
+_ROW_EXCLUSIVE = _ROW.with_for_update(key_share=True, of=User)
 # The same, for a sign-in that names its device (a fingerprint) on PostgreSQL: it also takes
 # a transaction-scoped advisory lock on (user, device), in the same round trip, so that two
 # sign-ins of one device run their "revoke the device's old session, start the new one" one
