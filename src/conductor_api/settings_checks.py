@@ -4,8 +4,11 @@ what an error message may show of a value."""
 from __future__ import annotations
 
 import ipaddress
+from typing import TypeVar
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# One IP version's networks (`collapse_addresses` takes no mix).
+_Network = TypeVar("_Network", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 # A random key of 32 characters or more has more distinct characters than this (32 hex
 # digits fall below 8 about once in 10^7 keys); a typed placeholder has fewer.
@@ -25,17 +28,26 @@ def weak_secret(secret: str) -> str | None:
     return None
 
 
+def _by_version(
+    networks: list[IPNetwork],
+) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
+    """The IPv4 networks, and the IPv6 ones."""
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return v4, v6
+
+
+def _covered(networks: list[_Network]) -> int:
+    """How many addresses the networks of one IP version cover together (overlaps once)."""
+    return sum(n.num_addresses for n in ipaddress.collapse_addresses(networks))
+
+
 def trusts_everyone(networks: list[IPNetwork]) -> bool:
     """Whether the networks together cover all of IPv4 or all of IPv6 (0.0.0.0/0, ::/0,
     or pieces such as 0.0.0.0/1 with 128.0.0.0/1, or every IPv4-mapped IPv6 address)."""
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    v4, v6 = _by_version(networks)
     mapped = ipaddress.IPv6Network("::ffff:0:0/96")
-    return (
-        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) >= 2**32
-        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) >= 2**128
-        or any(mapped.subnet_of(n) for n in v6)
-    )
+    return _covered(v4) >= 2**32 or _covered(v6) >= 2**128 or any(mapped.subnet_of(n) for n in v6)
 
 
 # The most public addresses TRUSTED_PROXIES may cover: a /8 of IPv4, a /32 of IPv6 (what
@@ -46,12 +58,8 @@ MAX_PUBLIC_PROXIES = {4: 2**24, 6: 2**96}
 def trusts_public_clients(networks: list[IPNetwork]) -> bool:
     """Whether the networks that are not private (RFC 1918, ULA, loopback, ...) together
     cover more than a /8 of IPv4 or a /32 of IPv6 (2000::/3, 0.0.0.0/1, ...)."""
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network) and not n.is_private]
-    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network) and not n.is_private]
-    return (
-        sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) > MAX_PUBLIC_PROXIES[4]
-        or sum(n.num_addresses for n in ipaddress.collapse_addresses(v6)) > MAX_PUBLIC_PROXIES[6]
-    )
+    v4, v6 = _by_version([n for n in networks if not n.is_private])
+    return _covered(v4) > MAX_PUBLIC_PROXIES[4] or _covered(v6) > MAX_PUBLIC_PROXIES[6]
 
 
 # Setting names whose values are never shown in an error message: every secret setting
