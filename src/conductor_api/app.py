@@ -86,7 +86,7 @@ def _methods_by_path(
     found = []
     for prefix, routes in groups:
         for route in routes:
-            if isinstance(route, APIRoute | Route) and route.methods:
+            if isinstance(route, Route) and route.methods:  # FastAPI's APIRoute is one
                 pattern, _, _ = compile_path(prefix + route.path)
                 found.append((pattern, frozenset(route.methods)))
     return found

@@ -60,7 +60,7 @@ def prune_sqlite_cache(path: Path, now: float) -> int:
         return 0
     conn = sqlite3.connect(path, isolation_level=None, timeout=1.0)
     try:
-        return conn.execute("DELETE FROM dpop_proofs WHERE expires_at < ?", (int(now),)).rowcount
+        return conn.execute(_SQLITE_PRUNE, (int(now),)).rowcount
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):
             return 0
@@ -146,7 +146,7 @@ class SqliteReplayCache:
         try:
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = time.monotonic()
-                conn.execute("DELETE FROM dpop_proofs WHERE expires_at < ?", (now,))
+                conn.execute(_SQLITE_PRUNE, (now,))
             answers = [
                 conn.execute(_SQLITE_INSERT, (key, expires_at)).rowcount == 1
                 for key, expires_at, _ in batch
@@ -170,6 +170,7 @@ class SqliteReplayCache:
 
 
 _SQLITE_INSERT = "INSERT OR IGNORE INTO dpop_proofs (key, expires_at) VALUES (?, ?)"
+_SQLITE_PRUNE = "DELETE FROM dpop_proofs WHERE expires_at < ?"
 
 
 def _settle(
