@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.container import Container
-from conductor_api.passkeys.models import Passkey
+from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
 from tests.conftest import CLIENT_IP, bearer, tokens
 from tests.passkeys.authenticator import ORIGIN, RP_ID, Authenticator, b64url
@@ -108,6 +108,12 @@ async def passkeys_of(container: Container) -> list[Passkey]:
     """Every stored passkey."""
     async with container.sessionmaker() as db:
         return list((await db.scalars(select(Passkey))).all())
+
+
+async def challenge_count(container: Container) -> int:
+    """How many WebAuthn challenges are stored."""
+    async with container.sessionmaker() as db:
+        return int(await db.scalar(select(func.count()).select_from(WebAuthnChallenge)) or 0)
 
 
 async def session_count(container: Container) -> int:

@@ -11,12 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.passkeys import repository as passkeys_repository
 from conductor_api.users import service as users_service
-from tests.conftest import Account, add_user, bearer, login, tokens
+from tests.conftest import Account, add_user, bearer, login, make_client, tokens
 from tests.dpop.conftest import claims_of, dpop_headers, session_jkt
 from tests.dpop.keys import PhoneKey
 from tests.mfa.helpers import code_at, enable_totp, mfa_status, verify
@@ -28,6 +29,7 @@ from tests.passkeys.helpers import (
     PACKAGE,
     PASSKEYS,
     add_passkey,
+    challenge_count,
     login_options,
     passkey_login,
     passkeys_of,
@@ -251,6 +253,41 @@ class TestOptions:
     async def test_registration_needs_a_token(self, client: httpx.AsyncClient) -> None:
         response = await client.post(f"{PASSKEYS}/register/options", json={})
         assert response.status_code == 401
+
+
+class TestChallengesPerAddress:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {**ON, "max_passkey_challenges_per_ip": 3}
+
+    async def test_past_the_limit_is_429_and_stores_nothing(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        alice: Account,
+        container: Container,
+        clock: FrozenClock,
+    ) -> None:
+        phone = Authenticator()
+        await add_passkey(client, (await tokens(client))["access_token"], phone)
+        stored = await challenge_count(container)
+        started = [await login_options(client) for _ in range(3)]
+        refused = await client.post(f"{PASSKEYS}/login/options", json={})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["code"] == "too_many_attempts"
+        assert "passkey" in refused.json()["detail"]
+        assert 1 <= int(refused.headers["retry-after"]) <= 15 * 60
+        assert await challenge_count(container) == stored + 3
+        # A challenge asked for before the refusal still signs in.
+        body = {"challenge_id": started[-1]["challenge_id"], "device_name": "Pixel 8",
+                "credential": phone.sign_in(started[-1]["options"])}  # fmt: skip
+        assert (await client.post(f"{PASSKEYS}/login", json=body)).status_code == 200
+
+        # Another address is not affected, and the window ends after LOCKOUT_MINUTES.
+        async with make_client(app, "198.51.100.9") as other:
+            assert (await passkey_login(other, phone)).status_code == 200
+        clock.advance(minutes=16)
+        assert (await passkey_login(client, phone)).status_code == 200
 
 
 class TestSignInSteps:

@@ -182,22 +182,51 @@ class AddressLimit(_Window):
         return None
 
 
-class RegistrationLimit(_Window):
-    """At most MAX_REGISTRATIONS_PER_IP registrations per client address in a window of
+class _AddressCount(_Window):
+    """At most `maximum` requests of one kind per client address in a window of
     LOCKOUT_MINUTES (an address's login failures' window, so the pruner drops its idle
-    counters alike): each one costs an Argon2id hash. Refused ones count too."""
+    counters alike). Refused ones count too."""
 
-    scope: ClassVar[str] = throttle.REGISTER
+    message: ClassVar[str]
+
+    @property
+    def maximum(self) -> int:
+        """Requests allowed in a window."""
+        raise NotImplementedError
 
     async def count(self, db: AsyncSession, address: str, now: datetime) -> AppError | None:
-        """Count a registration; the refusal once the address is over its limit."""
+        """Count a request; the refusal once the address is over its limit."""
         counter = await throttle.add_failure(db, self.scope, address, now, window=self.lockout)
-        if counter.failures > self.settings.max_registrations_per_ip:
+        if counter.failures > self.maximum:
             return TooManyAttempts(
-                self.retry_after(counter.window_started_at + self.lockout),
-                "Too many registrations from this address; try again later",
+                self.retry_after(counter.window_started_at + self.lockout), self.message
             )
         return None
+
+
+class RegistrationLimit(_AddressCount):
+    """MAX_REGISTRATIONS_PER_IP registrations: each one costs an Argon2id hash."""
+
+    scope: ClassVar[str] = throttle.REGISTER
+    message: ClassVar[str] = "Too many registrations from this address; try again later"
+
+    @property
+    def maximum(self) -> int:
+        """MAX_REGISTRATIONS_PER_IP."""
+        return self.settings.max_registrations_per_ip
+
+
+class PasskeyChallengeLimit(_AddressCount):
+    """MAX_PASSKEY_CHALLENGES_PER_IP passkey sign-ins started: each one stores a challenge,
+    asked for without a token."""
+
+    scope: ClassVar[str] = throttle.PASSKEY
+    message: ClassVar[str] = "Too many passkey sign-ins started from this address; try again later"
+
+    @property
+    def maximum(self) -> int:
+        """MAX_PASSKEY_CHALLENGES_PER_IP."""
+        return self.settings.max_passkey_challenges_per_ip
 
 
 class UsernameLimit(_Window):

@@ -51,6 +51,8 @@ IP = "ip"
 DEVICE = "device"
 # Registrations per client address (each one costs an Argon2id hash).
 REGISTER = "register"
+# Passkey sign-in challenges asked for per client address (each one a stored row).
+PASSKEY = "passkey"
 T = LoginThrottle
 
 

@@ -144,13 +144,14 @@ async def delete_passkey(
 @router.post(
     "/login/options",
     response_model=OptionsOut,
-    responses={**NO_STORE_DOC, **error_responses(400, 404, 413, 422, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 404, 413, 422, 429, 503)},
     summary="Start a passkey sign-in",
 )
-async def login_options(_: OptionsIn, c: ContainerDep) -> Response:
+async def login_options(_: OptionsIn, c: ContainerDep, client: Client) -> Response:
     """A sign-in challenge and the request options (`allowCredentials` empty: the phone
-    offers the passkeys it holds for this site)."""
-    challenge_id, options = await c.passkeys.login_options()
+    offers the passkeys it holds for this site). At most MAX_PASSKEY_CHALLENGES_PER_IP
+    from one address within LOCKOUT_MINUTES, then 429 `too_many_attempts`."""
+    challenge_id, options = await c.passkeys.login_options(client)
     return _options(challenge_id, options)
 
 

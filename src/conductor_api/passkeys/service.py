@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from conductor_api.auth.limits import PasskeyChallengeLimit
 from conductor_api.auth.signin import PasskeyOutcome
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
@@ -165,6 +166,7 @@ class PasskeyService:
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
+        self.challenges_per_address = PasskeyChallengeLimit(settings, clock)
 
     @property
     def rp_id(self) -> str:
@@ -342,13 +344,21 @@ class PasskeyService:
 
     # --- sign-in -------------------------------------------------------------------------
 
-    async def login_options(self) -> tuple[uuid.UUID, dict[str, Any]]:
-        """A sign-in challenge and the request options: discoverable credentials only."""
+    async def login_options(self, client: ClientInfo) -> tuple[uuid.UUID, dict[str, Any]]:
+        """A sign-in challenge and the request options: discoverable credentials only. At
+        most MAX_PASSKEY_CHALLENGES_PER_IP from one address in a window (anyone may ask, and
+        each one is a row until the prune)."""
         from webauthn import generate_authentication_options, options_to_json
         from webauthn.helpers.structs import UserVerificationRequirement
 
         async with self.sessionmaker.begin() as db:
-            challenge_id, challenge = await self._new_challenge(db, AUTHENTICATION, None)
+            refusal = await self.challenges_per_address.count(
+                db, client.ip_address, self.clock.now()
+            )
+            if refusal is None:
+                challenge_id, challenge = await self._new_challenge(db, AUTHENTICATION, None)
+        if refusal is not None:
+            raise refusal
         options = generate_authentication_options(
             rp_id=self.rp_id,
             challenge=challenge,
