@@ -12,15 +12,17 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
+from conductor_api.sessions.models import DeviceSession
 from tests.conftest import PASSWORD, Account, bearer, login, session_row, tokens
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/auth/me"
+SESSIONS = "/api/v1/auth/sessions"
 DAY = 86400
 
 
@@ -286,6 +288,45 @@ class TestAbsoluteCap:
         assert row.absolute_expires_at == clock.now() + timedelta(days=2)
         clock.advance(days=2, seconds=1)  # the last token was issued two days ago
         assert_error(await refresh(client, pair["refresh_token"]), 401, "invalid_refresh_token")
+
+
+class TestLoweredCap:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        # Lowered from the default 90: the sessions below began under the old setting.
+        return {"session_max_days": 30}
+
+    async def test_sessions_begun_under_a_higher_setting_end_by_the_new_one(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        old = await tokens(client, device="Old phone")
+        young = await tokens(client, device="Young phone")
+        for pair, days in ((old, 40), (young, 25)):
+            began = clock.now() - timedelta(days=days)
+            async with container.sessionmaker.begin() as db:
+                await db.execute(
+                    update(DeviceSession)
+                    .where(DeviceSession.id == uuid.UUID(pair["session_id"]))
+                    .values(created_at=began, absolute_expires_at=began + timedelta(days=90))
+                )
+        before = await session_row(container, old["session_id"])
+
+        assert_error(await refresh(client, old["refresh_token"]), 401, "invalid_refresh_token")
+        after = await session_row(container, old["session_id"])
+        assert after.refresh_token_hash == before.refresh_token_hash
+        assert after.generation == before.generation
+        young = await rotated(client, young["refresh_token"])
+
+        listed = await client.get(SESSIONS, headers=bearer(young["access_token"]))
+        assert listed.status_code == 200
+        (shown,) = listed.json()
+        assert shown["device_name"] == "Young phone"
+        # Thirty days after its login, before the seven of its new refresh token.
+        assert young["refresh_expires_in"] == 7 * DAY
+        ends = clock.now() + timedelta(days=5)
+        assert shown["expires_at"] == ends.isoformat().replace("+00:00", "Z")
+        clock.advance(days=5)
+        assert_error(await refresh(client, young["refresh_token"]), 401, "invalid_refresh_token")
 
 
 class TestLockedUser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -21,6 +22,9 @@ from conductor_api.container import Container
 from conductor_api.sessions.rotation import PostgresRotations, Swap
 from tests.auth.test_refresh import assert_error, digest, refresh
 from tests.conftest import Account, migrated_pg_database, session_row, tokens
+
+# A swap's `started_after` that every session of these tests passes.
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +211,8 @@ async def test_a_batch_that_loses_a_deadlock_is_sent_again(
     swaps = []
     for sid in (first, last):
         row = await session_row(container, str(sid))
-        swaps.append(Swap(sid, alice.id, row.refresh_token_hash, f"{sid.hex:0>64}", now, now))
+        child = f"{sid.hex:0>64}"
+        swaps.append(Swap(sid, alice.id, row.refresh_token_hash, child, now, now, LONG_AGO))
     other = await asyncpg.connect(database_url, timeout=10)
     try:
         # The other transaction waits long before it looks for a deadlock: the batch's

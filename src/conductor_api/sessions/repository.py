@@ -132,6 +132,7 @@ def _rotate_statement() -> Update:
             s.refresh_token_hash == bindparam("p_presented_hash"),
             s.revoked_at.is_(None),
             s.absolute_expires_at > bindparam("p_now"),
+            s.created_at > bindparam("p_started_after"),
             user_active,
         )
         .values(
@@ -158,10 +159,12 @@ def rotate_if_current(
     child_hash: str,
     now: datetime,
     expires_at: datetime,
+    started_after: datetime,
 ) -> tuple[Update, dict[str, object]]:
     """Replace the current refresh token in one compare-and-swap statement: it applies only
-    if `presented_hash` is still current, the session live and its user active; it returns
-    the session id when it did. Atomic on its own, so it needs no transaction around it."""
+    if `presented_hash` is still current, the session live (and begun after
+    `started_after`) and its user active; it returns the session id when it did. Atomic on
+    its own, so it needs no transaction around it."""
     return ROTATE_IF_CURRENT, {
         "p_session_id": session_id,
         "p_user_id": user_id,
@@ -169,6 +172,7 @@ def rotate_if_current(
         "p_child_hash": child_hash,
         "p_now": now,
         "p_expires_at": expires_at,
+        "p_started_after": started_after,
     }
 
 

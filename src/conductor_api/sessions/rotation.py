@@ -26,7 +26,9 @@ from conductor_api.sessions import repository
 
 class Swap(NamedTuple):
     """One refresh's swap: the presented token's digest is replaced by the child's, at
-    `now`, if it is still the session's current one."""
+    `now`, if it is still the session's current one (and the session began after
+    `started_after`: SESSION_MAX_DAYS as it is set now, which may be lower than at its
+    login)."""
 
     session_id: uuid.UUID
     user_id: uuid.UUID
@@ -34,6 +36,7 @@ class Swap(NamedTuple):
     child_hash: str
     now: datetime
     expires_at: datetime
+    started_after: datetime
 
 
 class Rotations(Protocol):
@@ -55,7 +58,7 @@ class StatementRotations:
         """See `Rotations.swap`."""
         statement, params = repository.rotate_if_current(
             swap.session_id, swap.user_id, swap.presented_hash, swap.child_hash, swap.now,
-            swap.expires_at,
+            swap.expires_at, swap.started_after,
         )  # fmt: skip
         return await self._autocommit.first(statement, params) is not None
 
@@ -69,10 +72,11 @@ POSTGRES_SQL = (
     "rotated_at = v.now, expires_at = v.expires, last_used_at = v.now, "
     "generation = s.generation + 1 "
     "FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::varchar[], $5::timestamptz[], "
-    "$6::timestamptz[]) AS v(id, user_id, presented, child, now, expires), locked "
+    "$6::timestamptz[], $7::timestamptz[]) AS v(id, user_id, presented, child, now, expires, "
+    "started_after), locked "
     "WHERE s.id = v.id AND s.id = locked.id AND s.user_id = v.user_id "
     "AND s.refresh_token_hash = v.presented AND s.revoked_at IS NULL "
-    "AND s.absolute_expires_at > v.now "
+    "AND s.absolute_expires_at > v.now AND s.created_at > v.started_after "
     "AND EXISTS (SELECT 1 FROM users AS u WHERE u.id = v.user_id AND u.is_active) "
     "RETURNING s.id"
 )

@@ -21,7 +21,8 @@ async def list_sessions(
     principal: CurrentPrincipal, db: DbSession, c: ContainerDep
 ) -> list[SessionOut]:
     """Active sessions, most recently used first; `current` marks the caller's own."""
-    rows = await repository.list_active(db, principal.user_id, c.clock.now())
+    now = c.clock.now()
+    rows = await repository.list_active(db, principal.user_id, now)
     return [
         SessionOut(
             id=s.id,
@@ -31,11 +32,12 @@ async def list_sessions(
             user_agent=s.user_agent,
             created_at=s.created_at,
             last_used_at=s.last_used_at,
-            expires_at=s.expires_at,
+            expires_at=service.session_end(c.settings, s),
             current=s.id == principal.session_id,
             bound=s.dpop_jkt is not None,
         )
         for s in rows
+        if service.session_end(c.settings, s) > now
     ]
 
 

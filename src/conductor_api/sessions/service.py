@@ -48,6 +48,19 @@ def _pair(
     )
 
 
+def _started_after(settings: Settings, now: datetime) -> datetime:
+    """Sessions that began at or before this have lived SESSION_MAX_DAYS: a session's end is
+    fixed at its login, and this holds the older ones to the setting as it is now, when an
+    operator has lowered it since."""
+    return now - timedelta(days=settings.session_max_days)
+
+
+def session_end(settings: Settings, session: DeviceSession) -> datetime:
+    """When a session's refresh token stops working: its own expiry, or SESSION_MAX_DAYS
+    after its login as the setting is now, whichever comes first."""
+    return min(session.expires_at, session.created_at + timedelta(days=settings.session_max_days))
+
+
 def _refresh_expiry(settings: Settings, issued_at: int, session_expires_at: int) -> int:
     """Sliding (REFRESH_TOKEN_EXPIRE_DAYS after issue) but never past the session's end."""
     sliding = issued_at + settings.refresh_token_expire_days * 86400
@@ -140,8 +153,9 @@ async def refresh(
     # The digests are compared by the database: they are SHA-256 of random tokens, so
     # timing reveals nothing about a token that the digest itself would not.
     swap = Swap(
-        claims.session_id, claims.user_id, presented, token_digest(child), rotated_at, expires_at
-    )
+        claims.session_id, claims.user_id, presented, token_digest(child), rotated_at, expires_at,
+        _started_after(settings, now),
+    )  # fmt: skip
     if await rotations.swap(swap):
         return _pair(
             tokens, claims.user_id, claims.session_id, child, expires,
@@ -173,6 +187,7 @@ async def _refresh_not_current(
             or session.revoked_at is not None
             or not user.is_active
             or now >= session.absolute_expires_at
+            or session.created_at <= _started_after(settings, now)
         ):
             raise InvalidRefreshToken()
         if digests_equal(presented, session.refresh_token_hash):
