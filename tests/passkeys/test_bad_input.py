@@ -39,6 +39,7 @@ from tests.passkeys.helpers import (
     with_passkey,
 )
 
+JSON = {"Content-Type": "application/json"}
 INVALID = {"detail": "The passkey could not be verified", "code": "invalid_passkey"}
 
 
@@ -311,6 +312,42 @@ REGISTRATION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "RSA key of 1024 bits": lambda: _cose({1: 3, 3: -257, -1: _rsa_n(1024), -2: b"\x01\x00\x01"}),
     "oversized credential id": lambda: {"credential_id": os.urandom(1500)},
 }
+
+
+class TestNesting:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {**ON, "max_failed_logins_per_ip": 10_000, "max_passkey_challenges_per_ip": 10_000}
+
+    async def test_a_credential_nested_as_deep_as_the_parser_goes(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        # Nested past what the encoder that measures a credential can recurse from where it
+        # runs, but not past what the request's parser took: each depth is a 4xx, never 500.
+        pair = await tokens(client)
+        failures = await address_failures(container)
+        answers: list[int] = []
+        for depth in range(700, 1000, 3):
+            nested = "[" * depth + "]" * depth
+            credential = f'{{"id":"AA","x":{nested}}}'
+            started = await login_options(client)
+            cid = started["challenge_id"]
+            body = f'{{"challenge_id":"{cid}","device_name":"x","credential":{credential}}}'
+            login = await client.post(f"{PASSKEYS}/login", content=body, headers=JSON)
+            cid = (await register_options(client, pair["access_token"]))["challenge_id"]
+            body = f'{{"challenge_id":"{cid}","name":"x","credential":{credential}}}'
+            added = await client.post(
+                f"{PASSKEYS}/register",
+                content=body,
+                headers={**JSON, **bearer(pair["access_token"])},
+            )
+            for response in (login, added):
+                assert response.status_code in (400, 401), (depth, response.text)
+                answers.append(response.status_code)
+        assert set(answers) == {400, 401}
+        # Each 401 counted against the address, as every failed passkey answer is.
+        assert await address_failures(container) == failures + answers.count(401)
+        assert await passkeys_of(container) == []
 
 
 class TestRegistration:

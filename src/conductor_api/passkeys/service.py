@@ -105,7 +105,9 @@ def _challenge_id(text: str) -> uuid.UUID | None:
 def _oversized(credential: dict[str, Any]) -> bool:
     try:
         size = len(json.dumps(credential, separators=(",", ":")))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        # RecursionError: nested about as deep as the request's parser goes ("[" nine
+        # hundred times), past what the encoder can recurse from here. No response is.
         return True
     return size > MAX_CREDENTIAL_JSON
 
