@@ -18,7 +18,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route, compile_path
 
-from conductor_api import __version__
+from conductor_api import __version__, api_docs
 from conductor_api.auth.router import document_token_errors
 from conductor_api.auth.router import router as auth_router
 from conductor_api.clock import Clock
@@ -201,6 +201,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         # from the Host header (always http://, so a client that follows a 307 with its
         # POST would send the password again in clear, to whatever host it named).
         redirect_slashes=False,
+        # Made by conductor_api.api_docs, with their scripts pinned and checked.
+        docs_url=None,
+        redoc_url=None,
     )
     _install_handlers(app)
     routers = (
@@ -215,6 +218,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     for router, prefix in routers:
         app.include_router(router, prefix=prefix)
     _document_dpop(app)
+    api_docs.install(app)
 
     @app.get("/health/live", tags=["health"], summary="The process answers")
     async def live() -> dict[str, str]:
