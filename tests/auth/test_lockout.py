@@ -135,6 +135,43 @@ class TestSettings:
         await tokens(client)
 
 
+class TestLoweredLimit:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"max_failed_login_attempts": 10}
+
+    async def _lowered(self, container: Container, clock: FrozenClock) -> Any:
+        """The app restarted with the limit lowered to 3, under the 4 failures alice has."""
+        lowered = container.settings.model_copy(update={"max_failed_login_attempts": 3})
+        return create_app(lowered, clock)
+
+    async def test_the_right_password_still_signs_in(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        await fail(client, times=4)
+        app = await self._lowered(container, clock)
+        async with app.router.lifespan_context(app), make_client(app) as c:
+            response = await asyncio.wait_for(login(c), timeout=5)
+            assert response.status_code == 200, response.text
+        row = await throttle_row(container, "alice")
+        assert row is None or (row.failures, row.pending, row.locked_until) == (0, 0, None)
+
+    async def test_the_next_failure_locks(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        await fail(client, times=4)
+        app = await self._lowered(container, clock)
+        async with app.router.lifespan_context(app), make_client(app) as c:
+            # One check at a time gets through; its failure locks the name for the rest.
+            wrong = asyncio.gather(*(login(c, "alice", WRONG) for _ in range(5)))
+            answers = await asyncio.wait_for(wrong, timeout=10)
+            assert Counter(r.status_code for r in answers) == {401: 1, 429: 4}
+            assert_locked(await login(c), retry_after=900)
+        row = await throttle_row(container, "alice")
+        assert row is not None and row.failures == 5
+        assert row.locked_until == clock.now() + LOCKOUT
+
+
 class TestUsernameKey:
     async def test_case_and_nfkc_variants_share_one_counter(
         self, client: httpx.AsyncClient, alice: Account, container: Container

@@ -176,7 +176,14 @@ def _upsert(dialect: str, windowed: bool, n: int | None = None, after: CTE | Non
     cutoff = param("cutoff", UTCDateTime())
     restart = _restart(windowed, cutoff)
     failures, pending, locked = _effective(windowed, cutoff)
-    open_ = (locked.is_(None) | (locked <= _NOW)) & (failures + pending < param("limit"))
+    limit = param("limit")
+    under = failures + pending < limit
+    if not windowed:
+        # A name at or past its limit with no lock: the limit was lowered since its failures
+        # (a lock is set by the failure that reaches it). One check at a time gets through,
+        # and its failure locks the name; else the name would wait and be refused for ever.
+        under = under | ((failures >= limit) & (pending == 0))
+    open_ = (locked.is_(None) | (locked <= _NOW)) & under
     # A name's row dates from its last attempt (retention prunes rows idle for a window);
     # an address's from the start of its failure window.
     started = case((restart, _NOW), else_=_c.window_started_at) if windowed else _NOW
