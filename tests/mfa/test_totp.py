@@ -277,7 +277,20 @@ class TestSignIn:
         used = await verify(client, token, recovery_code=codes[0])
         assert used.status_code == 401 and used.json()["code"] == "invalid_mfa_code"
         assert (await mfa_status(client, at))["recovery_codes_left"] == 7
-        assert (await event_types(container)).count("recovery_code_used") == 3
+        async with container.sessionmaker() as db:
+            of_codes = await db.scalars(
+                select(SecurityEvent.session_id).where(SecurityEvent.type == "recovery_code_used")
+            )
+            used_in = of_codes.all()
+            of_logins = await db.scalars(
+                select(SecurityEvent.session_id).where(
+                    SecurityEvent.type == "login_succeeded", SecurityEvent.mfa.is_(True)
+                )
+            )
+            started = of_logins.all()
+        # Each names the session its sign-in started.
+        assert len(used_in) == 3 and None not in used_in
+        assert set(used_in) == set(started)
 
     async def test_wrong_codes_lock_the_name_and_kill_the_mfa_token(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock, container: Container

@@ -5,6 +5,7 @@ token's), the code as the credential, then `finish`."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -74,7 +75,9 @@ class SecondStep:
 
         async with SignIn(self.steps, user.username, client) as attempt:
             await attempt.limits(*self.signin.limits(attempt, device_id))
-            owner = Owner(user.id, user.username, user.username_key, client)
+            # The session's id, chosen now: a recovery code spent below names it in its event.
+            session_id = uuid.uuid4()
+            owner = Owner(user.id, user.username, user.username_key, client, session_id)
             live = True
 
             async def right(db: AsyncSession) -> bool:
@@ -103,8 +106,9 @@ class SecondStep:
                 if not await self.mfa.still_pending(tx, pending):
                     raise InvalidMfaToken()
                 return await self.signin.start(
-                    tx, attempt, user, device, jkt=jkt, mfa=True, device_id=device_id
-                )
+                    tx, attempt, user, device, jkt=jkt, mfa=True, device_id=device_id,
+                    session_id=session_id,
+                )  # fmt: skip
 
     async def with_code(
         self,

@@ -108,17 +108,20 @@ class SignInService:
         method: str = "password",
         mfa: bool = False,
         device_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
     ) -> TokenPair:
         """The end of every sign-in: the session (bound to the DPoP key `jkt` when the
         request that finishes the sign-in had a proof), its token pair and a device token;
         the event says how (`method`) and whether a second factor was used (`mfa`). The
         session remembers the device token the sign-in presented (`presented`, or by id
-        only, `device_id`, when a second step finishes it)."""
+        only, `device_id`, when a second step finishes it). `session_id`: the new session's
+        id, when a step before this one named it in an event."""
         now = self.steps.clock.now()
         pair = await sessions.start_session(
             db, self.tokens, self.settings, user, device_name=device.name,
             fingerprint=device.fingerprint, client=attempt.client, now=now, jkt=jkt,
             device_token_id=presented.id if presented is not None else device_id,
+            session_id=session_id,
         )  # fmt: skip
         token = await devices.issue(
             db, user.id, now, days=self.settings.device_token_days, presented=presented

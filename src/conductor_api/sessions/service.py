@@ -79,13 +79,15 @@ async def start_session(
     now: datetime,
     jkt: str | None = None,
     device_token_id: uuid.UUID | None = None,
+    session_id: uuid.UUID | None = None,
 ) -> TokenPair:
-    """A new session for a device; the same fingerprint's earlier session is revoked. With
-    `jkt` (a DPoP key's thumbprint) the session and its tokens are bound to that key; with
-    `device_token_id`, it remembers the device token its sign-in presented."""
+    """A new session for a device (with the id `session_id`, when given); the same
+    fingerprint's earlier session is revoked. With `jkt` (a DPoP key's thumbprint) the
+    session and its tokens are bound to that key; with `device_token_id`, it remembers the
+    device token its sign-in presented."""
     if fingerprint is not None:
         await revoke_many(db, user, now, client, reason="replaced", fingerprint=fingerprint)
-    session_id = uuid.uuid4()
+    session_id = session_id or uuid.uuid4()
     issued_at = int(now.timestamp())
     absolute = now + timedelta(days=settings.session_max_days)
     expires = _refresh_expiry(settings, issued_at, int(absolute.timestamp()))
