@@ -172,6 +172,26 @@ class TestLoweredLimit:
         assert row.locked_until == clock.now() + LOCKOUT
 
 
+class TestShortenedLockout:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"lockout_minutes": 5}
+
+    async def test_a_lock_keeps_its_length_and_says_so(
+        self, client: httpx.AsyncClient, alice: Account, container: Container, clock: FrozenClock
+    ) -> None:
+        await fail(client, times=5)
+        shortened = container.settings.model_copy(update={"lockout_minutes": 1})
+        app = create_app(shortened, clock)
+        async with app.router.lifespan_context(app), make_client(app) as c:
+            locked = await login(c)
+            assert locked.status_code == 429 and locked.headers["retry-after"] == "300"
+            clock.advance(minutes=2)
+            assert (await login(c)).headers["retry-after"] == "180"
+            clock.advance(minutes=3)
+            await tokens(c)
+
+
 class TestUsernameKey:
     async def test_case_and_nfkc_variants_share_one_counter(
         self, client: httpx.AsyncClient, alice: Account, container: Container

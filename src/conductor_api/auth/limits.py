@@ -26,6 +26,8 @@ from conductor_api.errors import AccountLocked, AppError, TooManyAttempts
 PENDING_TTL = timedelta(seconds=60)
 # Retry-After of an attempt that waited its whole turn without getting a slot.
 BUSY_RETRY_AFTER = 5
+# How much later than this request another may have read the clock before it set a lock.
+CLOCK_SLACK_SECONDS = 5
 
 
 def seconds_until(moment: datetime, now: datetime) -> int:
@@ -88,11 +90,13 @@ class _Window:
         return timedelta(minutes=self.settings.lockout_minutes)
 
     def retry_after(self, moment: datetime) -> int:
-        """Seconds until `moment` from the clock as it reads now, not at the request's start:
-        the lock or window may have been set by a request that read the clock later (it held
-        the row first), and Retry-After must never exceed LOCKOUT_MINUTES."""
+        """Seconds until `moment` from the clock as it reads now, not at the request's start.
+        A lock or window set by a request that read the clock later (it held the row first)
+        ends a moment past LOCKOUT_MINUTES from now: that is LOCKOUT_MINUTES. One that ends
+        further off was set under a longer LOCKOUT_MINUTES, which it keeps: the truth."""
         lockout = math.ceil(self.lockout.total_seconds())
-        return min(seconds_until(moment, self.clock.now()), lockout)
+        seconds = seconds_until(moment, self.clock.now())
+        return lockout if lockout < seconds <= lockout + CLOCK_SLACK_SECONDS else seconds
 
     @property
     def limit(self) -> int:
