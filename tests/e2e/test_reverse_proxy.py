@@ -178,6 +178,8 @@ class TestNginxAnswers:
                 assert headers["content-type"] == "application/json", name
                 assert headers["x-content-type-options"] == "nosniff", name
                 assert json.loads(body)["code"] == code, name
+                if status == 405:
+                    assert headers["allow"].upper() == "GET, HEAD, POST, PATCH, DELETE", name
             assert "redirect to named location" not in nginx.error_log(), nginx.error_log()
 
     def test_an_http_1_0_request_without_host_reaches_the_api(self, tmp_path: Path) -> None:
