@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from dataclasses import dataclass
 
@@ -12,6 +13,19 @@ class ClientInfo:
 
     ip_address: str
     user_agent: str
+
+    @property
+    def limit_key(self) -> str:
+        """The key of the per-address limits: the address, or for IPv6 its /64. One IPv6
+        client (a home line, a cloud machine) is given a whole /64 and may send from any
+        of its 2^64 addresses; a /64 is one subscriber, as an IPv4 address is."""
+        if ":" not in self.ip_address:
+            return self.ip_address
+        try:
+            network = ipaddress.IPv6Network(f"{self.ip_address}/64", strict=False)
+        except ValueError:
+            return self.ip_address
+        return str(network)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,21 @@ class TestAddressLimit:
         async with make_client(app, OTHER_IP) as other:
             await tokens(other)
 
+    async def test_an_ipv6_client_is_its_64(
+        self, app: FastAPI, alice: Account, container: Container
+    ) -> None:
+        # One subscriber's /64: every address in it is one client for the limit.
+        for host in ("2001:db8:1:2::1", "2001:db8:1:2:aaaa::9", "2001:db8:1:2:ffff:1:2:3"):
+            async with make_client(app, host) as c:
+                await fail(c, "bob")
+        async with make_client(app, "2001:db8:1:2:dead:beef:0:1") as c:
+            assert_blocked(await login(c), retry_after=900)
+        assert await address_rows(container) == {"2001:db8:1:2::/64": 3}
+        # Another /64 is another client; sessions and events keep the address itself.
+        async with make_client(app, "2001:db8:1:3::1") as neighbour:
+            pair = await tokens(neighbour)
+        assert await session_address(container, pair["session_id"]) == "2001:db8:1:3::1"
+
     async def test_window_expires(
         self, client: httpx.AsyncClient, alice: Account, clock: FrozenClock
     ) -> None:

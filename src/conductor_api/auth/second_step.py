@@ -63,7 +63,7 @@ class SecondStep:
             # refresh token (and refused once the address is over its limit).
             async with self.steps.sessionmaker.begin() as db:
                 refusal = await self.signin.address.count_failure(
-                    db, client.ip_address, self.steps.clock.now()
+                    db, client.limit_key, self.steps.clock.now()
                 )
             raise refusal or InvalidMfaToken()
         if pending.jkt is not None and jkt != pending.jkt:

@@ -81,7 +81,7 @@ class SignInService:
         second: tuple[Limit, str] = (
             (self.device, str(device_id)) if device_id is not None else (self.username, attempt.key)
         )
-        return (self.address, attempt.client.ip_address), second
+        return (self.address, attempt.client.limit_key), second
 
     async def own_limits(
         self, attempt: SignIn, principal: Principal
@@ -183,7 +183,7 @@ class SignInService:
         known until the credential names one, and a passkey cannot be guessed); a passkey is
         possession and user verification at once, so it satisfies the second factor."""
         async with SignIn(self.steps, None, client) as attempt:
-            await attempt.limits((self.address, client.ip_address))  # 1.
+            await attempt.limits((self.address, client.limit_key))  # 1.
             assertion: Assertion | None = None
 
             async def check() -> PasskeyOutcome:
@@ -278,7 +278,7 @@ class SignInService:
         # Counted in its own transaction, first: refused ones count too, and cost no hash.
         async with self.steps.sessionmaker.begin() as counting:
             refusal = await self.registrations.count(
-                counting, client.ip_address, self.steps.clock.now()
+                counting, client.limit_key, self.steps.clock.now()
             )
         if refusal is not None:
             raise refusal
@@ -291,9 +291,7 @@ class SignInService:
         """A credential that did not verify (a refresh token, a sign-in's DPoP proof):
         counted against the address, and refused once the address is over its limit."""
         async with self.steps.sessionmaker.begin() as db:
-            refusal = await self.address.count_failure(
-                db, client.ip_address, self.steps.clock.now()
-            )
+            refusal = await self.address.count_failure(db, client.limit_key, self.steps.clock.now())
         if refusal is not None:
             raise refusal
 

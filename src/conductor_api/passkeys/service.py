@@ -355,7 +355,7 @@ class PasskeyService:
 
         async with self.sessionmaker.begin() as db:
             refusal = await self.challenges_per_address.count(
-                db, client.ip_address, self.clock.now()
+                db, client.limit_key, self.clock.now()
             )
             if refusal is None:
                 challenge_id, challenge = await self._new_challenge(db, AUTHENTICATION, None)
