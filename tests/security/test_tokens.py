@@ -260,6 +260,23 @@ class TestTokenServiceRefresh:
         assert claims.user_id == uuid.UUID(int=1)
         assert claims.session_id == uuid.UUID(int=2)
 
+    # The test keys are shorter than HS512 would like; that is not what is tested here.
+    @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+    @pytest.mark.parametrize("before", ["HS256", "HS384", "HS512", "EdDSA"])
+    def test_changing_jwt_algorithm_leaves_refresh_tokens_alone(self, before: str) -> None:
+        # What a server in each mode signed (an earlier version signed refresh tokens with
+        # HS384 or HS512 in those modes) every mode accepts, and signs with HS256 itself.
+        claims = unverified_claims(self._issue(make_service()))
+        issued = sign(claims, REFRESH_KEY, "HS256" if before == "EdDSA" else before)
+        for after in ("HS256", "HS384", "HS512", "EdDSA"):
+            service = make_service(after)
+            assert service.decode_refresh(issued, NOW).jti == "parent-jti"
+            assert jwt.get_unverified_header(self._issue(service))["alg"] == "HS256"
+        # Only with the refresh key: the access key, or none, is still refused.
+        for forged in (sign(claims, ACCESS_KEY, "HS512"), sign(claims, WRONG_KEY, "HS384")):
+            with pytest.raises(InvalidRefreshToken):
+                make_service("HS512").decode_refresh(forged, NOW)
+
     def test_child_jti_differs_from_parent_and_is_stable(self) -> None:
         service = make_service()
         child = service.child_jti("parent-jti")

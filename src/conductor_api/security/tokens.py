@@ -176,11 +176,12 @@ class TokenService:
             algorithm=hashes.SHA256(), length=32, salt=None,
             info=b"conductor-api refresh child jti v1",
         ).derive(refresh_secret.encode())  # fmt: skip
-        # Refresh tokens are only ever verified here: they stay HMAC in every mode.
-        self._algorithms = {
-            ACCESS: algorithm,
-            REFRESH: algorithm if algorithm.startswith("HS") else "HS256",
-        }
+        # Refresh tokens are only ever verified here: HMAC in every mode, HS256 whatever
+        # JWT_ALGORITHM says, so that changing it signs no one out. Those signed with HS384
+        # or HS512 (as earlier versions did in those modes) are accepted too: with the
+        # refresh key, which is only ever an HMAC key, no algorithm can be confused.
+        self._algorithms = {ACCESS: algorithm, REFRESH: "HS256"}
+        self._accepted = {ACCESS: [algorithm], REFRESH: ["HS256", "HS384", "HS512"]}
         self._issuer = issuer
         self._audience = audience
         self.access_ttl_seconds = int(access_ttl.total_seconds())
@@ -337,7 +338,7 @@ class TokenService:
             decoded = self._jwt.decode_complete(
                 token,
                 key,
-                algorithms=[self._algorithms[kind]],
+                algorithms=self._accepted[kind],
                 audience=self._audience,
                 issuer=self._issuer,
             )
