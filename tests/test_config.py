@@ -197,6 +197,8 @@ class TestSecretsNeverEchoed:
             "mysql://root:Secret@db/prod",
             "postgresql://root:Secret@127.0.0.1:abc/prod",
             "oracle://root:Secret@db:1521/prod",
+            "postgresql://root@127.0.0.1/prod?password=Secret",
+            "postgresql://root@127.0.0.1/prod?ssl=require&sslpassword=Secret",
         ],
     )
     def test_database_password_is_redacted(self, tmp_path: Path, url: str) -> None:
@@ -221,6 +223,10 @@ class TestSecretsNeverEchoed:
         with pytest.raises(ConfigError) as raised:
             load_settings()
         assert "mysql://root:***@db/prod" in str(raised.value)
+        monkeypatch.setenv("DATABASE_URL", "postgresql://root@db/prod?password=Secret&ssl=on")
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert "postgresql://root@db/prod?password=***&ssl=on" in str(raised.value)
 
     @pytest.mark.parametrize(
         "name",

@@ -67,14 +67,28 @@ def trusts_public_clients(networks: list[IPNetwork]) -> bool:
 SECRET_NAMES = ("SECRET", "KEY")
 
 
+# Query parameters of a URL whose values are never shown (`?password=`, `?sslpassword=`,
+# `?passfile=` and the like).
+SECRET_PARAMETERS = ("PASS", "SECRET", "KEY", "TOKEN")
+
+
 def redact(value: object) -> str:
-    """A setting's value as an error may show it: the password of a URL's userinfo is
-    replaced by `***` (DATABASE_URL=postgresql://user:***@host/db)."""
+    """A setting's value as an error may show it: the password of a URL's userinfo, and the
+    value of any query parameter that may hold one, are replaced by `***`
+    (DATABASE_URL=postgresql://user:***@host/db?password=***)."""
     text = str(value)
-    if "://" not in text or "@" not in text:
+    if "://" not in text:
         return repr(text)
     scheme, rest = text.split("://", 1)
+    rest, question, query = rest.partition("?")
+    if question:
+        parameters = [p.partition("=") for p in query.split("&")]
+        query = "&".join(
+            f"{name}{eq}***" if eq and any(s in name.upper() for s in SECRET_PARAMETERS) else
+            f"{name}{eq}{val}"
+            for name, eq, val in parameters
+        )  # fmt: skip
     userinfo, sep, host = rest.rpartition("@")
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
-    return repr(f"{scheme}://{userinfo}{sep}{host}")
+    return repr(f"{scheme}://{userinfo}{sep}{host}{question}{query}")
