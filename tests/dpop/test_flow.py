@@ -293,6 +293,16 @@ class TestResourceRefusals:
         await refusals("198.51.100.1", 5)
         assert await recorded() == ["198.51.100.1", "198.51.100.1", "198.51.100.2"]
 
+        # An IPv6 client is its /64, and however many clients, ten a minute per session.
+        clock.advance(seconds=61)
+        for host in ("2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:ffff::3"):
+            await refusals(host, 2)
+        assert (await recorded()).count("2001:db8:7:7::1") == 1
+        assert len(await recorded()) == 4
+        for n in range(20):
+            await refusals(f"2001:db8:8:{n:x}::1", 1)
+        assert len(await recorded()) == 3 + 10
+
     async def test_replayed_proof(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
     ) -> None:

@@ -58,30 +58,29 @@ class _TimeOrderedIds:
 new_event_id = _TimeOrderedIds().next
 
 
-async def recorded_since(
+async def addresses_since(
     db: AsyncSession,
     type_: EventType,
     *,
     user_id: uuid.UUID,
     session_id: uuid.UUID | None,
-    ip_address: str | None,
     since: datetime,
-) -> bool:
-    """Whether an event of this type was recorded for the user's session, from the same
-    address, at `since` or later (the user's index finds it)."""
+    limit: int,
+) -> list[str | None]:
+    """The addresses of the events of this type recorded for the user's session at `since`
+    or later, at most `limit` of them (the user's index finds them)."""
     e = SecurityEvent
-    found = await db.scalar(
-        select(e.id)
+    found = await db.scalars(
+        select(e.ip_address)
         .where(
             e.user_id == user_id,
             e.created_at >= since,
             e.type == type_,
             e.session_id == session_id,
-            e.ip_address == ip_address,
         )
-        .limit(1)
+        .limit(limit)
     )
-    return found is not None
+    return list(found.all())
 
 
 # Built once (`insert_row`): every sign-in records one or two events.

@@ -219,8 +219,10 @@ async def _refresh_not_current(
     raise RefreshTokenReused()
 
 
-# How often one session's refused proofs from one address are recorded, at most.
+# How often one session's refused proofs from one client are recorded, at most; and how
+# many, from every client together, in that interval.
 INVALID_PROOF_EVENT_INTERVAL = timedelta(minutes=1)
+INVALID_PROOF_EVENTS_PER_INTERVAL = 10
 
 
 async def record_invalid_proof(
@@ -231,14 +233,20 @@ async def record_invalid_proof(
 ) -> None:
     """A bound session's refresh token presented without a valid proof by its key: perhaps
     a copied token, so the user sees it (`dpop_proof_invalid`, with the address). Once a
-    minute per session and address: a copy used in a loop must not push the user's other
-    events out of sight."""
+    minute per session and client (an IPv6 client is its /64, as for the limits), and at
+    most INVALID_PROOF_EVENTS_PER_INTERVAL a minute per session: a copy used in a loop,
+    from one address or many, must not push the user's other events out of sight."""
     async with sessionmaker.begin() as db:
         user = await repository.owner(db, claims.user_id)
-        if user is None or await events.recorded_since(
+        if user is None:
+            return
+        recent = await events.addresses_since(
             db, EventType.DPOP_PROOF_INVALID, user_id=user.id, session_id=claims.session_id,
-            ip_address=client.ip_address, since=now - INVALID_PROOF_EVENT_INTERVAL,
-        ):  # fmt: skip
+            since=now - INVALID_PROOF_EVENT_INTERVAL, limit=INVALID_PROOF_EVENTS_PER_INTERVAL,
+        )  # fmt: skip
+        if len(recent) >= INVALID_PROOF_EVENTS_PER_INTERVAL or client.limit_key in {
+            ClientInfo(address or "", "").limit_key for address in recent
+        }:
             return
         await events.record(
             db, EventType.DPOP_PROOF_INVALID, now=now, username_key=user.username_key,
