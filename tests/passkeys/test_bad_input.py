@@ -467,7 +467,8 @@ class TestRegistration:
 
 async def register_options_as(container: Container, account: Account) -> tuple[uuid.UUID, Any]:
     """Registration options made straight by the service (the account may be disabled)."""
-    return await container.passkeys.registration_options(account.id, account.username)
+    client = ClientInfo("203.0.113.7", "test")
+    return await container.passkeys.registration_options(account.id, account.username, client)
 
 
 class TestOff:

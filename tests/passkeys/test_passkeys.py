@@ -269,14 +269,21 @@ class TestChallengesPerAddress:
         clock: FrozenClock,
     ) -> None:
         phone = Authenticator()
-        await add_passkey(client, (await tokens(client))["access_token"], phone)
+        async with make_client(app, "198.51.100.9") as other:
+            await add_passkey(other, (await tokens(other))["access_token"], phone)
         stored = await challenge_count(container)
-        started = [await login_options(client) for _ in range(3)]
+        at = (await tokens(client))["access_token"]
+        # Registrations count with sign-ins: a signed-in client cannot add rows either.
+        await register_options(client, at)
+        started = [await login_options(client) for _ in range(2)]
         refused = await client.post(f"{PASSKEYS}/login/options", json={})
         assert refused.status_code == 429, refused.text
         assert refused.json()["code"] == "too_many_attempts"
         assert "passkey" in refused.json()["detail"]
         assert 1 <= int(refused.headers["retry-after"]) <= 15 * 60
+        assert await challenge_count(container) == stored + 3
+        refused = await client.post(f"{PASSKEYS}/register/options", json={}, headers=bearer(at))
+        assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts"
         assert await challenge_count(container) == stored + 3
         # A challenge asked for before the refusal still signs in.
         body = {"challenge_id": started[-1]["challenge_id"], "device_name": "Pixel 8",

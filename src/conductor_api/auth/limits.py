@@ -221,11 +221,11 @@ class RegistrationLimit(_AddressCount):
 
 
 class PasskeyChallengeLimit(_AddressCount):
-    """MAX_PASSKEY_CHALLENGES_PER_IP passkey sign-ins started: each one stores a challenge,
-    asked for without a token."""
+    """MAX_PASSKEY_CHALLENGES_PER_IP passkey ceremonies started (sign-ins, which need no
+    token, and registrations): each one stores a challenge."""
 
     scope: ClassVar[str] = throttle.PASSKEY
-    message: ClassVar[str] = "Too many passkey sign-ins started from this address; try again later"
+    message: ClassVar[str] = "Too many passkey challenges from this address; try again later"
 
     @property
     def maximum(self) -> int:

@@ -66,14 +66,17 @@ def _options(challenge_id: uuid.UUID, options: dict[str, Any]) -> Response:
 @router.post(
     "/register/options",
     response_model=OptionsOut,
-    responses={**NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 503)},
+    responses={**NO_STORE_DOC, **error_responses(400, 401, 404, 413, 422, 429, 503)},
     summary="Start adding a passkey",
 )
-async def register_options(_: OptionsIn, principal: CurrentPrincipal, c: ContainerDep) -> Response:
+async def register_options(
+    _: OptionsIn, principal: CurrentPrincipal, c: ContainerDep, client: Client
+) -> Response:
     """A registration challenge and the creation options, with the caller's passkeys in
-    `excludeCredentials`."""
+    `excludeCredentials`. Counted with the sign-in challenges against
+    MAX_PASSKEY_CHALLENGES_PER_IP."""
     challenge_id, options = await c.passkeys.registration_options(
-        principal.user_id, principal.username
+        principal.user_id, principal.username, client
     )
     return _options(challenge_id, options)
 

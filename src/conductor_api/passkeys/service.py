@@ -26,7 +26,13 @@ from conductor_api.auth.signin import PasskeyOutcome
 from conductor_api.clock import Clock
 from conductor_api.config import Settings
 from conductor_api.db import Writer
-from conductor_api.errors import AccountDisabled, InvalidPasskey, NotFound, PasskeyExists
+from conductor_api.errors import (
+    AccountDisabled,
+    AppError,
+    InvalidPasskey,
+    NotFound,
+    PasskeyExists,
+)
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.passkeys import repository
@@ -181,9 +187,15 @@ class PasskeyService:
         return self.settings.webauthn_challenge_seconds * 1000
 
     async def _new_challenge(
-        self, db: AsyncSession, purpose: str, user_id: uuid.UUID | None
-    ) -> tuple[uuid.UUID, bytes]:
+        self, db: AsyncSession, purpose: str, user_id: uuid.UUID | None, client: ClientInfo
+    ) -> tuple[uuid.UUID, bytes] | AppError:
+        """A stored challenge; or the refusal, when the client has asked for
+        MAX_PASSKEY_CHALLENGES_PER_IP in the window (each one is a row until the prune,
+        and a sign-in's needs no token). The count is committed either way."""
         now = self.clock.now()
+        refusal = await self.challenges_per_address.count(db, client.limit_key, now)
+        if refusal is not None:
+            return refusal
         row = WebAuthnChallenge(
             id=uuid.uuid4(),
             challenge=secrets.token_bytes(CHALLENGE_BYTES),
@@ -199,7 +211,7 @@ class PasskeyService:
     # --- registration ------------------------------------------------------------------
 
     async def registration_options(
-        self, user_id: uuid.UUID, username: str
+        self, user_id: uuid.UUID, username: str, client: ClientInfo
     ) -> tuple[uuid.UUID, dict[str, Any]]:
         """A registration challenge for this user, and the creation options."""
         from webauthn import generate_registration_options, options_to_json
@@ -212,7 +224,10 @@ class PasskeyService:
 
         async with self.sessionmaker.begin() as db:
             existing = await repository.list_for_user(db, user_id)
-            challenge_id, challenge = await self._new_challenge(db, REGISTRATION, user_id)
+            started = await self._new_challenge(db, REGISTRATION, user_id, client)
+        if isinstance(started, AppError):
+            raise started
+        challenge_id, challenge = started
         options = generate_registration_options(
             rp_id=self.rp_id,
             rp_name=self.settings.webauthn_rp_name,
@@ -347,20 +362,15 @@ class PasskeyService:
     # --- sign-in -------------------------------------------------------------------------
 
     async def login_options(self, client: ClientInfo) -> tuple[uuid.UUID, dict[str, Any]]:
-        """A sign-in challenge and the request options: discoverable credentials only. At
-        most MAX_PASSKEY_CHALLENGES_PER_IP from one address in a window (anyone may ask, and
-        each one is a row until the prune)."""
+        """A sign-in challenge and the request options: discoverable credentials only."""
         from webauthn import generate_authentication_options, options_to_json
         from webauthn.helpers.structs import UserVerificationRequirement
 
         async with self.sessionmaker.begin() as db:
-            refusal = await self.challenges_per_address.count(
-                db, client.limit_key, self.clock.now()
-            )
-            if refusal is None:
-                challenge_id, challenge = await self._new_challenge(db, AUTHENTICATION, None)
-        if refusal is not None:
-            raise refusal
+            started = await self._new_challenge(db, AUTHENTICATION, None, client)
+        if isinstance(started, AppError):
+            raise started
+        challenge_id, challenge = started
         options = generate_authentication_options(
             rp_id=self.rp_id,
             challenge=challenge,
