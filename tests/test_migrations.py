@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -189,3 +189,44 @@ class TestUsernameSkeletonMigration:
         migrate.downgrade(empty_settings, "0001")
         migrate.upgrade(empty_settings)
         assert _inspect(empty_settings, _skeletons) == skeletons
+
+
+class TestStoppedPartWay:
+    def test_a_run_that_fails_part_way_leaves_the_schema_where_it_began(
+        self, empty_settings: Settings
+    ) -> None:
+        # A run stopped after a migration's DDL (the column added) and before its end, as a
+        # SIGTERM or a crash would: everything of the run is undone, and the next one works.
+        migrate.upgrade(empty_settings, "0005_retention_indexes")
+
+        async def insert() -> None:
+            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_insert_users)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(insert())
+
+        def stop(_c: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.startswith("UPDATE users SET username_skeleton"):
+                raise KeyboardInterrupt  # what a signal raises in the middle of a run
+
+        event.listen(Engine, "before_cursor_execute", stop)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                migrate.upgrade(empty_settings)
+        finally:
+            event.remove(Engine, "before_cursor_execute", stop)
+
+        def state(conn: Connection) -> tuple[str | None, set[str]]:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            return revision, {c["name"] for c in inspect(conn).get_columns("users")}
+
+        revision, columns = _inspect(empty_settings, state)
+        assert revision == "0005_retention_indexes"
+        assert "username_skeleton" not in columns
+        migrate.upgrade(empty_settings)
+        assert _inspect(empty_settings, state)[0] == migrate.head_revision(empty_settings)
+        assert _inspect(empty_settings, _skeletons)["alice"] == skeleton_digest("alice")
