@@ -17,6 +17,7 @@ from conductor_api.auth.models import LoginThrottle
 from conductor_api.auth.signin import SignIn
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
+from conductor_api.errors import ServiceUnavailable
 from conductor_api.events.models import SecurityEvent
 from conductor_api.mfa import repository as mfa_repository
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
@@ -170,6 +171,46 @@ class TestSetup:
                 select(SecurityEvent).where(SecurityEvent.type == "mfa_failed")
             )
         assert failed is not None and str(failed.session_id) == pair["session_id"]
+
+    async def test_a_confirmation_that_fails_after_its_code_leaves_totp_off(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        clock: FrozenClock,
+        container: Container,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The right code is spent, then the database stops answering (or the process dies)
+        # before the recovery codes are stored: TOTP stays off, and the next code turns it
+        # on with its codes, where it was left on with none and every retry refused.
+        at = (await tokens(client))["access_token"]
+        setup = await client.post(
+            f"{MFA}/totp/setup", json={"current_password": PASSWORD}, headers=bearer(at)
+        )
+        secret = setup.json()["secret"]
+        real = container.mfa.new_recovery_codes
+
+        async def down(*args: Any) -> list[str]:
+            raise ServiceUnavailable()
+
+        monkeypatch.setattr(container.mfa, "new_recovery_codes", down)
+        code = {"code": code_at(secret, clock.now())}
+        failed = await client.post(f"{MFA}/totp/confirm", json=code, headers=bearer(at))
+        assert failed.status_code == 503, failed.text
+        assert (await mfa_status(client, at))["totp"] is False
+        assert (await login(client)).status_code == 200  # no second step asked for
+        assert "mfa_enabled" not in await event_types(container)
+
+        monkeypatch.setattr(container.mfa, "new_recovery_codes", real)
+        again = await client.post(f"{MFA}/totp/confirm", json=code, headers=bearer(at))
+        assert again.status_code == 401  # that code is spent
+        clock.advance(seconds=30)
+        code = {"code": code_at(secret, clock.now())}
+        confirm = await client.post(f"{MFA}/totp/confirm", json=code, headers=bearer(at))
+        assert confirm.status_code == 200, confirm.text
+        assert len(confirm.json()["recovery_codes"]) == 10
+        assert (await mfa_status(client, at))["recovery_codes_left"] == 10
+        assert (await event_types(container)).count("mfa_enabled") == 1
 
 
 class TestSignIn:

@@ -66,16 +66,11 @@ async def delete_factor(db: AsyncSession, user_id: uuid.UUID) -> bool:
     return result.first() is not None
 
 
-async def take_step(
-    db: AsyncSession, user_id: uuid.UUID, step: int, *, confirmed: bool, now: datetime
-) -> bool:
-    """Record `step` as the last one used, only if it is later than the last one: one
-    statement, so two requests with the same code cannot both pass. `confirmed=False`
-    takes it on an unconfirmed factor and turns the factor on."""
+async def take_step(db: AsyncSession, user_id: uuid.UUID, step: int, *, confirmed: bool) -> bool:
+    """Record `step` as the last one used on the user's factor (a confirmed one, or with
+    `confirmed=False` one waiting for its confirmation), only if it is later than the last
+    one: one statement, so two requests with the same code cannot both pass."""
     t = TotpFactor
-    values: dict[str, object] = {"last_used_step": step}
-    if not confirmed:
-        values.update(confirmed=True, confirmed_at=now)
     result = await db.execute(
         update(t)
         .where(
@@ -83,7 +78,19 @@ async def take_step(
             t.confirmed.is_(confirmed),
             t.last_used_step.is_(None) | (t.last_used_step < step),
         )
-        .values(**values)
+        .values(last_used_step=step)
+        .returning(t.user_id)
+    )
+    return result.first() is not None
+
+
+async def confirm_factor(db: AsyncSession, user_id: uuid.UUID, now: datetime) -> bool:
+    """Turn the user's factor on, if it is waiting for its confirmation; whether it was."""
+    t = TotpFactor
+    result = await db.execute(
+        update(t)
+        .where(t.user_id == user_id, t.confirmed.is_(False))
+        .values(confirmed=True, confirmed_at=now)
         .returning(t.user_id)
     )
     return result.first() is not None

@@ -153,15 +153,14 @@ class SecondFactor:
     async def check_confirmation(
         self, db: AsyncSession, user_id: uuid.UUID, text: str, now: datetime
     ) -> bool:
-        """A TOTP code of the unconfirmed secret: when right, the factor is on."""
+        """A TOTP code of the unconfirmed secret, spent when right (`enabled` then turns the
+        factor on, with the recovery codes and the event, in one transaction)."""
         code = otp.parse_totp(text)
         factor = await repository.get_factor(db, user_id)
         if code is None or factor is None or factor.confirmed:
             return False
         step = otp.matching_step(self._secret(factor), code, now)
-        return step is not None and await repository.take_step(
-            db, user_id, step, confirmed=False, now=now
-        )
+        return step is not None and await repository.take_step(db, user_id, step, confirmed=False)
 
     async def check(
         self,
@@ -189,7 +188,7 @@ class SecondFactor:
             step = otp.matching_step(self._secret(factor), code, now)
             if step is None:
                 return None
-            taken = await repository.take_step(db, owner.user_id, step, confirmed=True, now=now)
+            taken = await repository.take_step(db, owner.user_id, step, confirmed=True)
             return "totp" if taken else None
         digest = otp.recovery_hash(self._recovery_key, code)
         if not await repository.use_recovery_code(db, owner.user_id, digest, now):
@@ -214,7 +213,12 @@ class SecondFactor:
         return codes
 
     async def enabled(self, db: AsyncSession, owner: Owner, now: datetime) -> list[str]:
-        """After a confirmation: the first recovery codes, and the event."""
+        """After a right confirmation code: the factor on, its first recovery codes and the
+        event, in one transaction (a crash or a timeout between them would leave TOTP on
+        with no recovery codes, and a retry refused as already on). `MfaAlreadyEnabled` when
+        another confirmation turned it on meanwhile."""
+        if not await repository.confirm_factor(db, owner.user_id, now):
+            raise MfaAlreadyEnabled()
         codes = await self.new_recovery_codes(db, owner, now)
         await self._record(db, EventType.MFA_ENABLED, owner, now)
         return codes
