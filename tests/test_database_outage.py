@@ -543,6 +543,40 @@ class TestPostgresRefusesConnections:
             await conn.close()
         await expect_service(device)
 
+    async def test_a_read_only_database_is_503_for_writes_then_service_resumes(
+        self,
+        pg_app: FastAPI,
+        pg_device: Device,
+        pg_database_name: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A standby after a failover, or an operator's maintenance: every transaction is
+        read-only (SQLSTATE 25006 on a write), which is an outage, not a bug."""
+        device = pg_device
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        db = f'"{pg_database_name}"'
+        try:
+            await conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = on")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                pg_database_name,
+            )
+            await expect_unavailable(device, only=("login", "refresh"))
+            await expect_unavailable(device, only=("login", "refresh"))  # on new connections
+            # The log says why, not only that.
+            assert "read-only transaction" in caplog.text
+        finally:
+            await conn.execute(f"ALTER DATABASE {db} SET default_transaction_read_only = off")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                pg_database_name,
+            )
+            await conn.close()
+        await device.client.get("/health/ready")  # the pools find their connections gone
+        await expect_service(device)
+
     async def test_session_terminated_mid_query_is_503_not_500(
         self, pg_app: FastAPI, proxy: TcpProxy, pg_device: Device, pg_database_name: str
     ) -> None:

@@ -56,6 +56,16 @@ _SQLITE_DOWN = frozenset({5, 6, 10, 11, 13, 14, 15, 26})
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+def _reason(error: BaseException) -> str:
+    """What the driver said, for the operator (a full disk, a read-only file or database,
+    a refused connection): the first line of its message, bounded. The statement and its
+    parameters are not in it (they follow on later lines, and parameters are hidden)."""
+    orig = getattr(error, "orig", None)
+    cause = orig.__cause__ if orig is not None and orig.__cause__ is not None else orig
+    text = str(cause if cause is not None else error).strip().splitlines()
+    return f" ({text[0][:200]})" if text and text[0] else ""
+
+
 def database_down(error: BaseException) -> bool:
     """Whether `error` means the database is unreachable or unusable (503), not a bug (500)."""
     if isinstance(error, DATABASE_DOWN):
@@ -155,7 +165,7 @@ def _install_handlers(app: FastAPI) -> None:
                 # the route raised, and again in its exception middleware).
                 raise error
             _count_database_error(request)
-            log.warning("database unavailable: %s", type(error).__name__)
+            log.warning("database unavailable: %s%s", type(error).__name__, _reason(error))
             return _render(ServiceUnavailable())
 
     @app.exception_handler(Exception)

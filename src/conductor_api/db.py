@@ -652,6 +652,10 @@ ASYNCPG_LOST = (
     asyncpg.InvalidCatalogNameError,
     asyncpg.ObjectNotInPrerequisiteStateError,
     asyncpg.InvalidAuthorizationSpecificationError,
+    # A write refused by a read-only database (25006): a standby after a failover, or
+    # default_transaction_read_only set for maintenance. The connection is dropped, so
+    # that the next one may reach the new primary.
+    asyncpg.ReadOnlySQLTransactionError,
 )
 # What a query on a raw asyncpg pool raises when the database does not answer it: a 503.
 # InternalClientError: the protocol out of step on a connection whose backend was killed.
