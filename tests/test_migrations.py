@@ -32,6 +32,7 @@ TABLES = {
     "totp_factors",
     "recovery_codes",
     "mfa_tokens",
+    "kek_checks",
 }
 
 

@@ -99,3 +99,23 @@ def test_serve_in_hs256_mode_with_another_key_encryption_key_stops_in_one_line(
         )  # fmt: skip
     one_line_error(wrong, "KEY_ENCRYPTION_KEY")
     assert wrong.returncode == 2
+
+
+def test_a_second_instance_with_another_key_encryption_key_stops_with_nothing_stored_yet(
+    tmp_path: Path,
+) -> None:
+    # HS256 mode and no TOTP secret yet: no signing key or secret to try the key on. The
+    # first instance to start seals a check value; one with another key cannot open it.
+    cli = Cli(tmp_path / "data")
+    hs256 = {"JWT_ALGORITHM": "HS256"}
+    with socket.socket() as taken:  # past the check, serve stops at the port instead
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        first = cli("serve", "--port", port, env=hs256)
+        second = cli("serve", "--port", port, env={**hs256, "KEY_ENCRYPTION_KEY": WRONG_KEK})
+        again = cli("serve", "--port", port, env=hs256)
+    assert "KEY_ENCRYPTION_KEY" not in first.stderr and first.returncode != 0, first.stderr
+    one_line_error(second, "KEY_ENCRYPTION_KEY")
+    assert second.returncode == 2 and WRONG_KEK not in second.stderr
+    assert "KEY_ENCRYPTION_KEY" not in again.stderr, again.stderr

@@ -13,6 +13,7 @@ from conductor_api import migrate
 from conductor_api.clock import Clock
 from conductor_api.config import ConfigError, Settings, load_settings
 from conductor_api.db import make_engine, make_session_factory
+from conductor_api.keys import service as key_service
 from conductor_api.mfa.service import SecondFactor
 from conductor_api.security.passwords import PasswordHasher
 
@@ -71,14 +72,22 @@ def iso(value: datetime | None) -> str:
 
 
 def check_stored_secrets() -> None:
-    """`ConfigError` naming KEY_ENCRYPTION_KEY when it does not open the stored TOTP secrets."""
-    mfa = SecondFactor(settings().kek)
+    """`ConfigError` naming KEY_ENCRYPTION_KEY when it does not open the stored TOTP secrets,
+    or the check value the first instance on this database sealed (stored now if none was:
+    in the HS* modes, with no TOTP secret yet, nothing else would tell two keys apart)."""
+    kek = settings().kek
+    mfa = SecondFactor(kek)
 
-    async def go(db: AsyncSession, _: PasswordHasher, __: datetime) -> bool:
-        return await mfa.opens_stored(db)
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str | None:
+        if not await mfa.opens_stored(db):
+            return "the TOTP secrets stored in the database"
+        if not await key_service.kek_opens_check(db, kek, now):
+            return "what the first instance on this database sealed with its key"
+        return None
 
-    if not run_db(go):
+    refused = run_db(go)
+    if refused is not None:
         raise ConfigError(
-            "KEY_ENCRYPTION_KEY: does not decrypt the TOTP secrets stored in the database; "
-            "set the KEY_ENCRYPTION_KEY of the instances that stored them"
+            f"KEY_ENCRYPTION_KEY: does not decrypt {refused}; set the KEY_ENCRYPTION_KEY of "
+            "the instances that stored them"
         )

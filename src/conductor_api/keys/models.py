@@ -46,3 +46,16 @@ class SigningKey(Base):
     # may sign with the key: it stays published that long after it stops signing, whatever
     # the instance that retires it is configured with.
     access_ttl_seconds: Mapped[int | None] = mapped_column(Integer)
+
+
+class KekCheck(Base):
+    """A value sealed under KEY_ENCRYPTION_KEY by the first instance that started on this
+    database (one row, id 1): every instance opens it at start before it seals or opens
+    anything else, so that one with another key stops there, in one line, rather than seal
+    TOTP secrets that no other instance can open."""
+
+    __tablename__ = "kek_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

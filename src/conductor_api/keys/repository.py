@@ -1,14 +1,16 @@
-"""Every query on the signing_keys table."""
+"""Every query on the signing_keys table, and on kek_checks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import dialect_of
-from conductor_api.keys.models import SigningKey
+from conductor_api.keys.models import KekCheck, SigningKey
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
 _PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
@@ -50,3 +52,15 @@ async def raise_lifetime(db: AsyncSession, kid: str, seconds: int) -> None:
 async def save(db: AsyncSession) -> None:
     """Flush a state change now: the unique index must see each change in order."""
     await db.flush()
+
+
+async def kek_check(db: AsyncSession) -> bytes | None:
+    """The sealed check value of KEY_ENCRYPTION_KEY, if one was stored."""
+    return await db.scalar(select(KekCheck.sealed).where(KekCheck.id == 1))
+
+
+async def add_kek_check(db: AsyncSession, sealed: bytes, now: datetime) -> None:
+    """Store the check value unless another instance stored one first."""
+    insert = postgresql.insert if dialect_of(db) == "postgresql" else sqlite.insert
+    statement = insert(KekCheck).values(id=1, sealed=sealed, created_at=now)
+    await db.execute(statement.on_conflict_do_nothing(index_elements=["id"]))

@@ -19,6 +19,7 @@ from conductor_api.keys.models import (
     REVOKED,
     SigningKey,
 )
+from conductor_api.security.encryption import DecryptionError, SecretBox
 
 # Tokens a lagging worker signed with a key after it stopped being current are covered by
 # this margin: workers re-read the key set at least every 60 seconds.
@@ -53,6 +54,26 @@ class KeyPolicy:
 
 def _find(rows: Sequence[SigningKey], state: str) -> SigningKey | None:
     return next((r for r in rows if r.state == state), None)
+
+
+_KEK_CHECK = b"conductor-api key-encryption-key check v1"
+
+
+async def kek_opens_check(db: AsyncSession, kek: bytes, now: datetime) -> bool:
+    """Whether this KEY_ENCRYPTION_KEY opens the database's check value, sealing one with it
+    when there is none yet (the first start: of instances starting at once, one seals, and
+    the others open what it sealed)."""
+    box = SecretBox(kek, _KEK_CHECK)
+    sealed = await repository.kek_check(db)
+    if sealed is None:
+        await repository.add_kek_check(db, box.seal(_KEK_CHECK, _KEK_CHECK), now)
+        sealed = await repository.kek_check(db)
+        assert sealed is not None
+    try:
+        box.open(sealed, _KEK_CHECK)
+    except DecryptionError:
+        return False
+    return True
 
 
 def check_decrypts(rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
