@@ -249,6 +249,24 @@ class TestRotation:
         assert (await client.get(ME, headers=bearer(token))).status_code == 200
 
 
+class TestJwksMaxAge:
+    @pytest.mark.parametrize(
+        ("publish", "refresh", "max_age"), [(300, 30.0, 270), (5, 0.5, 4), (5, 1.2, 3)]
+    )
+    async def test_max_age_leaves_the_whole_re_read_interval(
+        self, app: FastAPI, settings: Settings, clock: FrozenClock,
+        publish: int, refresh: float, max_age: int,
+    ) -> None:  # fmt: skip
+        # A copy of the set that is up to KEY_REFRESH_SECONDS old, cached for max-age, must
+        # still be read again before a key published now signs: a fraction counts whole.
+        timed = settings.model_copy(
+            update={"key_publish_seconds": publish, "key_refresh_seconds": refresh}
+        )
+        async with instance(timed, clock) as other, make_client(other) as c:
+            response = await c.get(JWKS)
+        assert response.headers["cache-control"] == f"public, max-age={max_age}"
+
+
 class TestNoQueryPerRequest:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -52,7 +53,7 @@ async def jwks(container: ContainerDep, response: Response) -> Any:
         # The keys exist but this process could not read them yet: an empty set would be
         # cached by verifiers for max-age and make them refuse every token.
         raise ServiceUnavailable()
-    lag = settings.key_publish_seconds - int(settings.key_refresh_seconds)
+    lag = settings.key_publish_seconds - math.ceil(settings.key_refresh_seconds)
     max_age = max(0, min(MAX_AGE_LIMIT, lag))
     response.headers["Cache-Control"] = f"public, max-age={max_age}"
     if container.keys is None:
