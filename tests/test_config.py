@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -164,6 +165,30 @@ class TestGeneratedSecrets:
         )
         assert json.loads(path.read_text())["jwt_secret_key"] == first.access_secret
         assert second.kek == first.kek and len(first.kek) == 32
+
+    def test_a_read_only_data_directory_with_its_secrets_is_read(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = load_settings()
+
+        def read_only(*_: object) -> None:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        # Whatever would write there fails (the tests run as root: a mode would not).
+        monkeypatch.setattr("conductor_api.config._write_draft", read_only)
+        monkeypatch.setattr("conductor_api.config.make_private_dir", read_only)
+        again = load_settings()
+        assert (again.access_secret, again.kek) == (first.access_secret, first.kek)
+
+    def test_a_blank_data_directory_is_the_default(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A template's `CONDUCTOR_DATA_DIR=` left blank: ./data, not the working directory.
+        monkeypatch.setenv("CONDUCTOR_DATA_DIR", "")
+        s = load_settings()
+        assert s.conductor_data_dir == Path("data")
+        assert (env / "data" / "secrets.json").exists()
+        assert not (env / "secrets.json").exists()
 
     def test_explicit_secrets_write_no_file(self, env: Path) -> None:
         s = load_settings(

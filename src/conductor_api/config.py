@@ -38,6 +38,7 @@ from conductor_api.settings_checks import (
 )
 from conductor_api.storage import make_private_dir
 
+DEFAULT_DATA_DIR = Path("./data")
 SECRETS_FILE_NAME = "secrets.json"
 MIN_SECRET_BYTES = 32
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
 
     android_api_host: str = "127.0.0.1"
     android_api_port: int = Field(default=8000, ge=1, le=65535)
-    conductor_data_dir: Path = Path("./data")
+    conductor_data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -184,6 +185,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("conductor_data_dir", mode="before")
+    @classmethod
+    def _empty_is_the_default(cls, value: object) -> object:
+        # Blank (a template's `CONDUCTOR_DATA_DIR=`) would be the working directory.
+        return DEFAULT_DATA_DIR if isinstance(value, str) and not value.strip() else value
 
     @field_validator("webauthn_rp_id")
     @classmethod
@@ -567,6 +574,12 @@ def _new_kek() -> str:
 def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
     """Read the generated secrets, or create them with owner-only permissions."""
     path = data_dir / SECRETS_FILE_NAME
+    if path.exists():
+        # Read first: a data directory that holds them may be read-only (PostgreSQL keeps
+        # everything else, and a container or ProtectSystem=strict may mount it so).
+        stored = _read_secrets(path)
+        if KEK_NAME in stored:
+            return stored
     try:
         make_private_dir(data_dir)
     except OSError as e:
