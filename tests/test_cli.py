@@ -351,3 +351,31 @@ class TestCommand:
         assert result.returncode == 0
         for command in ("serve", "migrate", "users", "sessions", "openapi"):
             assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", [("keys", "list"), ("users", "list"), ("migrate",)])
+def test_a_full_standard_output_is_one_line_and_status_1(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    # stdout on a full disk (/dev/full): the write fails, then the interpreter's last flush
+    # of what it still held would fail again, printing more and exiting 120.
+    data = tmp_path / "data"
+    Cli(data)("users", "create", "alice", "--password-stdin", stdin="a long passphrase here\n")
+    # As an operator's shell runs it: standard output buffered (the tests' may not be).
+    env = clean_env(CONDUCTOR_DATA_DIR=str(data))
+    buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [cli_path(), *command],
+            env=buffered,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.stderr.splitlines() == [
+        "conductor-api: error: [Errno 28] No space left on device"
+    ]
+    assert result.returncode == 1

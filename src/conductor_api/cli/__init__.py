@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -112,7 +113,23 @@ def openapi() -> None:
 
 def _fail(message: str, status: int = 1) -> None:
     print(f"conductor-api: error: {message}", file=sys.stderr)
+    _quiet_stdout()
     sys.exit(status)
+
+
+def _quiet_stdout() -> None:
+    """Send what standard output still holds nowhere: when it is what failed (a full disk,
+    a closed pipe), the interpreter's last flush would fail again and print more lines and
+    exit 120, after the one line of the error."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _first_line(error: BaseException) -> str:
