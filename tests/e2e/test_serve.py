@@ -434,6 +434,29 @@ class TestStalledRequests:
             request_id.decode() in line and " 408" in line for line in server.log().splitlines()
         ), server.log()
 
+    def test_a_client_that_stops_reading_is_dropped(self, tmp_path: Path) -> None:
+        """A client that asks for more than the buffers hold and reads none of it is
+        dropped after REQUEST_TIMEOUT_SECONDS; it no longer holds the connection, the
+        answer's memory and its request for ever."""
+        env = {**SECRETS, "REQUEST_TIMEOUT_SECONDS": "1"}
+        one = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        asked = 200  # about 20 MB of answers, pipelined
+        with Server(tmp_path, env) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(20)
+            sock.connect(("127.0.0.1", server.port))
+            with sock:
+                sock.sendall(one * asked)
+                time.sleep(3)  # reading nothing
+                received = b""
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(1 << 20):
+                        received += chunk
+            # Dropped: far from every answer came, and the server lives on.
+            assert received.count(b"HTTP/1.1 200 ") < asked / 2
+            assert httpx.get(f"{server.url}/health/live").status_code == 200
+
 
 class TestOneLineErrors:
     def test_busy_port(self, tmp_path: Path) -> None:

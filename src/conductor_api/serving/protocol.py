@@ -6,7 +6,10 @@ no `X-Content-Type-Options`. The contract wants every error body in JSON with a 
 every response with `nosniff`, so this protocol writes that 400 instead. uvicorn also waits
 for a request's bytes for ever (only an idle keep-alive connection is closed): a client that
 opens connections and sends half a request on each could hold every connection a worker can
-have. Here each request must arrive whole within REQUEST_TIMEOUT_SECONDS."""
+have. Here each request must arrive whole within REQUEST_TIMEOUT_SECONDS. It also writes
+for ever to a client that has stopped reading (the answer waits in the connection's buffer
+and the request's task waits on it); here a client that reads nothing of a pending answer
+for REQUEST_TIMEOUT_SECONDS is dropped."""
 
 from __future__ import annotations
 
@@ -54,6 +57,9 @@ class Protocol(HttpToolsProtocol):
     # and the timer that enforces it while one is arriving.
     request_timeout = 30.0
     _arrival: asyncio.TimerHandle | None = None
+    # Set while the transport's buffer is over its high-water mark (the client reads
+    # nothing of what is pending): drops the connection after REQUEST_TIMEOUT_SECONDS.
+    _stalled: asyncio.TimerHandle | None = None
 
     @classmethod
     def with_timeout(cls, seconds: float) -> type[Protocol]:
@@ -68,7 +74,31 @@ class Protocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Gone: nothing more to wait for."""
         self._arrived()
+        self._reading_again()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the answer is written: if it reads none of what is
+        pending for REQUEST_TIMEOUT_SECONDS, it has stopped reading."""
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.request_timeout, self._reader_gone)
+
+    def resume_writing(self) -> None:
+        """The client read what was pending: the clock stops."""
+        self._reading_again()
+        super().resume_writing()
+
+    def _reading_again(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _reader_gone(self) -> None:
+        """Dropped at once: a close would wait to send the buffer it does not read."""
+        self._stalled = None
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     def on_message_begin(self) -> None:
         """A request begins (its first byte, or the next one on a kept-alive connection)."""
