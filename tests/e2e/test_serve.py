@@ -155,6 +155,23 @@ class TestShutdown:
         assert_all_die(pids)
         assert "Traceback" not in server.log(), server.log()
 
+    @pytest.mark.parametrize("after", [0.1, 0.4, 0.8])
+    def test_sigterm_before_the_supervisor_runs_is_a_clean_stop(
+        self, tmp_path: Path, after: float
+    ) -> None:
+        # systemd's stop while `serve` still imports or migrates a fresh database: status 0,
+        # as for a stop while serving, nothing on standard error, and a database that the
+        # next start migrates and serves.
+        server = Server(tmp_path, SECRETS)
+        server.launch()
+        assert server.proc is not None
+        time.sleep(after)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=30) == 0, server.log()
+        assert "Traceback" not in server.log() and "error" not in server.log(), server.log()
+        with Server(tmp_path, SECRETS) as again:
+            assert httpx.get(again.url + "/health/ready", timeout=60).status_code == 200
+
     def test_a_dead_worker_is_replaced(self, tmp_path: Path) -> None:
         with Server(tmp_path, SECRETS, workers=2) as server:
             first = workers_of(server)
