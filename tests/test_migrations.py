@@ -132,19 +132,24 @@ def _insert_users(
         )
 
 
+def _add_users(settings: Settings, names: tuple[str, ...] | None = None) -> None:
+    """`_insert_users` (its default names, or `names`) in a transaction of its own."""
+
+    async def insert() -> None:
+        engine = create_async_engine(settings.sqlalchemy_url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_insert_users, *([names] if names else []))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert())
+
+
 class TestSkeletonOfTheName:
     def test_capital_look_alikes_found_in_existing_names(self, empty_settings: Settings) -> None:
         migrate.upgrade(empty_settings, "0012_session_device_token")
-
-        async def insert() -> None:
-            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(_insert_users, ("paypal", "paypaI", "b0b"))
-            finally:
-                await engine.dispose()
-
-        asyncio.run(insert())
+        _add_users(empty_settings, ("paypal", "paypaI", "b0b"))
         before = _inspect(empty_settings, _skeletons)
         assert before["paypai"] is None and before["b0b"] is None  # inserted bare
         migrate.upgrade(empty_settings)
@@ -172,16 +177,7 @@ class TestUsernameSkeletonMigration:
         self, empty_settings: Settings
     ) -> None:
         migrate.upgrade(empty_settings, "0001")
-
-        async def insert() -> None:
-            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(_insert_users)
-            finally:
-                await engine.dispose()
-
-        asyncio.run(insert())
+        _add_users(empty_settings)
         migrate.upgrade(empty_settings)
         skeletons = _inspect(empty_settings, _skeletons)
         assert skeletons["alice"] == skeleton_digest("alice")
@@ -199,16 +195,7 @@ class TestStoppedPartWay:
         # A run stopped after a migration's DDL (the column added) and before its end, as a
         # SIGTERM or a crash would: everything of the run is undone, and the next one works.
         migrate.upgrade(empty_settings, "0005_retention_indexes")
-
-        async def insert() -> None:
-            engine = create_async_engine(empty_settings.sqlalchemy_url, poolclass=NullPool)
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(_insert_users)
-            finally:
-                await engine.dispose()
-
-        asyncio.run(insert())
+        _add_users(empty_settings)
 
         def stop(_c: Any, _cursor: Any, statement: str, *_: Any) -> None:
             if statement.startswith("UPDATE users SET username_skeleton"):
