@@ -193,12 +193,14 @@ def _queries(url: str) -> dict[str, list[Query]]:
                 await db.execute(batch_delete(rule, retention, 500, "postgresql"))
 
         batch = [uuid.uuid4() for _ in range(3)]
+        times = ([now] * 3, [now] * 3, [now - timedelta(days=90)] * 3)
         return {
             "session check": [(POSTGRES_SQL, ([uuid.uuid4()],))],
+            # now, the new token's expiry, and the oldest login still live (SESSION_MAX_DAYS)
             "refresh swaps": [
                 (
                     rotation.POSTGRES_SQL,
-                    (batch, [user_id] * 3, ["0" * 64] * 3, ["1" * 64] * 3, [now] * 3, [now] * 3),
+                    (batch, [user_id] * 3, ["0" * 64] * 3, ["1" * 64] * 3, *times),
                 )
             ],
             "sessions of a user": await _statements(

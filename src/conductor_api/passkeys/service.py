@@ -113,7 +113,8 @@ def _oversized(credential: dict[str, Any]) -> bool:
         size = len(json.dumps(credential, separators=(",", ":")))
     except (TypeError, ValueError, RecursionError):
         # RecursionError: nested about as deep as the request's parser goes ("[" nine
-        # hundred times), past what the encoder can recurse from here. No response is.
+        # hundred times), past what the encoder can recurse from here. No WebAuthn
+        # response is nested more than a few levels.
         return True
     return size > MAX_CREDENTIAL_JSON
 
