@@ -23,15 +23,21 @@ def code_at(secret: str, moment: datetime) -> str:
     return pyotp.TOTP(secret).at(moment)
 
 
-async def enable_totp(
-    client: httpx.AsyncClient, access_token: str, moment: datetime
-) -> tuple[str, list[str]]:
-    """Set up and confirm TOTP; (secret, recovery codes)."""
+async def set_up_totp(client: httpx.AsyncClient, access_token: str) -> str:
+    """Set up TOTP, not confirmed yet; its secret."""
     setup = await client.post(
         f"{MFA}/totp/setup", json={"current_password": PASSWORD}, headers=bearer(access_token)
     )
     assert setup.status_code == 200, setup.text
     secret: str = setup.json()["secret"]
+    return secret
+
+
+async def enable_totp(
+    client: httpx.AsyncClient, access_token: str, moment: datetime
+) -> tuple[str, list[str]]:
+    """Set up and confirm TOTP; (secret, recovery codes)."""
+    secret = await set_up_totp(client, access_token)
     confirm = await client.post(
         f"{MFA}/totp/confirm", json={"code": code_at(secret, moment)}, headers=bearer(access_token)
     )

@@ -32,6 +32,7 @@ from tests.mfa.helpers import (
     enable_totp,
     event_types,
     mfa_status,
+    set_up_totp,
     verify,
 )
 
@@ -139,10 +140,7 @@ class TestSetup:
     ) -> None:
         pair = await tokens(client)
         at = pair["access_token"]
-        setup = await client.post(
-            f"{MFA}/totp/setup", json={"current_password": PASSWORD}, headers=bearer(at)
-        )
-        secret = setup.json()["secret"]
+        secret = await set_up_totp(client, at)
         wrong = await client.post(
             f"{MFA}/totp/confirm", json={"code": "000000"}, headers=bearer(at)
         )
@@ -184,10 +182,7 @@ class TestSetup:
         # before the recovery codes are stored: TOTP stays off, and the next code turns it
         # on with its codes, where it was left on with none and every retry refused.
         at = (await tokens(client))["access_token"]
-        setup = await client.post(
-            f"{MFA}/totp/setup", json={"current_password": PASSWORD}, headers=bearer(at)
-        )
-        secret = setup.json()["secret"]
+        secret = await set_up_totp(client, at)
         real = container.mfa.new_recovery_codes
 
         async def down(*args: Any) -> list[str]:
