@@ -25,6 +25,7 @@ from sqlalchemy import (
     event,
     insert,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -752,6 +753,11 @@ def dialect_of(db: Executor) -> str:
         if isinstance(db, Autocommit | DirectTransaction)
         else db.get_bind().dialect.name
     )
+
+
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """An INSERT into `table` in `dialect`'s own form, for its ON CONFLICT clause."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 async def execute_direct(

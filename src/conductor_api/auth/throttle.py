@@ -32,7 +32,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth.models import LoginThrottle
@@ -41,6 +40,7 @@ from conductor_api.db import (
     Executor,
     UTCDateTime,
     Writer,
+    dialect_insert,
     dialect_of,
     execute_direct,
 )
@@ -123,7 +123,7 @@ def _read(windowed: bool) -> Select[Any]:
 
 def _insert(dialect: str) -> Any:
     """An INSERT of a counter, this dialect's (for its ON CONFLICT clause)."""
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_t)
+    return dialect_insert(dialect, _t)
 
 
 _SLOTS_UNTIL = bindparam("slots_until", type_=UTCDateTime())

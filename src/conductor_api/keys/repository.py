@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from conductor_api.db import dialect_of
+from conductor_api.db import dialect_insert, dialect_of
 from conductor_api.keys.models import KekCheck, SigningKey
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
@@ -61,6 +60,5 @@ async def kek_check(db: AsyncSession) -> bytes | None:
 
 async def add_kek_check(db: AsyncSession, sealed: bytes, now: datetime) -> None:
     """Store the check value unless another instance stored one first."""
-    insert = postgresql.insert if dialect_of(db) == "postgresql" else sqlite.insert
-    statement = insert(KekCheck).values(id=1, sealed=sealed, created_at=now)
+    statement = dialect_insert(dialect_of(db), KekCheck).values(id=1, sealed=sealed, created_at=now)
     await db.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
