@@ -23,6 +23,7 @@ async def list_sessions(
     """Active sessions, most recently used first; `current` marks the caller's own."""
     now = c.clock.now()
     rows = await repository.list_active(db, principal.user_id, now)
+    ends = ((s, service.session_end(c.settings, s)) for s in rows)
     return [
         SessionOut(
             id=s.id,
@@ -32,12 +33,12 @@ async def list_sessions(
             user_agent=s.user_agent,
             created_at=s.created_at,
             last_used_at=s.last_used_at,
-            expires_at=service.session_end(c.settings, s),
+            expires_at=end,
             current=s.id == principal.session_id,
             bound=s.dpop_jkt is not None,
         )
-        for s in rows
-        if service.session_end(c.settings, s) > now
+        for s, end in ends
+        if end > now
     ]
 
 
