@@ -7,6 +7,18 @@ import uuid
 from dataclasses import dataclass
 
 
+def limit_key(address: str) -> str:
+    """The key of the per-address limits: the address, or for IPv6 its /64. One IPv6
+    client (a home line, a cloud machine) is given a whole /64 and may send from any of its
+    2^64 addresses; a /64 is one subscriber, as an IPv4 address is."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """Who is calling: the client address (after trusted proxies) and user agent."""
@@ -16,16 +28,8 @@ class ClientInfo:
 
     @property
     def limit_key(self) -> str:
-        """The key of the per-address limits: the address, or for IPv6 its /64. One IPv6
-        client (a home line, a cloud machine) is given a whole /64 and may send from any
-        of its 2^64 addresses; a /64 is one subscriber, as an IPv4 address is."""
-        if ":" not in self.ip_address:
-            return self.ip_address
-        try:
-            network = ipaddress.IPv6Network(f"{self.ip_address}/64", strict=False)
-        except ValueError:
-            return self.ip_address
-        return str(network)
+        """`limit_key` of the address."""
+        return limit_key(self.ip_address)
 
 
 @dataclass(frozen=True, slots=True)

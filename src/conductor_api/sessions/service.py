@@ -19,7 +19,7 @@ from conductor_api.sessions import repository
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.sessions.rotation import Rotations, Swap
 from conductor_api.users.models import User
-from conductor_api.values import ClientInfo, TokenPair
+from conductor_api.values import ClientInfo, TokenPair, limit_key
 
 
 def _pair(
@@ -245,7 +245,7 @@ async def record_invalid_proof(
             since=now - INVALID_PROOF_EVENT_INTERVAL, limit=INVALID_PROOF_EVENTS_PER_INTERVAL,
         )  # fmt: skip
         if len(recent) >= INVALID_PROOF_EVENTS_PER_INTERVAL or client.limit_key in {
-            ClientInfo(address or "", "").limit_key for address in recent
+            limit_key(address or "") for address in recent
         }:
             return
         await events.record(
