@@ -48,17 +48,16 @@ def install(app: FastAPI) -> None:
     turned off)."""
     title = app.title
 
-    def openapi_url(request: Request) -> str:
-        return str(request.scope.get("root_path", "")).rstrip("/") + str(app.openapi_url)
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
 
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = str(request.scope.get("root_path", "")).rstrip("/")
         page = get_swagger_ui_html(
-            openapi_url=openapi_url(request),
+            openapi_url=root(request) + str(app.openapi_url),
             title=f"{title} - Swagger UI",
             swagger_js_url=SWAGGER_JS,
             swagger_css_url=SWAGGER_CSS,
-            oauth2_redirect_url=root + OAUTH2_REDIRECT,
+            oauth2_redirect_url=root(request) + OAUTH2_REDIRECT,
         )
         return _checked(page)
 
@@ -67,7 +66,7 @@ def install(app: FastAPI) -> None:
 
     async def redoc(request: Request) -> HTMLResponse:
         page = get_redoc_html(
-            openapi_url=openapi_url(request),
+            openapi_url=root(request) + str(app.openapi_url),
             title=f"{title} - ReDoc",
             redoc_js_url=REDOC_JS,
             with_google_fonts=False,
