@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     device_token_days: int = Field(default=180, ge=1, le=3650)
     # Registrations (each an Argon2id hash) from one address within LOCKOUT_MINUTES.
     max_registrations_per_ip: int = Field(default=10, ge=1, le=1_000_000)
-    # Passkey sign-ins started (each a stored challenge, asked for without a token) from one
-    # address within LOCKOUT_MINUTES.
+    # Passkey challenges (sign-in ones need no token; registration ones count too), each a
+    # stored row, from one address within LOCKOUT_MINUTES.
     max_passkey_challenges_per_ip: int = Field(default=100, ge=1, le=1_000_000)
 
     # DPoP (RFC 9449): how far a proof's iat may be from the server's clock, server nonces,
