@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import TEST_KEK, create_pg_database, drop_pg_database, pg_url
 from tests.test_cli import Cli, one_line_error
 
 # A well-formed key-encryption key, but not the one the keys were sealed with.
@@ -119,3 +124,48 @@ def test_a_second_instance_with_another_key_encryption_key_stops_with_nothing_st
     one_line_error(second, "KEY_ENCRYPTION_KEY")
     assert second.returncode == 2 and WRONG_KEK not in second.stderr
     assert "KEY_ENCRYPTION_KEY" not in again.stderr, again.stderr
+
+
+TOKEN_SETTINGS_WARNING = "JWT_REFRESH_SECRET_KEY, JWT_ISSUER or JWT_AUDIENCE differs"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One database for two instances, each with a data directory of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/shared.db"
+        return
+    name = create_pg_database()
+    try:
+        yield pg_url(name)
+    finally:
+        drop_pg_database(name)
+
+
+def test_an_instance_whose_token_settings_differ_from_the_last_start_says_so(
+    tmp_path: Path, shared_database: str
+) -> None:
+    # Two machines on one database with the same KEY_ENCRYPTION_KEY but the JWT secrets each
+    # generated for itself: the KEK check passes, and each would refuse the other's refresh
+    # tokens. The second start warns; the same settings again do not; nor does the first
+    # start on a database.
+    shared = {"DATABASE_URL": shared_database, "KEY_ENCRYPTION_KEY": TEST_KEK}
+    one, two = Cli(tmp_path / "one"), Cli(tmp_path / "two")
+    with socket.socket() as taken:  # past the checks, serve stops at the port instead
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        first = one("serve", "--port", port, env=shared)
+        again = one("serve", "--port", port, env=shared)
+        other = two("serve", "--port", port, env=shared)
+        back = one("serve", "--port", port, env=shared)
+        issuer = one("serve", "--port", port, env={**shared, "JWT_ISSUER": "elsewhere"})
+    for result in (first, again, other, back, issuer):
+        assert result.returncode != 0 and "address" in result.stderr.lower(), result.stderr
+        assert "Traceback" not in result.stderr
+    assert TOKEN_SETTINGS_WARNING not in first.stderr, first.stderr
+    assert TOKEN_SETTINGS_WARNING not in again.stderr, again.stderr
+    assert TOKEN_SETTINGS_WARNING in other.stderr and TOKEN_SETTINGS_WARNING in back.stderr
+    assert TOKEN_SETTINGS_WARNING in issuer.stderr
+    generated = json.loads((tmp_path / "two" / "secrets.json").read_text())
+    assert not any(value in other.stderr for value in generated.values())

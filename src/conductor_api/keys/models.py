@@ -59,3 +59,16 @@ class KekCheck(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TokenSettingsCheck(Base):
+    """A keyed digest of the settings every instance must share to accept each other's
+    tokens (JWT_REFRESH_SECRET_KEY, JWT_ISSUER, JWT_AUDIENCE), written by each start (one
+    row, id 1): a start that finds another digest says so in its log, since an instance
+    still running with the other settings refuses the refresh tokens this one issues."""
+
+    __tablename__ = "token_settings_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,4 +1,5 @@
-"""Every query on the signing_keys table, and on kek_checks."""
+"""Every query on the signing_keys table, and on the check values (kek_checks,
+token_settings_checks)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import dialect_insert, dialect_of
-from conductor_api.keys.models import KekCheck, SigningKey
+from conductor_api.keys.models import KekCheck, SigningKey, TokenSettingsCheck
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
 _PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
@@ -62,3 +63,20 @@ async def add_kek_check(db: AsyncSession, sealed: bytes, now: datetime) -> None:
     """Store the check value unless another instance stored one first."""
     statement = dialect_insert(dialect_of(db), KekCheck).values(id=1, sealed=sealed, created_at=now)
     await db.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
+
+
+async def token_settings_digest(db: AsyncSession) -> bytes | None:
+    """The digest of the token settings the last start recorded, if any."""
+    return await db.scalar(select(TokenSettingsCheck.digest).where(TokenSettingsCheck.id == 1))
+
+
+async def record_token_settings(db: AsyncSession, digest: bytes, now: datetime) -> None:
+    """Record this start's digest of the token settings, over any earlier one."""
+    statement = dialect_insert(dialect_of(db), TokenSettingsCheck).values(
+        id=1, digest=digest, recorded_at=now
+    )
+    await db.execute(
+        statement.on_conflict_do_update(
+            index_elements=["id"], set_={"digest": digest, "recorded_at": now}
+        )
+    )

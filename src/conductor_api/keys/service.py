@@ -3,10 +3,15 @@ once every token a key signed has expired, revocation. Callers own the transacti
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.config import Settings
@@ -74,6 +79,27 @@ async def kek_opens_check(db: AsyncSession, kek: bytes, now: datetime) -> bool:
     except DecryptionError:
         return False
     return True
+
+
+def token_settings_digest(settings: Settings) -> bytes:
+    """A digest of the settings instances must share to accept each other's tokens
+    (JWT_REFRESH_SECRET_KEY, JWT_ISSUER, JWT_AUDIENCE), keyed with a key derived from
+    KEY_ENCRYPTION_KEY: stored in the database, it tells a reader without that key nothing
+    about the refresh secret."""
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None,
+        info=b"conductor-api token settings check v1",
+    ).derive(settings.kek)  # fmt: skip
+    shared = [settings.refresh_secret, settings.jwt_issuer, settings.jwt_audience]
+    return hmac.new(key, json.dumps(shared).encode(), hashlib.sha256).digest()
+
+
+async def token_settings_changed(db: AsyncSession, digest: bytes, now: datetime) -> bool:
+    """Record this start's digest of the token settings; whether the last start recorded
+    another (the first start on a database records without comparing)."""
+    stored = await repository.token_settings_digest(db)
+    await repository.record_token_settings(db, digest, now)
+    return stored is not None and not hmac.compare_digest(stored, digest)
 
 
 def check_decrypts(rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
