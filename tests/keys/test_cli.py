@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.conftest import TEST_KEK, create_pg_database, drop_pg_database, pg_url
@@ -157,6 +159,12 @@ def test_an_instance_whose_token_settings_differ_from_the_last_start_says_so(
         port = str(taken.getsockname()[1])
         first = one("serve", "--port", port, env=shared)
         again = one("serve", "--port", port, env=shared)
+        if shared_database.startswith("postgresql"):
+            # Unchanged settings write nothing: a read-only database still gets that far.
+            _read_only(shared_database, True)
+            read_only = one("serve", "--port", port, env=shared)
+            _read_only(shared_database, False)
+            assert "address" in read_only.stderr.lower(), read_only.stderr
         other = two("serve", "--port", port, env=shared)
         back = one("serve", "--port", port, env=shared)
         issuer = one("serve", "--port", port, env={**shared, "JWT_ISSUER": "elsewhere"})
@@ -169,3 +177,19 @@ def test_an_instance_whose_token_settings_differ_from_the_last_start_says_so(
     assert TOKEN_SETTINGS_WARNING in issuer.stderr
     generated = json.loads((tmp_path / "two" / "secrets.json").read_text())
     assert not any(value in other.stderr for value in generated.values())
+
+
+def _read_only(database_url: str, on: bool) -> None:
+    """Make every later transaction on the database read-only (as on a standby), or not."""
+
+    async def go() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            name = await conn.fetchval("SELECT current_database()")
+            await conn.execute("SET default_transaction_read_only = off")  # for this ALTER
+            value = "on" if on else "off"
+            await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only={value}')
+        finally:
+            await conn.close()
+
+    asyncio.run(go())

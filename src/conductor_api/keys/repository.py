@@ -71,7 +71,7 @@ async def token_settings_digest(db: AsyncSession) -> bytes | None:
 
 
 async def record_token_settings(db: AsyncSession, digest: bytes, now: datetime) -> None:
-    """Record this start's digest of the token settings, over any earlier one."""
+    """Record a start's digest of the token settings, over any earlier one."""
     statement = dialect_insert(dialect_of(db), TokenSettingsCheck).values(
         id=1, digest=digest, recorded_at=now
     )

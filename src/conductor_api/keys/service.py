@@ -95,11 +95,14 @@ def token_settings_digest(settings: Settings) -> bytes:
 
 
 async def token_settings_changed(db: AsyncSession, digest: bytes, now: datetime) -> bool:
-    """Record this start's digest of the token settings; whether the last start recorded
-    another (the first start on a database records without comparing)."""
+    """Whether the digest of the token settings recorded last is another than this start's,
+    which is then recorded (so is the first on a database, which compares with nothing).
+    The same settings write nothing: a start on a read-only database is not refused here."""
     stored = await repository.token_settings_digest(db)
+    if stored is not None and hmac.compare_digest(stored, digest):
+        return False
     await repository.record_token_settings(db, digest, now)
-    return stored is not None and not hmac.compare_digest(stored, digest)
+    return stored is not None
 
 
 def check_decrypts(rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
