@@ -27,24 +27,16 @@ async def factor_confirmed(db: Writer, user_id: uuid.UUID) -> bool:
     return bool(rows and rows[0][0])
 
 
-async def get_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:
-    """A user's TOTP factor, confirmed or not."""
-    return await db.scalar(
-        select(TotpFactor)
-        .where(TotpFactor.user_id == user_id)
-        .execution_options(populate_existing=True)
-    )
-
-
-async def lock_factor(db: AsyncSession, user_id: uuid.UUID) -> TotpFactor | None:
-    """`get_factor` under the factor's row lock (PostgreSQL): the changes to a user's
-    factor and recovery codes take turns on it, and each then sees the one before."""
-    return await db.scalar(
-        select(TotpFactor)
-        .where(TotpFactor.user_id == user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+async def get_factor(
+    db: AsyncSession, user_id: uuid.UUID, *, lock: bool = False
+) -> TotpFactor | None:
+    """A user's TOTP factor, confirmed or not; `lock` reads it under the factor's row lock
+    (PostgreSQL): the changes to a user's factor and recovery codes take turns on it, and
+    each then sees the one before."""
+    statement = select(TotpFactor).where(TotpFactor.user_id == user_id)
+    if lock:
+        statement = statement.with_for_update()
+    return await db.scalar(statement.execution_options(populate_existing=True))
 
 
 async def any_factor(db: AsyncSession) -> TotpFactor | None:

@@ -200,7 +200,7 @@ class SecondFactor:
         """Ten new codes; the earlier ones are void. Under the factor's row lock, so that of
         two requests at once the later one voids the codes of the earlier; `MfaNotEnabled`
         when TOTP went off meanwhile."""
-        factor = await repository.lock_factor(db, owner.user_id)
+        factor = await repository.get_factor(db, owner.user_id, lock=True)
         if factor is None or not factor.confirmed:
             raise MfaNotEnabled()
         codes = otp.new_recovery_codes()
@@ -234,7 +234,7 @@ class SecondFactor:
         # In the order a second step takes them (its pending sign-in, then the factor or a
         # recovery code): the other order deadlocks with one in flight.
         await repository.delete_pending_for_user(db, owner.user_id)
-        factor = await repository.lock_factor(db, owner.user_id)
+        factor = await repository.get_factor(db, owner.user_id, lock=True)
         was_on = factor is not None and factor.confirmed
         await repository.delete_factor(db, owner.user_id)
         await repository.delete_recovery_codes(db, owner.user_id)
