@@ -98,7 +98,9 @@ class EdgeMiddleware:
                 dpop = True
             elif name == b"host":
                 hosts += 1
-                valid_host = valid_host and _HOST.fullmatch(value) is not None
+                # RFC 9110 5.5: trailing spaces and tabs are not part of the value (the
+                # HTTP layer keeps them).
+                valid_host = valid_host and _HOST.fullmatch(value.rstrip(b" \t")) is not None
         # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the URL a
         # DPoP proof is compared to is built from it); HTTP/1.0 may have none.
         bad_host = hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1")

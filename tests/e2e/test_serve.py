@@ -324,6 +324,9 @@ class TestRequestHeads:
             "HTTP/1.0 without Host": b"GET /health/live HTTP/1.0\r\n\r\n",
             "IPv6 literal and port": b"GET /health/live HTTP/1.1\r\nHost: [::1]:8000\r\n"
             b"Connection: close\r\n\r\n",
+            # RFC 9110 5.5: whitespace around a field value is not part of it.
+            "Host with trailing whitespace": b"GET /health/live HTTP/1.1\r\nHost: x:80 \t\r\n"
+            b"Connection: close\r\n\r\n",
         }
         with Server(tmp_path, SECRETS) as server:
             for name, (request_bytes, status) in cases.items():
