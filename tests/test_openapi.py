@@ -201,6 +201,20 @@ class TestResponses:
         resolved = resolve(document, schema)
         assert {"error", "code", "detail"} <= set(resolved["required"])
 
+    def test_mfa_required_bodies_declare_the_pending_sign_in(
+        self, document: dict[str, Any]
+    ) -> None:
+        # What a client generated from the document needs to reach /auth/mfa/verify, at the
+        # login and at the token endpoint alike.
+        pending = {"code", "mfa_token", "methods", "expires_in"}
+        login = document["components"]["schemas"]["MfaRequiredOut"]
+        assert pending <= set(login["required"]), login
+        response = operation(document, TOKEN_URL, "post")["responses"]["403"]
+        schema = json_schema(response)
+        assert schema is not None
+        token = resolve(document, schema)
+        assert pending | {"error", "error_description", "detail"} <= set(token["required"])
+
     def test_validation_errors_are_documented_in_their_own_shape(
         self, document: dict[str, Any]
     ) -> None:

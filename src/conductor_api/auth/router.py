@@ -18,6 +18,7 @@ from conductor_api.auth.schemas import (
     NO_NUL,
     LoginRequest,
     OAuthErrorOut,
+    OAuthMfaRequiredOut,
     PasswordChange,
     RefreshRequest,
     RegisterRequest,
@@ -217,7 +218,7 @@ router.add_api_route(
     responses={
         **NO_STORE_DOC,
         400: {"model": OAuthErrorOut, "description": "RFC 6749 section 5.2 error"},
-        403: {"model": OAuthErrorOut, "description": "mfa_required, with mfa_token"},
+        403: {"model": OAuthMfaRequiredOut, "description": "mfa_required, with mfa_token"},
         **error_responses(413, 429, 503),
     },
     summary="OAuth 2.0 token endpoint (password and refresh_token grants)",

@@ -108,3 +108,14 @@ class OAuthErrorOut(BaseModel):
     error_description: str
     detail: str
     code: str = Field(examples=["invalid_credentials"])
+
+
+class OAuthMfaRequiredOut(OAuthErrorOut):
+    """403 at the token endpoint for a right password when a second factor is on: the
+    pending sign-in, as at the login (continue at /auth/mfa/verify)."""
+
+    error: Literal["mfa_required"]
+    code: Literal["mfa_required"]
+    mfa_token: str
+    methods: list[str] = Field(examples=[["totp", "recovery_code"]])
+    expires_in: int = Field(examples=[300])

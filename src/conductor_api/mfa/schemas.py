@@ -78,7 +78,7 @@ class MfaRequiredOut(BaseModel):
     """403 for a right password when a second factor is on: the pending sign-in."""
 
     detail: str
-    code: Literal["mfa_required"] = "mfa_required"
+    code: Literal["mfa_required"]
     mfa_token: str
     methods: list[str] = Field(examples=[["totp", "recovery_code"]])
     expires_in: int = Field(examples=[300])
