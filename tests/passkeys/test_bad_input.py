@@ -492,10 +492,12 @@ class TestOff:
             ),
             ("GET", "/.well-known/assetlinks.json", None),
         ]
+        absent = await client.request("POST", f"{PASSKEYS}-absent", json={}, headers=auth)
         for method, path, body in calls:
             response = await client.request(method, path, json=body, headers=auth)
             assert response.status_code == 404, (method, path, response.text)
-            assert response.json()["code"] == "not_found"
+            # The body of a path that is not there at all.
+            assert response.json() == absent.json() == {"detail": "Not Found", "code": "not_found"}
 
     @pytest.mark.parametrize("settings_overrides", [{}])
     @pytest.mark.parametrize("body", [b"{", b"[1]", b'{"challenge_id": 1}'])

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from conductor_api.auth import flows
@@ -34,9 +35,9 @@ class PasskeyRoute(APIRoute):
     method the path does not take would be a 405; either would say the path is there."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The route, or `NotFound` while passkeys are off."""
+        """The route, or while passkeys are off the 404 of a path that is not there."""
         if not scope["app"].state.container.settings.passkeys_on:
-            raise NotFound()
+            raise HTTPException(404)
         await super().handle(scope, receive, send)
 
 
