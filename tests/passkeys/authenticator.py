@@ -94,9 +94,11 @@ class Authenticator:
              "authData": auth_data}
         )  # fmt: skip
         client_data = self._client_data("webauthn.create", options["challenge"], **tweaks)
+        # The id the client declares, which is the attested one unless `raw_id` says.
+        raw_id = tweaks.get("raw_id", credential_id)
         return {
-            "id": b64url(credential_id),
-            "rawId": b64url(credential_id),
+            "id": b64url(raw_id),
+            "rawId": b64url(raw_id),
             "type": "public-key",
             "authenticatorAttachment": "platform",
             "response": {

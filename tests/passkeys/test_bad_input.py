@@ -25,7 +25,7 @@ from conductor_api.users import service as users_service
 from conductor_api.values import ClientInfo
 from tests.conftest import Account, add_user, bearer, tokens
 from tests.mfa.helpers import event_types
-from tests.passkeys.authenticator import BE, BS, UP, UV, Authenticator, b64url
+from tests.passkeys.authenticator import AT, BE, BS, UP, UV, Authenticator, b64url
 from tests.passkeys.helpers import (
     ON,
     PASSKEYS,
@@ -75,6 +75,8 @@ ASSERTION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "malformed authenticatorData": lambda: {"auth_data": b"\x00" * 10},
     "oversized signature": lambda: {"signature": os.urandom(20_000)},
     "oversized credential id": lambda: {"credential_id": os.urandom(1500)},
+    # WebAuthn L3 7.2: backup eligibility is fixed when a credential is made.
+    "backup eligibility lost": lambda: {"flags": UP | UV},
 }
 
 
@@ -210,6 +212,19 @@ class TestSignIn:
         before = await _state(container)
         await self._refused(container, await passkey_login(client, phone), before)
 
+    async def test_backup_eligibility_gained(
+        self, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        # A device-bound passkey (BE clear when made) that later says it may be backed up.
+        pair = await tokens(client)
+        bound = Authenticator()
+        response = await register(client, pair["access_token"], bound, flags=UP | UV | AT)
+        assert response.status_code == 201, response.text
+        assert (await passkey_login(client, bound, flags=UP | UV)).status_code == 200
+        before = await _state(container)
+        response = await passkey_login(client, bound, flags=UP | UV | BE)
+        await self._refused(container, response, before)
+
     @pytest.mark.parametrize("counter", [1, 0], ids=["the same", "back to zero"])
     async def test_a_counter_that_does_not_grow_is_a_suspected_clone(
         self,
@@ -311,6 +326,7 @@ REGISTRATION_TWEAKS: dict[str, Callable[[], dict[str, Any]]] = {
     "RSA key of 24 bits": lambda: _cose({1: 3, 3: -257, -1: b"\xff\xff\xfb", -2: b"\x03"}),
     "RSA key of 1024 bits": lambda: _cose({1: 3, 3: -257, -1: _rsa_n(1024), -2: b"\x01\x00\x01"}),
     "oversized credential id": lambda: {"credential_id": os.urandom(1500)},
+    "rawId not the attested credential id": lambda: {"raw_id": os.urandom(32)},
 }
 
 

@@ -290,6 +290,9 @@ class PasskeyService:
             raise InvalidPasskey() from None
         if (
             len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES
+            # The id the client declares is the one the authenticator attested, or the
+            # client would keep one that never signs in.
+            or not secrets.compare_digest(parsed.raw_id, verified.credential_id)
             or not _usable_key(verified.credential_public_key)
             or _cross_origin(parsed.response.client_data_json)
         ):
@@ -391,6 +394,7 @@ class PasskeyService:
         user handle and counter. The outcome names the user whenever the credential id is
         a passkey's, so that a failure is recorded as theirs."""
         from webauthn import verify_authentication_response
+        from webauthn.helpers.structs import CredentialDeviceType
 
         now = self.clock.now()
         parsed = _parse_assertion(credential)
@@ -426,6 +430,10 @@ class PasskeyService:
         except Exception:
             return refused, None
         if _cross_origin(parsed.response.client_data_json):
+            return refused, None
+        # WebAuthn L3 7.2: whether a credential may be backed up is fixed when it is made.
+        eligible = verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE
+        if eligible != passkey.backup_eligible:
             return refused, None
         handle = parsed.response.user_handle
         if handle is None or not secrets.compare_digest(handle, user_handle(user.id)):
