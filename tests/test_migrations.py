@@ -33,7 +33,7 @@ TABLES = {
     "recovery_codes",
     "mfa_tokens",
     "kek_checks",
-    "token_settings_checks",
+    "setting_checks",
 }
 
 

@@ -5,7 +5,7 @@ from conductor_api.db import Base
 from conductor_api.devices.models import DeviceToken
 from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
-from conductor_api.keys.models import KekCheck, SigningKey, TokenSettingsCheck
+from conductor_api.keys.models import KekCheck, SettingCheck, SigningKey
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
@@ -22,8 +22,8 @@ __all__ = [
     "RecoveryCode",
     "SecurityEvent",
     "SeenProof",
+    "SettingCheck",
     "SigningKey",
-    "TokenSettingsCheck",
     "TotpFactor",
     "User",
     "WebAuthnChallenge",

@@ -71,17 +71,18 @@ def serve(
     # Migrates too; a wrong KEY_ENCRYPTION_KEY stops here, in one line. Also in the HS* modes,
     # which sign without the key set: a set stored there must open when the mode changes back.
     keys.prepare()
-    token_settings_changed = check_stored_secrets()  # a wrong KEY_ENCRYPTION_KEY stops here
+    changed = check_stored_secrets()  # a wrong KEY_ENCRYPTION_KEY stops here
     from conductor_api.logs import configure_logging
     from conductor_api.serving.supervisor import ServeError, Supervisor, log
 
     configure_logging(s.log_format, s.log_level)
-    if token_settings_changed:
+    if changed:
         log.warning(
-            "JWT_REFRESH_SECRET_KEY, JWT_ISSUER or JWT_AUDIENCE differs from the last start on "
-            "this database: an instance still running with the earlier values and this one "
-            "refuse each other's refresh tokens (users are signed out); set the same three on "
-            "every instance"
+            "%s: not what the last start on this database had; instances that share a "
+            "database need the same values (with others they refuse each other's tokens, "
+            "nonces or proofs), so set them alike on every instance (after changing them on "
+            "purpose, this is said once)",
+            ", ".join(changed),
         )
     try:
         status = Supervisor(s, host or s.android_api_host, api_port, workers).run()

@@ -71,26 +71,27 @@ def iso(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def check_stored_secrets() -> bool:
+def check_stored_secrets() -> list[str]:
     """`ConfigError` naming KEY_ENCRYPTION_KEY when it does not open the stored TOTP secrets,
     or the check value the first instance on this database sealed (stored now if none was:
     in the HS* modes, with no TOTP secret yet, nothing else would tell two keys apart).
 
-    Then records the digest of the token settings (`key_service.token_settings_digest`), and
-    returns whether the last start on this database recorded another: not an error, since
-    an operator may change them on purpose (everyone is signed out), but worth a warning,
-    since an instance still running with the others refuses this one's refresh tokens."""
+    Then records the digests of the settings instances must share
+    (`key_service.shared_setting_digests`), and returns those the last start on this
+    database had otherwise: not an error, since an operator may change them on purpose
+    (a new refresh secret signs everyone out), but worth a warning, since an instance still
+    running with the other values refuses this one's tokens."""
     s = settings()
     kek = s.kek
     mfa = SecondFactor(kek)
 
-    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str | bool:
+    async def go(db: AsyncSession, _: PasswordHasher, now: datetime) -> str | list[str]:
         if not await mfa.opens_stored(db):
             return "the TOTP secrets stored in the database"
         if not await key_service.kek_opens_check(db, kek, now):
             return "what the first instance on this database sealed with its key"
-        digest = key_service.token_settings_digest(s)
-        return await key_service.token_settings_changed(db, digest, now)
+        digests = key_service.shared_setting_digests(s)
+        return await key_service.shared_settings_changed(db, digests, now)
 
     outcome = run_db(go)
     if isinstance(outcome, str):

@@ -61,14 +61,14 @@ class KekCheck(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class TokenSettingsCheck(Base):
-    """A keyed digest of the settings every instance must share to accept each other's
-    tokens (JWT_REFRESH_SECRET_KEY, JWT_ISSUER, JWT_AUDIENCE), written by each start (one
-    row, id 1): a start that finds another digest says so in its log, since an instance
-    still running with the other settings refuses the refresh tokens this one issues."""
+class SettingCheck(Base):
+    """A keyed digest of one setting that instances on one database must share (their
+    tokens, nonces and proofs cross between them), as the last start that changed it
+    recorded it: a start that finds another digest names the setting in its log and
+    records its own."""
 
-    __tablename__ = "token_settings_checks"
+    __tablename__ = "setting_checks"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
     digest: Mapped[bytes] = mapped_column(LargeBinary)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)

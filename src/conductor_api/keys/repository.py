@@ -1,5 +1,5 @@
 """Every query on the signing_keys table, and on the check values (kek_checks,
-token_settings_checks)."""
+setting_checks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import dialect_insert, dialect_of
-from conductor_api.keys.models import KekCheck, SigningKey, TokenSettingsCheck
+from conductor_api.keys.models import KekCheck, SettingCheck, SigningKey
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
 _PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
@@ -65,18 +65,19 @@ async def add_kek_check(db: AsyncSession, sealed: bytes, now: datetime) -> None:
     await db.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
 
 
-async def token_settings_digest(db: AsyncSession) -> bytes | None:
-    """The digest of the token settings the last start recorded, if any."""
-    return await db.scalar(select(TokenSettingsCheck.digest).where(TokenSettingsCheck.id == 1))
+async def setting_digests(db: AsyncSession) -> dict[str, bytes]:
+    """Each shared setting's digest, as the last start that changed it recorded it."""
+    rows = await db.execute(select(SettingCheck.name, SettingCheck.digest))
+    return {name: digest for name, digest in rows}
 
 
-async def record_token_settings(db: AsyncSession, digest: bytes, now: datetime) -> None:
-    """Record a start's digest of the token settings, over any earlier one."""
-    statement = dialect_insert(dialect_of(db), TokenSettingsCheck).values(
-        id=1, digest=digest, recorded_at=now
+async def record_setting(db: AsyncSession, name: str, digest: bytes, now: datetime) -> None:
+    """Record a start's digest of a shared setting, over any earlier one."""
+    statement = dialect_insert(dialect_of(db), SettingCheck).values(
+        name=name, digest=digest, recorded_at=now
     )
     await db.execute(
         statement.on_conflict_do_update(
-            index_elements=["id"], set_={"digest": digest, "recorded_at": now}
+            index_elements=["name"], set_={"digest": digest, "recorded_at": now}
         )
     )

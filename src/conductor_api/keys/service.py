@@ -81,28 +81,53 @@ async def kek_opens_check(db: AsyncSession, kek: bytes, now: datetime) -> bool:
     return True
 
 
-def token_settings_digest(settings: Settings) -> bytes:
-    """A digest of the settings instances must share to accept each other's tokens
-    (JWT_REFRESH_SECRET_KEY, JWT_ISSUER, JWT_AUDIENCE), keyed with a key derived from
-    KEY_ENCRYPTION_KEY: stored in the database, it tells a reader without that key nothing
-    about the refresh secret."""
+def shared_setting_digests(settings: Settings) -> dict[str, bytes]:
+    """A digest of each setting that instances on one database must share, by name, keyed
+    with a key derived from KEY_ENCRYPTION_KEY: stored in the database, the digest of a
+    secret tells a reader without that key nothing about it.
+
+    With another refresh secret (which also keys the DPoP nonces), issuer or audience, or
+    in the HS* modes another access secret, instances refuse each other's tokens; with
+    another DPoP skew, a proof spent on the stricter one is forgotten before the other
+    stops accepting it; with other key timings, publish-before-sign does not hold."""
     key = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None,
-        info=b"conductor-api token settings check v1",
+        info=b"conductor-api shared settings check v1",
     ).derive(settings.kek)  # fmt: skip
-    shared = [settings.refresh_secret, settings.jwt_issuer, settings.jwt_audience]
-    return hmac.new(key, json.dumps(shared).encode(), hashlib.sha256).digest()
+    values: dict[str, str | int | float] = {
+        "JWT_REFRESH_SECRET_KEY": settings.refresh_secret,
+        "JWT_ISSUER": settings.jwt_issuer,
+        "JWT_AUDIENCE": settings.jwt_audience,
+        "DPOP_MAX_SKEW_SECONDS": settings.dpop_max_skew_seconds,
+    }
+    if settings.asymmetric:
+        values["KEY_PUBLISH_SECONDS"] = settings.key_publish_seconds
+        values["KEY_REFRESH_SECONDS"] = float(settings.key_refresh_seconds)
+    else:
+        values["JWT_SECRET_KEY"] = settings.access_secret
+    return {
+        name: hmac.new(key, json.dumps([name, value]).encode(), hashlib.sha256).digest()
+        for name, value in values.items()
+    }
 
 
-async def token_settings_changed(db: AsyncSession, digest: bytes, now: datetime) -> bool:
-    """Whether the digest of the token settings recorded last is another than this start's,
-    which is then recorded (so is the first on a database, which compares with nothing).
-    The same settings write nothing: a start on a read-only database is not refused here."""
-    stored = await repository.token_settings_digest(db)
-    if stored is not None and hmac.compare_digest(stored, digest):
-        return False
-    await repository.record_token_settings(db, digest, now)
-    return stored is not None
+async def shared_settings_changed(
+    db: AsyncSession, digests: dict[str, bytes], now: datetime
+) -> list[str]:
+    """The shared settings whose digest, as the last start that changed it recorded it,
+    is another than this start's; those are recorded anew (and so is a setting recorded
+    for the first time, which compares with nothing). Unchanged ones write nothing: a
+    start on a read-only database is not refused here."""
+    stored = await repository.setting_digests(db)
+    changed = []
+    for name, digest in digests.items():
+        before = stored.get(name)
+        if before is not None and hmac.compare_digest(before, digest):
+            continue
+        await repository.record_setting(db, name, digest, now)
+        if before is not None:
+            changed.append(name)
+    return changed
 
 
 def check_decrypts(rows: Sequence[SigningKey], cipher: crypto.KeyCipher) -> None:
