@@ -103,6 +103,20 @@ def drop_pg_database(name: str) -> None:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind, of the test's own: a SQLite file's URL, or a fresh
+    PostgreSQL database's (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    name = create_pg_database()
+    try:
+        yield pg_url(name)
+    finally:
+        drop_pg_database(name)
+
+
 def make_settings(data_dir: Path, database_url: str | None, **overrides: Any) -> Settings:
     """Settings for tests: fixed keys, a data directory of the test's own."""
     values: dict[str, Any] = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,11 +20,8 @@ from conductor_api.sessions.models import DeviceSession
 from conductor_api.users.models import User
 from tests.conftest import (
     bearer,
-    create_pg_database,
-    drop_pg_database,
     make_client,
     make_settings,
-    pg_url,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,33 +31,20 @@ from conductor_bench.seeder import SEED_PASSWORD, username  # noqa: E402
 N, HEAVY = 40, 30
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/seeded.db"
-        return
-    name = create_pg_database()
-    try:
-        yield pg_url(name)
-    finally:
-        drop_pg_database(name)
-
-
 async def _count(container: Container, model: type[object]) -> int:
     async with container.sessionmaker() as db:
         return int(await db.scalar(select(func.count()).select_from(model)) or 0)
 
 
 @pytest.fixture
-def seeded_url(empty_url: str) -> str:
+def seeded_url(empty_database_url: str) -> str:
     """The database, seeded by `bench/seed.py` run as the lead runs it (a real process)."""
     command = [sys.executable, str(REPO / "bench" / "seed.py"), "--users", str(N)]
-    command += ["--heavy-events", str(HEAVY), "--chunk", "16", "--database-url", empty_url]
+    command += ["--heavy-events", str(HEAVY), "--chunk", "16", "--database-url", empty_database_url]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"seeded {N} users, {3 * N} sessions, {10 * N + HEAVY} events")
-    return empty_url
+    return empty_database_url
 
 
 @pytest.mark.e2e

@@ -6,13 +6,11 @@ import asyncio
 import json
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
-from tests.conftest import TEST_KEK, create_pg_database, drop_pg_database, pg_url
+from tests.conftest import TEST_KEK
 from tests.test_cli import Cli, one_line_error
 
 # A well-formed key-encryption key, but not the one the keys were sealed with.
@@ -140,27 +138,14 @@ def _changed(result: subprocess.CompletedProcess[str]) -> set[str]:
     return set()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """One database for two instances, each with a data directory of its own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.db"
-        return
-    name = create_pg_database()
-    try:
-        yield pg_url(name)
-    finally:
-        drop_pg_database(name)
-
-
 def test_a_start_names_the_shared_settings_the_last_start_had_otherwise(
-    tmp_path: Path, shared_database: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
     # Two machines on one database with the same KEY_ENCRYPTION_KEY but the JWT secrets each
     # generated for itself: the KEK check passes, and each would refuse the other's refresh
     # tokens. Each start names what differs from the start before; the same settings again
     # name nothing, nor does the first start on a database.
-    shared = {"DATABASE_URL": shared_database, "KEY_ENCRYPTION_KEY": TEST_KEK}
+    shared = {"DATABASE_URL": empty_database_url, "KEY_ENCRYPTION_KEY": TEST_KEK}
     hs256 = {**shared, "JWT_ALGORITHM": "HS256"}
     one, two = Cli(tmp_path / "one"), Cli(tmp_path / "two")
     with socket.socket() as taken:  # past the checks, serve stops at the port instead
@@ -176,11 +161,11 @@ def test_a_start_names_the_shared_settings_the_last_start_had_otherwise(
 
         first = serve(one, shared)
         assert _changed(first) == set() and _changed(serve(one, shared)) == set()
-        if shared_database.startswith("postgresql"):
+        if empty_database_url.startswith("postgresql"):
             # Unchanged settings write nothing: a read-only database still gets that far.
-            _read_only(shared_database, True)
+            _read_only(empty_database_url, True)
             serve(one, shared)
-            _read_only(shared_database, False)
+            _read_only(empty_database_url, False)
         other = serve(two, shared)
         assert _changed(other) == {"JWT_REFRESH_SECRET_KEY"}
         assert _changed(serve(one, shared)) == {"JWT_REFRESH_SECRET_KEY"}
