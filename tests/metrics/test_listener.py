@@ -85,3 +85,31 @@ def test_a_stalled_request_is_closed(
         # The listener still answers, and printed no traceback for the stalled client.
         assert httpx.get(f"http://{address}/metrics").status_code == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_request_sent_a_byte_at_a_time_is_closed_at_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each read gets its byte within the timeout: the deadline is the whole request's.
+    monkeypatch.setattr(exposition._Quiet, "timeout", 1.0)
+    with listening(tmp_path) as address:
+        host, port = address.split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 4:
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    closed = True
+                    break
+                conn.settimeout(0.2)
+                try:
+                    if conn.recv(65536) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+            assert closed, "still open after 4 s"
+            assert time.monotonic() - started < 2.5

@@ -3,6 +3,7 @@ METRICS_HOST:METRICS_PORT, summing the files every worker writes."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -42,18 +43,31 @@ class _Quiet(WSGIRequestHandler):
         """Scrapes every few seconds would drown the log."""
 
     def handle(self) -> None:
-        """`WSGIRequestHandler.handle`, with `_Unnamed` for the answer."""
-        self.raw_requestline = self.rfile.readline(65537)
-        if len(self.raw_requestline) > 65536:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.parse_request():  # answered already (send_error)
-            return
+        """`WSGIRequestHandler.handle`, with `_Unnamed` for the answer, and a deadline for
+        the whole request: `timeout` bounds each read only, and a client sending a byte at
+        a time would otherwise hold its thread for ever."""
+        deadline = threading.Timer(self.timeout, self._cut)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.parse_request():  # answered already (send_error)
+                return
+        finally:
+            deadline.cancel()
         output: Any = self.wfile
         handler = _Unnamed(self.rfile, output, self.get_stderr(), self.get_environ())
         handler.request_handler = self  # type: ignore[attr-defined]
         handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+    def _cut(self) -> None:
+        """Past the deadline: the connection closed under the reads still waiting on it."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def send_header(self, keyword: str, value: str) -> None:
         """The answers to requests that cannot be parsed (`send_error`): no `Server`."""
