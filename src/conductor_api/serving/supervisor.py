@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from conductor_api.config import Settings, hash_threads_per_worker
-from conductor_api.serving.worker import STARTUP_FAILURE
+from conductor_api.serving import STARTUP_FAILURE
 
 if TYPE_CHECKING:
     from conductor_api.metrics.exposition import MetricsListener
@@ -101,6 +101,8 @@ class Supervisor:
     """Starts, watches and stops the workers; cleans the metrics directory it made."""
 
     def __init__(self, settings: Settings, host: str, port: int, workers: int) -> None:
+        # Also with metrics off now: a run killed with them on left its directory behind.
+        _remove_orphaned_metrics_dirs()
         self.settings = settings
         self.host, self.port = host, port
         self.sockets = bind_sockets(host, port, workers)
@@ -141,8 +143,8 @@ class Supervisor:
             return None
         # Every worker writes its figures to files here; the listener sums them. Made fresh
         # for each run, so a scrape never counts a previous run's requests; named after this
-        # process, so that the next run removes it if this one is killed before it can.
-        _remove_orphaned_metrics_dirs()
+        # process, so that the next run removes it if this one is killed before it can
+        # (`__init__`).
         self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir

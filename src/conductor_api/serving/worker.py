@@ -24,12 +24,10 @@ from conductor_api.app import app_factory
 from conductor_api.config import load_settings
 from conductor_api.logs import configure_logging
 from conductor_api.security.passwords import tune_allocator
+from conductor_api.serving import STARTUP_FAILURE
 from conductor_api.serving.protocol import Protocol
 
 _PR_SET_PDEATHSIG = 1
-# The status of a worker whose application did not start (uvicorn's own value): the
-# supervisor stops rather than restarting it in a loop.
-STARTUP_FAILURE = 3
 
 
 def die_with_parent(parent: int) -> None:
