@@ -37,13 +37,13 @@ LIMIT = 3
 
 
 @contextmanager
-def behind_nginx(tmp_path: Path, **env: str) -> Iterator[Nginx]:
-    """alice's server (two workers) with nginx in front."""
+def behind_nginx(tmp_path: Path, *, tls: bool = False, **env: str) -> Iterator[Nginx]:
+    """alice's server (two workers) with nginx in front (`tls`: also on HTTPS)."""
     settings = {**SECRETS, "MAX_FAILED_LOGINS_PER_IP": str(LIMIT), **env}
     create_user(tmp_path / "api", SECRETS, "alice", PASSWORD)
     with (
         Server(tmp_path / "api", settings, workers=2) as server,
-        Nginx(tmp_path / "nginx", server.port) as nginx,
+        Nginx(tmp_path / "nginx", server.port, tls=tls) as nginx,
     ):
         yield nginx
 
@@ -195,6 +195,30 @@ class TestNginxAnswers:
         assert response.json()["code"] == "service_unavailable"
         assert int(response.headers["retry-after"]) >= 1
         assert response.headers["x-content-type-options"] == "nosniff"
+
+    def test_with_its_tls_lines_on_every_https_answer_carries_hsts(self, tmp_path: Path) -> None:
+        # deploy/'s TLS lines uncommented as an operator does (a self-signed certificate):
+        # the API's answers and nginx's own (its 413 and 503, in locations with headers of
+        # their own, which do not inherit the server's) carry HSTS; plain HTTP ones do not.
+        hsts = "strict-transport-security"
+        with behind_nginx(tmp_path, tls=True) as nginx:
+            assert nginx.tls_context is not None
+            with httpx.Client(base_url=nginx.tls_url, verify=nginx.tls_context) as tls:
+                answers = {
+                    "proxied": tls.get("/health/live"),
+                    "nginx's 413": tls.post(API + "/login", content=b"x" * (2 * 1024 * 1024)),
+                }
+            plain = httpx.get(nginx.url + "/health/live")
+        with Nginx(tmp_path / "down", free_port(), tls=True) as nginx:  # nothing upstream
+            assert nginx.tls_context is not None
+            down = httpx.get(nginx.tls_url + API + "/me", verify=nginx.tls_context)
+            answers["nginx's 503"] = down
+        assert answers["proxied"].status_code == 200
+        assert answers["nginx's 413"].status_code == 413
+        assert answers["nginx's 503"].status_code == 503
+        for name, response in answers.items():
+            assert response.headers.get(hsts) == "max-age=63072000", (name, response.headers)
+        assert hsts not in plain.headers, plain.headers
 
     def test_a_dpop_sign_in_through_nginx_on_its_own_port(self, tmp_path: Path) -> None:
         # The proof names the URL the phone used, nginx's port included.
