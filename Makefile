@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest tools bench clean
+.PHONY: run test lint typecheck pytest tools bench clean production
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(BIN)/conductor-api serve
+
+# The server alone, for a production machine (deploy/'s unit runs it): not editable, and none
+# of the test and lint tools. Run it again after updating the code.
+production:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -c constraints.txt .
 
 # wrk drives the benchmark smoke test; nginx and prometheus (with promtool) the deployment
 # tests. They come from Debian's packages. The services those packages may start are

@@ -33,6 +33,8 @@ class TestSystemdUnit:
         for key, value in {
             "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
             "PrivateTmp": "yes", "KillSignal": "SIGTERM", "CapabilityBoundingSet": "",
+            # serve's status for a setting error: no restart loop on it.
+            "Restart": "on-failure", "RestartPreventExitStatus": "2",
         }.items():  # fmt: skip
             assert s[key] == value, key
         assert "conductor-api serve" in s["ExecStart"]
