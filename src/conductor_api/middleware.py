@@ -94,7 +94,12 @@ class EdgeMiddleware:
                 request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
-            elif name == b"dpop":
+            elif name == b"dpop" or (
+                # A DPoP token without its proof: the answer's nonce lets the next one be made.
+                name == b"authorization"
+                and value[:4].lower() == b"dpop"
+                and value[4:5] in (b" ", b"\t")
+            ):
                 dpop = True
             elif name == b"host":
                 hosts += 1

@@ -73,6 +73,22 @@ class TestRequiredNonce:
         assert response.status_code == 401
         assert response.json()["code"] == "use_dpop_nonce"
 
+    async def test_a_dpop_token_sent_without_a_proof_gets_a_nonce_to_make_one_with(
+        self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
+    ) -> None:
+        # `Authorization: DPoP` makes it a DPoP request: its answer carries the nonce the
+        # client's next proof needs, sparing a round trip.
+        token = (await self._login(client, container, alice, phone))["access_token"]
+        response = await client.get(API + "/me", headers={"Authorization": f"DPoP {token}"})
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_dpop_proof"
+        nonce = response.headers["DPoP-Nonce"]
+        ok = await client.get(
+            API + "/me",
+            headers=dpop_headers(container, phone, "GET", API + "/me", token, nonce=nonce),
+        )
+        assert ok.status_code == 200, ok.text
+
     async def test_wrong_nonce_at_the_token_endpoint(
         self, client: httpx.AsyncClient, container: Container, alice: Account, phone: PhoneKey
     ) -> None:
