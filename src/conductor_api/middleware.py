@@ -90,8 +90,10 @@ class EdgeMiddleware:
         hosts = 0
         valid_host = True
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
-                request_id = value
+            if name == b"x-request-id":
+                value = value.rstrip(b" \t")  # RFC 9110 5.5: not part of the value
+                if _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
+                    request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
             elif name == b"dpop" or (
