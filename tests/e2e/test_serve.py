@@ -240,10 +240,12 @@ class TestHashingThreads:
         assert max(threads) == 3, threads
 
 
-def serve_fails(tmp_path: Path, port: int, **env: str) -> str:
-    """Run `serve` that must fail at once; its one line of stderr."""
+def serve_fails(tmp_path: Path, port: int | None, **env: str) -> str:
+    """Run `serve` that must fail at once (on `--port`, unless None); its one line of
+    stderr."""
+    option = ["--port", str(port)] if port is not None else []
     result = subprocess.run(
-        [cli_path(), "serve", "--port", str(port), "--workers", "2"],
+        [cli_path(), "serve", *option, "--workers", "2"],
         env=clean_env(CONDUCTOR_DATA_DIR=str(tmp_path / "data"), **SECRETS, **env),
         cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -485,7 +487,14 @@ class TestOneLineErrors:
             taken.listen()
             port = taken.getsockname()[1]
             line = serve_fails(tmp_path, port)
-        assert f"cannot listen on 127.0.0.1:{port}" in line
+            by_setting = serve_fails(tmp_path, None, ANDROID_API_PORT=str(port))
+        # Named as the operator gave it: the option, or the setting.
+        assert line.startswith(f"conductor-api: error: --port: cannot listen on 127.0.0.1:{port}")
+        assert by_setting.startswith("conductor-api: error: ANDROID_API_PORT: cannot listen")
+
+    def test_a_host_that_is_not_this_machines(self, tmp_path: Path) -> None:
+        line = serve_fails(tmp_path, free_port(), ANDROID_API_HOST="192.0.2.1")
+        assert line.startswith("conductor-api: error: ANDROID_API_HOST: cannot listen"), line
 
     def test_busy_metrics_port(self, tmp_path: Path) -> None:
         with socket.socket() as taken:

@@ -73,7 +73,7 @@ def serve(
     keys.prepare()
     changed = check_stored_secrets()  # a wrong KEY_ENCRYPTION_KEY stops here
     from conductor_api.logs import configure_logging
-    from conductor_api.serving.supervisor import ServeError, Supervisor, log
+    from conductor_api.serving.supervisor import ListenError, ServeError, Supervisor, log
 
     configure_logging(s.log_format, s.log_level)
     if changed:
@@ -86,6 +86,13 @@ def serve(
         )
     try:
         status = Supervisor(s, host or s.android_api_host, api_port, workers).run()
+    except ListenError as e:
+        # Named as the operator gave it: the option, or else the setting.
+        if e.host_fault:
+            name = "--host" if host is not None else "ANDROID_API_HOST"
+        else:
+            name = "--port" if port is not None else "ANDROID_API_PORT"
+        raise CliError(f"{name}: {e}") from None
     except ServeError as e:
         raise CliError(str(e)) from None
     if status:

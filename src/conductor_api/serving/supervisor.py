@@ -58,14 +58,33 @@ class ServeError(Exception):
     """The server cannot start; one line for the operator."""
 
 
+class ListenError(ServeError):
+    """The API's address cannot be listened on; `host_fault` when the host is to blame (a
+    name that does not resolve, an address not of this machine), else the port (in use,
+    or below 1024), so that the operator is told which option or setting to change."""
+
+    def __init__(self, message: str, *, host_fault: bool) -> None:
+        super().__init__(message)
+        self.host_fault = host_fault
+
+
+def _listen_error(host: str, port: int, e: OSError) -> ListenError:
+    """A name that does not resolve, or an address not of this machine, is the host's
+    fault; anything else (a port in use, or one below 1024) the port's."""
+    host_fault = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+    return ListenError(f"cannot listen on {host}:{port}: {e.strerror}", host_fault=host_fault)
+
+
 def _family(host: str, port: int) -> socket.AddressFamily:
     try:
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as e:
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise _listen_error(host, port, e) from None
     except UnicodeError:
         # IDNA refuses a label over 63 characters, or bytes that are not UTF-8.
-        raise ServeError(f"cannot listen on {host!r}: not a valid host name") from None
+        raise ListenError(
+            f"cannot listen on {host!r}: not a valid host name", host_fault=True
+        ) from None
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -78,7 +97,7 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+            raise _listen_error(host, port, e) from None
     sockets: list[socket.socket] = []
     for _ in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -91,7 +110,7 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sock.close()
             for s in sockets:
                 s.close()
-            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+            raise _listen_error(host, port, e) from None
         sock.set_inheritable(True)
         sockets.append(sock)
     return sockets
@@ -158,13 +177,9 @@ class Supervisor:
                 s.metrics_host, s.metrics_port, self.metrics_dir, metrics.declared()
             )
         except OSError as e:
-            # A name that does not resolve, or an address not of this machine, is the host's
-            # fault; anything else (a port in use, or one below 1024) the port's.
-            host_fault = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
-            name = "METRICS_HOST" if host_fault else "METRICS_PORT"
-            raise ServeError(
-                f"{name}: cannot listen on {s.metrics_host}:{s.metrics_port}: {e.strerror}"
-            ) from None
+            error = _listen_error(s.metrics_host, s.metrics_port, e)
+            name = "METRICS_HOST" if error.host_fault else "METRICS_PORT"
+            raise ServeError(f"{name}: {error}") from None
         listener.start()
         host = f"[{s.metrics_host}]" if ":" in s.metrics_host else s.metrics_host  # IPv6
         log.info("metrics on http://%s:%d/metrics", host, s.metrics_port)
