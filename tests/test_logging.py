@@ -123,15 +123,6 @@ class TestRequestIdHeader:
         assert response.headers["x-request-id"] == sent
         assert records(logs, ACCESS)[0]["request_id"] == sent
 
-    async def test_whitespace_after_the_id_is_not_part_of_it(
-        self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture
-    ) -> None:
-        # RFC 9110 5.5 (the HTTP layer hands trailing spaces and tabs over as they came).
-        response = await client.get("/health/live", headers=[(b"X-Request-ID", b"trace-7 \t")])
-
-        assert response.headers["x-request-id"] == "trace-7"
-        assert records(logs, ACCESS)[0]["request_id"] == "trace-7"
-
     @pytest.mark.parametrize("sent", ["a b\n", "abc\n", "x" * 65, "", "a/b", "a\tb", "é"])
     async def test_an_unsafe_client_id_is_replaced(
         self, client: httpx.AsyncClient, logs: pytest.LogCaptureFixture, sent: str

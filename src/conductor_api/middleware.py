@@ -90,10 +90,8 @@ class EdgeMiddleware:
         hosts = 0
         valid_host = True
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                value = value.rstrip(b" \t")  # RFC 9110 5.5: not part of the value
-                if _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
-                    request_id = value
+            if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
+                request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
             elif name == b"dpop" or (
@@ -105,9 +103,7 @@ class EdgeMiddleware:
                 dpop = True
             elif name == b"host":
                 hosts += 1
-                # RFC 9110 5.5: trailing spaces and tabs are not part of the value (the
-                # HTTP layer keeps them).
-                valid_host = valid_host and _HOST.fullmatch(value.rstrip(b" \t")) is not None
+                valid_host = valid_host and _HOST.fullmatch(value) is not None
         # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the URL a
         # DPoP proof is compared to is built from it); HTTP/1.0 may have none.
         bad_host = hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1")

@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from conductor_api.security.passwords import HASH_THREAD_NAME
-from tests.e2e.server import Server, clean_env, cli_path, free_port
+from tests.conftest import PASSWORD
+from tests.dpop.keys import PhoneKey
+from tests.e2e.server import Server, clean_env, cli_path, create_user, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -342,6 +344,43 @@ class TestRequestHeads:
                 line, _, body = exchange(server.port, request_bytes)
                 assert " 200 " in line, (name, line)
                 assert json.loads(body) == {"status": "ok"}, name
+
+
+class TestTrailingWhitespace:
+    def test_is_not_part_of_a_header_value(self, tmp_path: Path) -> None:
+        """RFC 9110 5.5: spaces and tabs after a value are not part of it, and httptools
+        hands them over. A Host, a DPoP proof and an X-Request-ID followed by them are read
+        without them, at sign-in and at a resource."""
+        create_user(tmp_path, SECRETS, "alice", PASSWORD)
+        phone = PhoneKey()
+        with Server(tmp_path, SECRETS) as server:
+            host = f"127.0.0.1:{server.port}"
+            login = f"http://{host}/api/v1/auth/login"
+            body = json.dumps({"username": "alice", "password": PASSWORD, "device_name": "d"})
+            line, headers, answer = exchange(
+                server.port,
+                (
+                    f"POST /api/v1/auth/login HTTP/1.1\r\nHost: {host} \t\r\n"
+                    f"DPoP: {phone.proof('POST', login, time.time())} \t\r\n"
+                    "X-Request-ID: trace-7 \t\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+                ).encode(),
+            )
+            assert " 200 " in line, (line, answer)
+            assert headers["x-request-id"] == "trace-7"
+            token = json.loads(answer)["access_token"]
+            me = f"http://{host}/api/v1/auth/me"
+            line, _, answer = exchange(
+                server.port,
+                (
+                    f"GET /api/v1/auth/me HTTP/1.1\r\nHost: {host}  \r\n"
+                    f"Authorization: DPoP {token}\r\n"
+                    f"DPoP: {phone.proof('GET', me, time.time(), token=token)}\t\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode(),
+            )
+            assert " 200 " in line, (line, answer)
+            assert json.loads(answer)["username"] == "alice"
 
 
 class TestUnfinishedBodies:

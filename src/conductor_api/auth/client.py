@@ -69,7 +69,7 @@ def request_url(request: Request, trusted: list[IPNetwork]) -> str:
     appends to a client's own header leaves the client's value in front). The path is the
     raw one the client sent, so that its percent-encoding is compared as written."""
     scheme = request.scope.get("scheme", "http")
-    host = request.headers.get("host", "").strip(" \t")
+    host = request.headers.get("host", "")
     if trusted and _peer_trusted(request, trusted):
         proto = _last(request, "x-forwarded-proto")
         if proto is not None and proto.lower() in ("http", "https"):

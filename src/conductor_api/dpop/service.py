@@ -53,10 +53,8 @@ class DPoP:
             raise DPoPError("a DPoP proof is required (the DPoP header)")
         if len(proofs) != 1:
             raise DPoPError("exactly one DPoP header is allowed")
-        # A field value's surrounding spaces and tabs are not part of it (RFC 9110 5.5);
-        # the HTTP layer hands trailing ones over as they came.
         proof = self.verifier.verify(
-            proofs[0].strip(" \t"), method=method, url=url, now=now, access_token=access_token,
+            proofs[0], method=method, url=url, now=now, access_token=access_token,
             require_nonce=self.require_nonce,
         )  # fmt: skip
         if jkt is not None and proof.jkt != jkt:

@@ -127,6 +127,12 @@ class Protocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """A header, without the trailing spaces and tabs httptools leaves on its value:
+        RFC 9110 5.5, they are not part of it (leading ones httptools drops itself). Every
+        reader of a header (Host, DPoP, X-Request-ID, ...) then sees the value alone."""
+        super().on_header(name, value.rstrip(b" \t"))
+
     def on_headers_complete(self) -> None:
         """The head is whole: what follows is the body (bounded by `GuardMiddleware`). Its
         exact size is summed only when the bound says it may be over `MAX_HEAD_BYTES`."""
