@@ -59,9 +59,10 @@ class ServeError(Exception):
 
 
 class ListenError(ServeError):
-    """The API's address cannot be listened on; `host_fault` when the host is to blame (a
-    name that does not resolve, an address not of this machine), else the port (in use,
-    or below 1024), so that the operator is told which option or setting to change."""
+    """An address that cannot be listened on (the API's, or the metrics'); `host_fault` when
+    the host is to blame (a name that does not resolve, an address not of this machine),
+    else the port (in use, or below 1024), so that the operator is told which option or
+    setting to change."""
 
     def __init__(self, message: str, *, host_fault: bool) -> None:
         super().__init__(message)
