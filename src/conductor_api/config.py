@@ -200,6 +200,10 @@ class Settings(BaseSettings):
         # An IPv4 address matches the pattern; no top-level domain is all digits.
         if value is not None and (not _DOMAIN.fullmatch(value) or value.rsplit(".")[-1].isdigit()):
             raise ValueError("not a domain like example.com (no scheme, port, path or IP address)")
+        # A bare top-level domain is a public suffix: no browser or Credential Manager
+        # accepts it, so passkeys would never work (localhost stays, for development).
+        if value is not None and "." not in value and value != "localhost":
+            raise ValueError("a top-level domain alone; give the site's domain, like example.com")
         return value
 
     @field_validator("webauthn_origins", "android_cert_fingerprints", mode="before")

@@ -94,6 +94,7 @@ BAD = [
     # WebAuthn and Credential Manager take no IP address for an RP ID.
     ({"webauthn_rp_id": "192.0.2.1"}, "WEBAUTHN_RP_ID: not a domain"),
     ({"webauthn_rp_id": "Conductor.Example"}, "WEBAUTHN_RP_ID: write the domain in lower case"),
+    ({"webauthn_rp_id": "com"}, "WEBAUTHN_RP_ID: a top-level domain alone"),
     ({"webauthn_rp_id": "conductor.example"}, "WEBAUTHN_ORIGINS: required"),
     (
         {"webauthn_rp_id": "conductor.example", "webauthn_origins": "https://evil.example"},
@@ -144,6 +145,12 @@ class TestSettings:
         assert settings.passkeys_on
         assert settings.android_cert_fingerprints == [ON["android_cert_fingerprints"].upper()]
         assert load_settings(_env_file=None, conductor_data_dir=tmp_path).passkeys_on is False
+
+    def test_localhost_is_the_one_single_label_rp_id(self, tmp_path: Path) -> None:
+        # For development: browsers take https://localhost as a secure context.
+        values = {"webauthn_rp_id": "localhost", "webauthn_origins": "https://localhost:8443"}
+        settings = load_settings(_env_file=None, conductor_data_dir=tmp_path, **values)
+        assert settings.webauthn_rp_id == "localhost"
 
     def test_https_origins_are_spelled_as_a_browser_sends_them(self, tmp_path: Path) -> None:
         # Origins are compared as strings: lower case, no default port, no trailing slash.
