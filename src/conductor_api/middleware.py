@@ -122,7 +122,8 @@ class EdgeMiddleware:
                 headers.append((b"x-request-id", request_id))
                 if dpop:
                     _add_dpop_nonce(scope, headers)
-                if scope["path"] in NO_STORE_PATHS:
+                # A 404 there is passkeys' while they are off: the answer of an absent path.
+                if scope["path"] in NO_STORE_PATHS and status != 404:
                     _add_no_store(headers)
             await send(message)
 

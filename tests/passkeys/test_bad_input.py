@@ -512,8 +512,11 @@ class TestOff:
         for method, path, body in calls:
             response = await client.request(method, path, json=body, headers=auth)
             assert response.status_code == 404, (method, path, response.text)
-            # The body of a path that is not there at all.
+            # The body and headers of a path that is not there at all (a sign-in path's
+            # no-store would tell passkeys apart from a path that does not exist).
             assert response.json() == absent.json() == {"detail": "Not Found", "code": "not_found"}
+            assert "cache-control" not in response.headers, (method, path)
+            assert "pragma" not in response.headers, (method, path)
 
     @pytest.mark.parametrize("settings_overrides", [{}])
     @pytest.mark.parametrize("body", [b"{", b"[1]", b'{"challenge_id": 1}'])
