@@ -33,6 +33,7 @@ from conductor_api.app import create_app, database_down
 from conductor_api.auth.models import LoginThrottle
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
+from conductor_api.db import RawPool
 from conductor_api.sessions.models import DeviceSession
 from tests.conftest import (
     PG_ADMIN_DSN,
@@ -521,6 +522,30 @@ class TestPostgresRefusesConnections:
         await expect_unavailable(device)
         proxy.fail_startup(None)
         await expect_service(device)
+
+    @pytest.mark.parametrize(
+        ("sqlstate", "message"),
+        [
+            ("53300", 'too many connections for role "postgres"'),
+            ("3D000", 'database "conductor" does not exist'),
+            ("28P01", 'password authentication failed for user "postgres"'),
+        ],
+    )
+    async def test_a_refused_new_connection_of_the_raw_pool_is_an_outage(
+        self, proxy: TcpProxy, pg_database_name: str, sqlstate: str, message: str
+    ) -> None:
+        """The sign-in's last transaction and the session checks take their connections
+        from `RawPool`, not the engine: a connection refused there (every slot taken while
+        the engine's connections were still open) is a 503 too, not a 500."""
+        proxy.fail_startup(sqlstate, message)
+        pool = RawPool(f"postgresql://postgres@127.0.0.1:{proxy.port}/{pg_database_name}", 2.0)
+        try:
+            with pytest.raises(Exception) as raised:
+                await pool.acquire(2.0)
+            assert database_down(raised.value), repr(raised.value)
+            assert message in str(raised.value)
+        finally:
+            await pool.close()
 
     async def test_a_database_closed_to_connections_is_503_then_service_resumes(
         self, pg_app: FastAPI, pg_device: Device, pg_database_name: str

@@ -205,6 +205,12 @@ class RawPool:
         try:
             pool = await self.get()
             connection: asyncpg.Connection = await pool.acquire(timeout=bound)
+        except asyncpg.PostgresError as error:
+            # Refused while connecting (no slot left, the database closed or dropped, the
+            # role refused): an outage, reported as the engine's connections report one.
+            raise DBAPIError(
+                "connect", None, error, hide_parameters=True, connection_invalidated=True
+            ) from error
         finally:
             self._waiting -= 1
         return connection
