@@ -201,6 +201,57 @@ class TestMalformedBodies:
         assert_json_4xx(response)
         assert_no_secret(response, SECRET)
 
+    @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+    async def test_json_in_another_encoding_is_refused(
+        self, encoding: str, client: httpx.AsyncClient, alice: Account, container: Container
+    ) -> None:
+        """The contract's bodies are UTF-8: one in UTF-16 or UTF-32, or with a byte order
+        mark, is refused (json.loads would take it), even with the right password."""
+        body = json.dumps({"username": "alice", "password": PASSWORD, "device_name": "P"})
+        response = await client.post(
+            LOGIN, content=body.encode(encoding), headers={"content-type": "application/json"}
+        )
+        assert_json_4xx(response)
+        assert "access_token" not in response.text
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            '{"username": "alice", "password": "wrong guess here!", "device_name": "P", '
+            f'"password": "{PASSWORD}"}}',
+            f'{{"username": "nobody", "username": "alice", "password": "{PASSWORD}", '
+            '"device_name": "P"}',
+        ],
+    )
+    async def test_a_key_twice_is_400(
+        self, raw: str, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """A filter in front that keeps the first of two keys would see another request
+        than the server, which would keep the last: neither is taken."""
+        response = await client.post(
+            LOGIN, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "bad_request"
+        assert "appears twice" in response.json()["detail"]
+        assert_no_secret(response, PASSWORD)
+
+    async def test_a_key_twice_in_a_nested_object_is_400(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        body = {"username": "alice", "password": PASSWORD, "device_name": "P"}
+        raw = json.dumps(body)[:-1] + ', "extra": {"a": 1, "a": 2}}'
+        response = await client.post(
+            LOGIN, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        # Unknown fields alone are ignored, as before.
+        raw = json.dumps({**body, "extra": {"a": 1, "b": 2}})
+        response = await client.post(
+            LOGIN, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+
     @pytest.mark.parametrize(
         ("username", "password"),
         [

@@ -35,11 +35,12 @@ from conductor_api.deps import (
 )
 from conductor_api.errors import AppError, InvalidDPoPProof, MfaRequired
 from conductor_api.mfa.schemas import MfaRequiredOut
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import NO_STORE, NO_STORE_DOC, ErrorOut, error_responses
 from conductor_api.users import service as users
 from conductor_api.values import TokenPair
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=StrictJSONRoute)
 
 
 def _token_response(pair: TokenPair) -> Response:
@@ -289,7 +290,7 @@ async def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-class _RegistrationRoute(APIRoute):
+class _RegistrationRoute(StrictJSONRoute):
     """While registration is off, the path answers 404 exactly as an unknown path does,
     whatever the method or body: FastAPI would otherwise validate the body first, and a 422
     (or a 405 for another method) would tell that the path exists."""

@@ -12,9 +12,10 @@ from conductor_api.deps import CurrentPrincipal, DbSession
 from conductor_api.events import repository
 from conductor_api.events.models import EventType
 from conductor_api.events.schemas import EventOut
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import error_responses
 
-router = APIRouter(prefix="/auth/events", tags=["events"])
+router = APIRouter(prefix="/auth/events", tags=["events"], route_class=StrictJSONRoute)
 
 
 _EVENTS = TypeAdapter(list[EventOut])

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conductor_api.deps import ContainerDep
 from conductor_api.errors import ServiceUnavailable
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import error_responses
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], route_class=StrictJSONRoute)
 MAX_AGE_LIMIT = 300
 
 

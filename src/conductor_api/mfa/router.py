@@ -20,9 +20,10 @@ from conductor_api.mfa.schemas import (
     StatusOut,
     VerifyIn,
 )
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import NO_STORE, NO_STORE_DOC, error_responses
 
-router = APIRouter(prefix="/auth/mfa", tags=["mfa"])
+router = APIRouter(prefix="/auth/mfa", tags=["mfa"], route_class=StrictJSONRoute)
 
 
 def _json(body: Any) -> Response:

@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -26,10 +25,11 @@ from conductor_api.passkeys.schemas import (
     RenameIn,
 )
 from conductor_api.passkeys.service import PasskeyView
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import NO_STORE, NO_STORE_DOC, error_responses
 
 
-class PasskeyRoute(APIRoute):
+class PasskeyRoute(StrictJSONRoute):
     """404 for every passkey path while WEBAUTHN_RP_ID is unset, said before anything else:
     a dependency would come after FastAPI parsed the body (a 422 for bad JSON), and a
     method the path does not take would be a 405; either would say the path is there."""

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Response, status
 from conductor_api.auth.flows import current_user
 from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
 from conductor_api.errors import NotFound
+from conductor_api.routing import StrictJSONRoute
 from conductor_api.schemas import error_responses
 from conductor_api.sessions import repository, service
 from conductor_api.sessions.schemas import RevokedOut, SessionOut
 
-router = APIRouter(prefix="/auth/sessions", tags=["sessions"])
+router = APIRouter(prefix="/auth/sessions", tags=["sessions"], route_class=StrictJSONRoute)
 
 
 @router.get("", responses=error_responses(401, 503), summary="The caller's active sessions")
