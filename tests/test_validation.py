@@ -447,6 +447,22 @@ def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[s
 
 
 class TestOtherBadRequests:
+    async def test_two_authorization_headers_are_400(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """Authorization holds one credential: with two, a gateway in front might check one
+        and the server act on the other (it took the first). Neither is used."""
+        access = (await tokens(client))["access_token"]
+        for pair in (["Bearer " + access, "Bearer junk"], ["Bearer junk", "Bearer " + access]):
+            headers = [("Authorization", value) for value in pair]
+            response = await client.get("/api/v1/auth/me", headers=headers)
+            assert response.status_code == 400, response.text
+            assert response.json() == {
+                "detail": "Repeated Authorization header", "code": "bad_request"
+            }  # fmt: skip
+        response = await client.get("/api/v1/auth/me", headers=bearer(access))
+        assert response.status_code == 200
+
     async def test_a_trailing_slash_is_not_found_not_redirected(
         self, client: httpx.AsyncClient, alice: Account
     ) -> None:

@@ -24,6 +24,7 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # RFC 9112 section 3.2 / RFC 3986: a Host is a registered name or an IP literal, and a port.
 _HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 _BAD_HOST = {"detail": "Missing, repeated or invalid Host header", "code": "bad_request"}
+_TWO_CREDENTIALS = {"detail": "Repeated Authorization header", "code": "bad_request"}
 
 
 # The body of a 500, also rendered by the app's last-resort handler.
@@ -87,19 +88,18 @@ class EdgeMiddleware:
         request_id = b""
         length: int | None = None
         dpop = False
-        hosts = 0
+        hosts = authorizations = 0
         valid_host = True
         for name, value in scope["headers"]:
             if name == b"x-request-id" and _SAFE_REQUEST_ID.fullmatch(value.decode("latin-1")):
                 request_id = value
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
-            elif name == b"dpop" or (
+            elif name == b"authorization":
+                authorizations += 1
                 # A DPoP token without its proof: the answer's nonce lets the next one be made.
-                name == b"authorization"
-                and value[:4].lower() == b"dpop"
-                and value[4:5] in (b" ", b"\t")
-            ):
+                dpop = dpop or (value[:4].lower() == b"dpop" and value[4:5] in (b" ", b"\t"))
+            elif name == b"dpop":
                 dpop = True
             elif name == b"host":
                 hosts += 1
@@ -107,7 +107,9 @@ class EdgeMiddleware:
         # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one valid Host (the URL a
         # DPoP proof is compared to is built from it); HTTP/1.0 may have none.
         bad_host = hosts > 1 or not valid_host or (hosts == 0 and scope["http_version"] == "1.1")
-        scope[_HEAD] = (length, bad_host)
+        # Authorization holds one credential (RFC 9110 11.6.2): of two, a gateway in front
+        # might check one and the server act on the other.
+        scope[_HEAD] = (length, bad_host, authorizations > 1)
         if not request_id:
             request_id = secrets.token_hex(16).encode()
         context = REQUEST_ID.set(request_id.decode())
@@ -153,7 +155,8 @@ class EdgeMiddleware:
 
 
 # What EdgeMiddleware read of the request head, for GuardMiddleware: (Content-Length, or
-# None when absent and -1 when invalid; whether the Host header is missing or bad).
+# None when absent and -1 when invalid; whether the Host header is missing or bad; whether
+# Authorization came twice).
 _HEAD = "conductor.head"
 
 
@@ -170,7 +173,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length, bad_host = scope[_HEAD]
+        length, bad_host, two_credentials = scope[_HEAD]
         started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -179,8 +182,8 @@ class GuardMiddleware:
                 started = True
             await send(message)
 
-        if bad_host:
-            for message in _json_error(400, _BAD_HOST):
+        if bad_host or two_credentials:
+            for message in _json_error(400, _BAD_HOST if bad_host else _TWO_CREDENTIALS):
                 await send(message)
             return
         if length is not None and (length < 0 or length > self.max_body_bytes):
