@@ -320,7 +320,27 @@ class TestRequestHeads:
             "no Host": (b"GET /health/live HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
             "two Hosts": (b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             "junk Host": (b"GET /health/live HTTP/1.1\r\nHost: a b/c@d\r\n\r\n", 400),
+            # Served as HTTP/1.1 by the parser, and without the Host 1.1 requires.
+            "no version (HTTP/0.9)": (b"GET /health/live\r\n\r\n", 400),
+            "HTTP/0.9": (b"GET /health/live HTTP/0.9\r\n\r\n", 400),
+            "HTTP/2.0 in HTTP/1 syntax": (
+                b"POST /api/v1/auth/refresh HTTP/2.0\r\nContent-Length: 2\r\n\r\n{}",
+                400,
+            ),
+            # RFC 9112 6.1: a transfer coding the server does not know is a 501 (the parser
+            # would read the body as plain chunked).
+            "gzip, chunked": (
+                b"POST /api/v1/auth/refresh HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                501,
+            ),
+            "identity, chunked": (
+                b"POST /api/v1/auth/refresh HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: identity, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                501,
+            ),
         }
+        codes = {431: "headers_too_large", 501: "not_implemented", 400: "bad_request"}
         fine = {
             "10 KiB of headers": b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: "
             + b"c" * 10_000
@@ -338,12 +358,22 @@ class TestRequestHeads:
                 assert line.startswith(f"HTTP/1.1 {status} "), (name, line)
                 assert headers["content-type"] == "application/json", name
                 assert headers["x-content-type-options"] == "nosniff", name
-                code = json.loads(body)["code"]
-                assert code == ("headers_too_large" if status == 431 else "bad_request"), name
+                assert json.loads(body)["code"] == codes[status], name
             for name, request_bytes in fine.items():
                 line, _, body = exchange(server.port, request_bytes)
                 assert " 200 " in line, (name, line)
                 assert json.loads(body) == {"status": "ok"}, name
+            # Chunked alone, in any case, is read as before.
+            chunk = b'{"refresh_token": "x"}'
+            for coding in (b"chunked", b"Chunked"):
+                line, _, body = exchange(
+                    server.port,
+                    b"POST /api/v1/auth/refresh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: " + coding
+                    + b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk),
+                )  # fmt: skip
+                assert line.startswith("HTTP/1.1 401 "), (coding, line)
+                assert json.loads(body)["code"] == "invalid_refresh_token"
 
 
 class TestTrailingWhitespace:

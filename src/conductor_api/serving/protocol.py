@@ -27,6 +27,9 @@ _BODY = json.dumps({"detail": "Invalid HTTP request", "code": "bad_request"}).en
 _HEADERS_BODY = json.dumps(
     {"detail": "Request headers too large", "code": "headers_too_large"}
 ).encode()
+_CODING_BODY = json.dumps(
+    {"detail": "Transfer coding not implemented", "code": "not_implemented"}
+).encode()
 _TIMEOUT_BODY = json.dumps(
     {"detail": "The request did not arrive in time", "code": "request_timeout"}
 ).encode()
@@ -53,6 +56,8 @@ class Protocol(HttpToolsProtocol):
     _in_head = True
     _head_received = 0
     _head_too_large = False
+    # A Transfer-Encoding other than `chunked` alone (RFC 9112 section 6.1: 501).
+    _unknown_coding = False
     # Seconds a request may take to arrive whole (REQUEST_TIMEOUT_SECONDS; see `with_timeout`),
     # and the timer that enforces it while one is arriving.
     request_timeout = 30.0
@@ -131,17 +136,30 @@ class Protocol(HttpToolsProtocol):
         """A header, without the trailing spaces and tabs httptools leaves on its value:
         RFC 9110 5.5, they are not part of it (leading ones httptools drops itself). Every
         reader of a header (Host, DPoP, X-Request-ID, ...) then sees the value alone."""
-        super().on_header(name, value.rstrip(b" \t"))
+        value = value.rstrip(b" \t")
+        if name.lower() == b"transfer-encoding" and value.lower() != b"chunked":
+            # The parser reads `gzip, chunked` or `identity, chunked` as chunked, and the
+            # body would reach the application still coded (or the coding ignored).
+            self._unknown_coding = True
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         """The head is whole: what follows is the body (bounded by `GuardMiddleware`). Its
-        exact size is summed only when the bound says it may be over `MAX_HEAD_BYTES`."""
+        exact size is summed only when the bound says it may be over `MAX_HEAD_BYTES`.
+
+        Refused here (raised inside the parser's callback: the parser stops, and uvicorn
+        answers its parse error with `send_400_response`, which tells them apart): a head
+        over `MAX_HEAD_BYTES` (431); a transfer coding other than chunked (501); a version
+        other than HTTP/1.0 and 1.1 (400): a request line with none (HTTP/0.9) or with 2.0
+        would be served as 1.1, without the Host that 1.1 requires."""
         self._in_head = False
         if self._head_received > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
-            # Raised inside the parser's callback: the parser stops, and uvicorn answers
-            # its parse error with `send_400_response`, which says 431 instead.
             self._head_too_large = True
             raise ValueError("request head too large")
+        if self._unknown_coding:
+            raise ValueError("transfer coding not implemented")
+        if self.parser.get_http_version() not in ("1.1", "1.0"):
+            raise ValueError("HTTP version not supported")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -168,9 +186,11 @@ class Protocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """The connection's last answer: a malformed request line, header or body framing
-        (400), or a head over `MAX_HEAD_BYTES` found whole (431, `on_headers_complete`)."""
+        (400), or what `on_headers_complete` refuses."""
         if self._head_too_large:
             self._refuse(b"431 Request Header Fields Too Large", 431, _HEADERS_BODY)
+        elif self._unknown_coding:
+            self._refuse(b"501 Not Implemented", 501, _CODING_BODY)
         else:
             self._refuse(b"400 Bad Request", 400, _BODY)
 
