@@ -8,15 +8,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from conductor_api.clock import FrozenClock
 from conductor_api.container import Container
 from conductor_api.events.models import SecurityEvent
+from conductor_api.sessions import service as sessions_service
 from conductor_api.sessions.models import DeviceSession
 from conductor_api.users import service as users
-from tests.conftest import CLIENT_IP, Account, add_user, bearer, make_client, session_row, tokens
+from tests.conftest import (
+    CLIENT_IP,
+    PASSWORD,
+    Account,
+    add_user,
+    bearer,
+    make_client,
+    session_row,
+    tokens,
+)  # fmt: skip
 
 SESSIONS = "/api/v1/auth/sessions"
 ME = "/api/v1/auth/me"
@@ -383,3 +394,81 @@ class TestDisable:
         await assert_refused(client, pair["access_token"])
         await assert_refresh_refused(client, pair["refresh_token"])
         await assert_alive(client, (await tokens(client))["access_token"])
+
+
+class TestSigningEachOtherOut:
+    """Two sessions of one user that sign each other out at once: the one that comes second
+    finds its own session revoked under the user row's lock, and changes nothing."""
+
+    async def test_a_password_change_from_a_session_revoked_meanwhile_changes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        container: Container,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        intruder = await tokens(client, fingerprint="intruder")
+        owner = await tokens(client, fingerprint="owner")
+        hash_new = container.hasher.hash
+
+        async def owner_acts_while_the_new_password_hashes(password: str) -> str:
+            # The owner signs the intruder out between the checks and the change.
+            response = await client.post(
+                f"{SESSIONS}/revoke-others", headers=bearer(owner["access_token"])
+            )
+            assert response.json() == {"revoked": 1}
+            return await hash_new(password)
+
+        monkeypatch.setattr(container.hasher, "hash", owner_acts_while_the_new_password_hashes)
+        response = await client.post(
+            "/api/v1/auth/password",
+            json={"current_password": PASSWORD, "new_password": "the intruder's own passphrase"},
+            headers=bearer(intruder["access_token"]),
+        )
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == "invalid_token"
+        # The owner is still signed in, and the password is the owner's.
+        await assert_alive(client, owner["access_token"])
+        assert await live_session_ids(container, alice.id) == {owner["session_id"]}
+        monkeypatch.undo()
+        assert (await tokens(client))["access_token"]
+        async with container.sessionmaker() as db:
+            events = (await db.scalars(select(SecurityEvent.type))).all()
+        assert "password_changed" not in events
+
+    @pytest.mark.parametrize("path", ["revoke-others", "one"])
+    async def test_a_revoke_from_a_session_revoked_meanwhile_revokes_nothing(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        container: Container,
+        monkeypatch: pytest.MonkeyPatch,
+        path: str,
+    ) -> None:
+        intruder = await tokens(client, fingerprint="intruder")
+        owner = await tokens(client, fingerprint="owner")
+        lock = users.lock
+
+        async def owner_commits_first(db: Any, user_id: uuid.UUID) -> Any:
+            # The owner's revoke of the intruder commits while the intruder's request,
+            # past its token check, waits for the user row.
+            async with container.sessionmaker.begin() as other:
+                user = await users.get(other, user_id)
+                assert user is not None
+                await sessions_service.revoke_session(
+                    other, user, uuid.UUID(intruder["session_id"]), container.clock.now(),
+                    None, reason="revoked",
+                )  # fmt: skip
+            return await lock(db, user_id)
+
+        monkeypatch.setattr(users, "lock", owner_commits_first)
+        auth = bearer(intruder["access_token"])
+        if path == "one":
+            response = await client.delete(f"{SESSIONS}/{owner['session_id']}", headers=auth)
+        else:
+            response = await client.post(f"{SESSIONS}/revoke-others", headers=auth)
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == "invalid_token"
+        monkeypatch.undo()
+        await assert_alive(client, owner["access_token"])
+        assert await live_session_ids(container, alice.id) == {owner["session_id"]}

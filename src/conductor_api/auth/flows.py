@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.service import Device
 from conductor_api.container import Container
-from conductor_api.errors import InvalidDPoPProof, InvalidRefreshToken, NotFound
+from conductor_api.errors import InvalidDPoPProof, InvalidRefreshToken, InvalidToken, NotFound
 from conductor_api.security.dpop import DPoPError, Proof, WrongKey
 from conductor_api.sessions import service as sessions
 from conductor_api.users import service as users
@@ -121,6 +121,14 @@ async def _user(db: AsyncSession, principal: Principal) -> User:
     return user
 
 
-async def current_user(db: AsyncSession, principal: Principal) -> User:
-    """The caller's user row."""
-    return await _user(db, principal)
+async def live_caller(db: AsyncSession, c: Container, principal: Principal) -> User:
+    """The caller's user row under the lock of password changes, with the caller's session
+    read again under it: of two sessions that sign each other out at once (a password
+    change, revoke-others, a revoke), the one that comes second finds its own session
+    revoked and is refused as its next request would be, instead of acting after it."""
+    user = await users.lock(db, principal.user_id)
+    if user is None:
+        raise NotFound("No such user")
+    if not await sessions.is_live(db, principal.session_id, c.clock.now()):
+        raise InvalidToken("This session was signed out")
+    return user

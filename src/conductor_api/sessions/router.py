@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from conductor_api.auth.flows import current_user
+from conductor_api.auth.flows import live_caller
 from conductor_api.deps import Client, ContainerDep, CurrentPrincipal, DbSession
 from conductor_api.errors import NotFound
 from conductor_api.routing import StrictJSONRoute
@@ -52,7 +52,7 @@ async def revoke_others(
     principal: CurrentPrincipal, db: DbSession, c: ContainerDep, client: Client
 ) -> RevokedOut:
     """Revoke every session of the caller but the current one."""
-    user = await current_user(db, principal)
+    user = await live_caller(db, c, principal)
     revoked = await service.revoke_many(
         db, user, c.clock.now(), client, reason="revoked", except_id=principal.session_id
     )
@@ -73,6 +73,6 @@ async def revoke(
         sid = uuid.UUID(session_id)
     except ValueError:
         raise NotFound("No such session") from None
-    user = await current_user(db, principal)
+    user = await live_caller(db, c, principal)
     await service.revoke_users_session(db, user, sid, c.clock.now(), client)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

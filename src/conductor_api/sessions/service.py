@@ -291,6 +291,12 @@ async def revoke_users_session(
     await revoke_session(db, user, session_id, now, client, reason="revoked")
 
 
+async def is_live(db: AsyncSession, session_id: uuid.UUID, now: datetime) -> bool:
+    """Whether a session is live now, read afresh (within the caller's transaction)."""
+    session = await repository.get(db, session_id)
+    return session is not None and _is_live(session, now)
+
+
 def _is_live(session: DeviceSession, now: datetime) -> bool:
     """Neither revoked nor expired: what the session list shows."""
     return session.revoked_at is None and session.expires_at > now
