@@ -112,6 +112,34 @@ async def test_a_lock_held_past_the_timeout_is_an_outage(engine: AsyncEngine) ->
         assert (await conn.execute(text("SELECT v FROM t"))).scalar_one() == "d"
 
 
+async def test_calls_queued_behind_a_waiting_one_keep_their_own_deadline(
+    engine: AsyncEngine,
+) -> None:
+    """Calls made while one waits for the lock queue behind it on the thread: each fails
+    DATABASE_TIMEOUT_SECONDS (1 s) after it was made, not a whole timeout after the one
+    before it (20 requests on one connection once took 5, 10, ... 100 s)."""
+    connection = InlineSqlite.connect(db_file(engine), timeout=1.0, isolation_level=None)
+    await connection
+    holder = sqlite3.connect(db_file(engine), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+
+    async def write(i: int) -> float:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await connection.statement("INSERT INTO t (v) VALUES (?)", (str(i),), False)
+        return time.monotonic() - started
+
+    try:
+        ended = await asyncio.gather(*(write(i) for i in range(4)))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert all(0.9 <= seconds < 1.6 for seconds in ended), ended
+    # The lock free again, the connection writes as before.
+    await connection.statement("INSERT INTO t (v) VALUES ('after')", (), False)
+    await connection.close()
+
+
 async def test_the_pruners_engine_waits_on_a_thread(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'threaded.db'}"
     engine = make_engine(make_settings(tmp_path, url, database_timeout_seconds=1.0), inline=False)

@@ -903,8 +903,10 @@ class InlineSqlite(aiosqlite.Connection):
     process, the command line) can take long. So this connection's busy timeout is zero
     and every call runs inline; a call refused with SQLITE_BUSY has done nothing (it never
     got the lock), and goes to aiosqlite's thread, which tries it again every half
-    millisecond for up to DATABASE_TIMEOUT_SECONDS. While a call is out on the thread,
-    later calls queue behind it there, in order.
+    millisecond until DATABASE_TIMEOUT_SECONDS after it was made. While a call is out on
+    the thread, later calls queue behind it there, in order, their time counted from when
+    each was made: behind a call that waited in vain they fail too, at once, instead of
+    each waiting the whole timeout again.
 
     Not SQLite's own busy handler: it backs off to 100 ms between tries, and against
     another worker that takes the lock inline, a few hundred times a second for a moment
@@ -945,10 +947,13 @@ class InlineSqlite(aiosqlite.Connection):
                     raise
         self._out += 1
         loop = asyncio.get_running_loop()
+        # From now, not from when the thread takes the call: calls queued behind one that
+        # waits would otherwise each wait the whole timeout again, one after another.
+        deadline = time.monotonic() + self._timeout
 
         def waiting() -> Any:
             try:
-                return self._waiting(fn, *args, **kwargs)
+                return self._waiting(deadline, fn, *args, **kwargs)
             finally:
                 # Counted back only once it has run, not when its caller stops waiting
                 # (cancelled): until then, a later call must not run on this thread too.
@@ -968,10 +973,10 @@ class InlineSqlite(aiosqlite.Connection):
         result: list[Any] = await self._execute(_run_statement, self._conn, sql, args, rows)
         return result
 
-    def _waiting(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    def _waiting(deadline: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """On aiosqlite's thread: `fn`, tried again while another connection holds the
-        write lock, for as long as the setting allows (then SQLITE_BUSY is raised)."""
-        deadline = time.monotonic() + self._timeout
+        write lock, until `deadline` (then SQLITE_BUSY is raised)."""
         while True:
             try:
                 return fn(*args, **kwargs)
