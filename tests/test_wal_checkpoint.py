@@ -8,9 +8,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
-from conductor_api import migrate
+from conductor_api import migrate, sqlite_wal
 from conductor_api.app import create_app
 from conductor_api.container import Container
 from conductor_api.db import make_engine
@@ -44,6 +45,16 @@ def size_reached(path: Path, size: int, seconds: float = 10.0) -> int:
     while path.stat().st_size < size and time.monotonic() < deadline:
         time.sleep(0.05)
     return path.stat().st_size
+
+
+def wal_size(path: Path, down_to: int | None = None, seconds: float = 5.0) -> int:
+    """The size of `path`'s WAL; with `down_to`, once it is that small, or after
+    `seconds` (on a thread: the checkpointer works meanwhile)."""
+    wal = Path(f"{path}-wal")
+    deadline = time.monotonic() + seconds
+    while down_to is not None and wal.stat().st_size > down_to and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return wal.stat().st_size
 
 
 async def wait_for_size(path: Path, size: int) -> int:
@@ -117,3 +128,45 @@ async def test_the_command_lines_connections_keep_sqlites_default(tmp_path: Path
         assert value == 1000
     finally:
         await engine.dispose()
+
+
+async def test_a_wal_past_its_limit_is_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PASSIVE checkpoint copies the WAL back but leaves the file as large as it grew
+    (470 MB for a 109 MB database, with the pruner and requests overlapping); past
+    `WAL_LIMIT_BYTES` the checkpointer empties it, and while a reader keeps it from doing
+    so (a backup), it tries again later instead of making writers wait at every tick."""
+    monkeypatch.setattr(sqlite_wal, "WAL_LIMIT_BYTES", 200 * PAGE, raising=False)
+    monkeypatch.setattr(sqlite_wal, "TRUNCATE_RETRY_SECONDS", 0.3, raising=False)
+    path = tmp_path / "big.db"
+    fill_wal(path, 500)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        # A read kept open: the WAL cannot be emptied under it.
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM scratch").fetchone()
+        checkpointer = WalCheckpointer(str(path), interval=0.02)
+        checkpointer.start()
+        try:
+            await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(wal_size, path) > 500 * PAGE
+            # Writers are not held up while the reader stays.
+            writer = sqlite3.connect(path, isolation_level=None, timeout=0)
+            for _ in range(20):
+                writer.execute("INSERT INTO scratch VALUES (x'00')")
+                await asyncio.sleep(0.01)
+            writer.close()
+            reader.execute("COMMIT")
+            assert await asyncio.to_thread(wal_size, path, 0) == 0
+        finally:
+            await checkpointer.close()
+        # Nothing was lost on the way.
+        check = sqlite3.connect(path)
+        assert check.execute("SELECT count(*) FROM scratch").fetchone()[0] == 500 + 20
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        check.close()
+    finally:
+        reader.close()
+        while _held:
+            _held.pop().close()
