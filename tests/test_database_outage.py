@@ -467,6 +467,33 @@ class TestSqliteDown:
         await expect_service(device)
         await assert_nothing_counted(sqlite_app.state.container, "alice", sessions=2)
 
+    async def test_a_connection_sqlite_made_read_only_is_replaced(
+        self, sqlite_app: FastAPI, sqlite_device: Device
+    ) -> None:
+        """SQLite opens a file it cannot write (its mode, a read-only mount) read-only,
+        without an error, and such a connection never writes again, even once the file
+        can be written: a worker that reconnected meanwhile answered 503 to writes for good
+        while /health/ready said 200. Here the connections are made read-only as that
+        leaves them (`query_only`); each write they refuse is a 503, and the next request
+        finds a new connection."""
+        device, c = sqlite_device, sqlite_device.client
+        container = sqlite_app.state.container
+        # The connection of sign-ins and refreshes.
+        await (await container.autocommit._connection("")).execute("PRAGMA query_only = ON")
+        refused = await login(c, device.username)
+        assert refused.status_code == 503, refused.text
+        await expect_service(device)  # a new connection: it signs in again
+        # The engine's, whose transactions revoke-others writes in.
+        async with container.engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute("PRAGMA query_only = ON")
+        auth = bearer(device.access_token)
+        refused = await c.post("/api/v1/auth/sessions/revoke-others", headers=auth)
+        assert refused.status_code == 503, refused.text
+        revoked = await c.post("/api/v1/auth/sessions/revoke-others", headers=auth)
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["revoked"] >= 1
+
 
 class TestNotAnOutage:
     """A statement the database refuses is a bug (500), not an outage: the 503 mapping

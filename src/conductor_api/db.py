@@ -143,6 +143,8 @@ def make_engine(
         # InlineSqlite keeps a busy timeout of zero and waits for a lock itself.
         _pragmas_on_connect(engine.sync_engine, None if inline else timeout, autocheckpoint)
         _begin_immediate(engine)
+        if inline:
+            _drop_stale_connections(engine)
     else:
         _drop_closed_connections(engine)
     return engine
@@ -404,6 +406,11 @@ class Autocommit:
         return await _on_sqlite(await self._connection(compiled.sql), compiled, args)
 
     async def _connection(self, sql: str) -> InlineSqlite:
+        if self._sqlite is not None and self._sqlite.stale:
+            # Read-only for good (`InlineSqlite._note_refusal`): a new one, which writes
+            # once the file can be written again. Closed after what is queued on it.
+            stale, self._sqlite = self._sqlite, None
+            _in_background(_close_quietly(stale))
         try:
             return self._sqlite or await self._open_sqlite()
         except sqlite3.Error as e:
@@ -594,6 +601,11 @@ def _chained(parts: tuple[_Compiled, ...]) -> str:
 
 def _renumbered(offset: int, placeholder: re.Match[str]) -> str:
     return f"${int(placeholder.group(1)) + offset}"
+
+
+async def _close_quietly(connection: InlineSqlite) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await connection.close()
 
 
 async def _run_sqlite(connection: InlineSqlite, sql: str) -> None:
@@ -891,6 +903,15 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError("connection closed by the server")
 
 
+def _drop_stale_connections(engine: AsyncEngine) -> None:
+    # A SQLite connection that SQLite made read-only (`InlineSqlite.stale`) is closed and
+    # replaced by the pool, as a lost PostgreSQL connection is.
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.driver_connection.stale:
+            raise DisconnectionError("SQLite connection opened read-only")
+
+
 class InlineSqlite(aiosqlite.Connection):
     """An aiosqlite connection whose calls run on the event loop's own thread unless they
     would wait for a lock.
@@ -925,6 +946,8 @@ class InlineSqlite(aiosqlite.Connection):
         self._thread.daemon = True
         self._timeout = timeout
         self._out = 0
+        # Set when SQLite refused a write as read-only (`_note_refusal`): replaced, not used.
+        self.stale = False
 
     @classmethod
     def connect(cls, database: str, *, timeout: float, **kwargs: Any) -> InlineSqlite:
@@ -937,6 +960,21 @@ class InlineSqlite(aiosqlite.Connection):
         return cls(connector, timeout)
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._inline_or_waiting(fn, *args, **kwargs)
+        except sqlite3.Error as e:
+            self._note_refusal(e)
+            raise
+
+    def _note_refusal(self, error: sqlite3.Error) -> None:
+        """SQLITE_READONLY: SQLite opened the file read-only, without an error, because it
+        could not be written then (its mode, a read-only mount), or it was moved away.
+        Such a connection never writes again, even once the file can be written: the
+        pools replace it (`stale`) instead of keeping it."""
+        if getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+            self.stale = True
+
+    async def _inline_or_waiting(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
         if not self._out:
