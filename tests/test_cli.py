@@ -292,16 +292,22 @@ class TestCommand:
 
     def test_a_dotenv_line_that_is_no_setting_is_one_line_without_its_text(self, cli: Cli) -> None:
         env_file = cli.data_dir.parent / ".env"
-        for text in (
-            "# a comment\nsecret value with no name\n",
-            'LOG_LEVEL=info\nJWT_ISSUER="open\n',
+        for text, number in (
+            ("# a comment\nsecret value with no name\n", 2),
+            ('LOG_LEVEL=info\nJWT_ISSUER="open\n', 2),
+            # Blank lines before it count (the parser starts the line after the last one).
+            ("LOG_LEVEL=info\n\n \n\r\n\nsecret value with no name\n", 6),
+            ("# c\n\nLOG_LEVEL=info\n\n\n\nLOCKOUT MINUTES=5\n", 7),
+            # A name alone, the `=value` forgotten: it would be ignored.
+            ("LOG_LEVEL=info\nLOCKOUT_MINUTES\n", 2),
+            ("A=1\r\nB=2\r\nsecretword\r\n", 3),
         ):
             env_file.write_text(text)
             for command in (("migrate",), ("serve", "--port", "1"), ("openapi",)):
                 result = cli(*command)
-                one_line_error(result, ".env: line 2")
+                one_line_error(result, f".env: line {number} ")
                 assert result.returncode == 2, result.stderr
-                assert "secret value" not in result.stderr and "open" not in result.stderr
+                assert "secret" not in result.stderr and "open" not in result.stderr
         env_file.write_text("# only comments and settings\nLOG_LEVEL=info\n\n")
         assert cli("migrate").returncode == 0
 

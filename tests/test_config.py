@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -16,6 +17,8 @@ from conductor_api.config import ConfigError, load_settings
 from tests.conftest import TEST_KEK
 from tests.e2e.server import clean_env, cli_path
 
+# A good key-encryption key of 36 bytes: 48 characters, no padding.
+KEK_48 = base64.urlsafe_b64encode(bytes(range(100, 136))).decode()
 GOOD_A = secrets.token_urlsafe(32)
 GOOD_B = secrets.token_urlsafe(32)
 
@@ -360,7 +363,17 @@ class TestKeyEncryptionKey:
         assert load_settings().kek == first.kek
         assert json.loads(path.read_text())["jwt_secret_key"] == GOOD_A
 
-    @pytest.mark.parametrize("value", ["c2hvcnQ", "not base64 at all!!"])
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "c2hvcnQ",
+            "not base64 at all!!",
+            # A good key with characters outside base64url, which a decoder would drop.
+            KEK_48 + "!",
+            KEK_48[:20] + " " + KEK_48[20:],
+            "+" + KEK_48[1:],
+        ],
+    )
     def test_a_bad_one_is_one_line_naming_it_without_its_value(self, env: Path, value: str) -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(key_encryption_key=value)

@@ -46,6 +46,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ANDROID_ORIGIN_PREFIX = "android:apk-key-hash:"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 _DOMAIN = re.compile(rf"(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}")
 _PACKAGE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 # 32 bytes in unpadded base64url: 42 characters, then one whose low 2 bits are 0.
@@ -531,7 +532,10 @@ def listen_host(value: str) -> str:
 
 
 def decode_kek(value: str) -> bytes | None:
-    """The bytes of a base64url key-encryption key (padding optional), or None."""
+    """The bytes of a base64url key-encryption key (padding optional), or None (also for
+    a character outside the alphabet, which the decoder would drop without a word)."""
+    if not _BASE64URL.fullmatch(value):
+        return None
     try:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (ValueError, binascii.Error):
@@ -680,10 +684,13 @@ def check_env_file(path: Path = Path(".env")) -> None:
     except UnicodeDecodeError as e:
         raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            raise ConfigError(
-                f".env: line {binding.original.line} is not NAME=value; fix or remove it"
-            )
+        # A name alone (no `=`) parses without an error, as a name with no value, which
+        # the settings would then ignore: refused as well.
+        if binding.error or (binding.key is not None and binding.value is None):
+            # The parser counts from the end of the binding before, blank lines included.
+            string = binding.original.string
+            line = binding.original.line + string[: len(string) - len(string.lstrip())].count("\n")
+            raise ConfigError(f".env: line {line} is not NAME=value; fix or remove it")
 
 
 def load_settings(**overrides: object) -> Settings:
