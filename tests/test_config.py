@@ -36,6 +36,10 @@ BAD_VALUES = [
     ({"DATABASE_URL": "sqlite:///data/conductor.db?timeout=5"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:99999/db"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/db?sslmode=require"}, "DATABASE_URL"),
+    # asyncpg's own refusal came at the first connection, naming `sslmode`.
+    ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/db?ssl=bogus"}, "DATABASE_URL"),
+    # An unencoded @ in the password: the host was `ss@127.0.0.1`, found by no DNS.
+    ({"DATABASE_URL": "postgresql://app:p@ss@127.0.0.1/db"}, "DATABASE_URL"),
     # No database name: asyncpg would use the user's, and migrate whatever database that is.
     ({"DATABASE_URL": "postgresql://postgres@127.0.0.1/"}, "DATABASE_URL"),
     ({"DATABASE_URL": "postgresql://"}, "DATABASE_URL"),
@@ -315,6 +319,24 @@ class TestAcceptedValues:
 
 
 class TestBadValues:
+    @pytest.mark.parametrize(
+        ("url", "says"),
+        [
+            ("postgresql://postgres@127.0.0.1/db?ssl=bogus", "ssl must be one of disable, "),
+            ("postgresql://app:p@ss@127.0.0.1/db", "an @ in the user or password must be "),
+        ],
+    )
+    def test_a_database_url_the_driver_would_refuse_says_why(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch, url: str, says: str
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", url)
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert str(raised.value).startswith(f"DATABASE_URL: {says}"), str(raised.value)
+        # ssl=require and an encoded @ are taken.
+        monkeypatch.setenv("DATABASE_URL", "postgresql://app:p%40ss@127.0.0.1/db?ssl=require")
+        assert load_settings().database_url
+
     @pytest.mark.parametrize(("values", "variable"), BAD_VALUES)
     def test_load_settings_names_the_variable(
         self, env: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, str], variable: str

@@ -382,6 +382,9 @@ class Settings(BaseSettings):
             return value
         if port is not None and not 0 < port < 65536:
             raise ValueError("the port must be 1 to 65535")
+        if "@" in (parsed.host or ""):
+            # `postgresql://app:p@ss@db/x`: the host would be `ss@db`, unknown to any DNS.
+            raise ValueError("an @ in the user or password must be written %40")
         if not parsed.database:
             # asyncpg would take the user's name for it: the schema would go wherever that is.
             raise ValueError("needs a database name; use postgresql://user@host:5432/db")
@@ -392,6 +395,9 @@ class Settings(BaseSettings):
                 f"unknown parameter {unknown[0]!r}; the driver (asyncpg) takes "
                 f"{', '.join(sorted(_POSTGRES_PARAMETERS))} (ssl=require, not sslmode)"
             )
+        ssl = parsed.query.get("ssl")
+        if ssl is not None and ssl not in _SSL_MODES:
+            raise ValueError(f"ssl must be one of {', '.join(_SSL_MODES)}")
         return value
 
     @field_validator("android_api_host", "metrics_host")
@@ -486,6 +492,8 @@ class Settings(BaseSettings):
 
 # Query parameters of a PostgreSQL URL that asyncpg.connect() takes as text.
 _POSTGRES_PARAMETERS = frozenset({"ssl", "host", "passfile", "target_session_attrs"})
+# What asyncpg takes for `ssl` in a URL (libpq's sslmode values).
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
