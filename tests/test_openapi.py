@@ -120,6 +120,22 @@ class TestPaths:
         }
         assert listed == set(OPERATIONS)
 
+    def test_bounds_are_json_schema_keywords(self, document: dict[str, Any]) -> None:
+        """Pydantic's own names (`ge`, `le`, ...) reach the document when a constraint sits
+        behind a validator in an annotation; no generator reads them."""
+
+        def keys(node: Any) -> set[str]:
+            if isinstance(node, dict):
+                return set(node) | {k for value in node.values() for k in keys(value)}
+            if isinstance(node, list):
+                return {k for value in node for k in keys(value)}
+            return set()
+
+        assert not keys(document) & {"ge", "le", "gt", "lt", "min_length", "max_length"}
+        parameters = document["paths"]["/api/v1/auth/events"]["get"]["parameters"]
+        [limit] = [p for p in parameters if p["name"] == "limit"]
+        assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 200)
+
     def test_info(self, document: dict[str, Any]) -> None:
         assert document["openapi"].startswith("3.")
         assert document["info"]["title"] == "Conductor API"

@@ -38,7 +38,7 @@ def _decimal_digits(value: object) -> object:
 async def list_events(
     principal: CurrentPrincipal,
     db: DbSession,
-    limit: Annotated[int, BeforeValidator(_decimal_digits), Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=200), BeforeValidator(_decimal_digits)] = 50,
 ) -> Response:
     """The caller's own recent events, newest first (`method` and `mfa` on sign-ins only)."""
     rows = await repository.list_for_user(db, principal.user_id, limit)
