@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import select
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -287,6 +290,7 @@ class TestCommand:
                 env=cli.env, cwd=cli.data_dir.parent, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             one_line_error(result, "UTF-8")
+            assert result.returncode == 2, result.stderr  # a usage error
         (cli.data_dir.parent / ".env").write_bytes(b"JWT_ISSUER=caf\xe9\n")
         one_line_error(cli("users", "list"), ".env")
 
@@ -334,7 +338,57 @@ class TestCommand:
                 preexec_fn=lambda: os.close(0),
             )  # fmt: skip
             one_line_error(result, needle)
+            assert result.returncode == 2, result.stderr  # a usage error
             assert "unexpected" not in result.stderr
+        for args, needle in (
+            (("--password-stdin",), "no password on standard input"),
+            ((), "no terminal"),
+        ):
+            result = subprocess.run(
+                [cli_path(), "users", "create", "bob", *args], stdin=subprocess.DEVNULL,
+                env=cli.env, cwd=cli.data_dir.parent, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            one_line_error(result, needle)
+            assert result.returncode == 2, result.stderr
+
+    def test_password_stdin_at_a_terminal_is_not_shown(self, cli: Cli) -> None:
+        """--password-stdin is for pipes; typed at a terminal, the password is read without
+        being echoed (it stayed on the screen and in its scrollback)."""
+        import pty
+
+        password = "a passphrase nobody should see 42"
+        pid, terminal = pty.fork()
+        if pid == 0:  # the child: the terminal is its standard input and output
+            os.chdir(cli.data_dir.parent)
+            command = [cli_path(), "users", "create", "tom", "--password-stdin"]
+            os.execve(command[0], command, cli.env)  # noqa: S606 (the command itself)
+
+        def read(until: bytes) -> bytes:
+            got = b""
+            deadline = time.monotonic() + 60
+            with contextlib.suppress(OSError):  # EIO once the child has gone
+                while until not in got and time.monotonic() < deadline:
+                    if select.select([terminal], [], [], 1)[0]:
+                        if not (chunk := os.read(terminal, 1024)):
+                            break
+                        got += chunk
+            return got
+
+        try:
+            # The prompt, which a plain read of a line would not write, then the password.
+            shown = read(b"Password")
+            os.write(terminal, password.encode() + b"\n")
+            shown += read(b"created user")
+        finally:
+            if b"created user" not in shown:
+                os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            os.close(terminal)
+        assert os.waitstatus_to_exitcode(status) == 0, shown
+        assert b"created user tom" in shown
+        assert password.encode() not in shown
+        listed = cli("users", "list")
+        assert listed.stdout.startswith("tom\t")
 
     def test_openapi_with_a_bad_setting_is_one_line(self, cli: Cli) -> None:
         one_line_error(cli("openapi", env={"DATABASE_URL": "mysql://root@db/prod"}), "DATABASE_URL")

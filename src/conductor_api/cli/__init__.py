@@ -196,7 +196,8 @@ def main() -> None:
         # It answered, and refused: no such database or role, a file that is not SQLite.
         _fail(f"the database refused: {_first_line(e)}")
     except UnicodeError as e:
-        _fail(_not_text(e))
+        # An argument that is not text (the .env's own bytes are checked as settings).
+        _fail(_not_text(e), 2)
     except OSError as e:
         _fail(_first_line(e))
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.auth import service as auth
-from conductor_api.cli.common import CliError, iso, run_db, settings
+from conductor_api.cli.common import CliError, UsageError, iso, run_db, settings
 from conductor_api.mfa.service import SecondFactor
 from conductor_api.passkeys.repository import counts as passkey_counts
 from conductor_api.security.passwords import PasswordHasher
@@ -25,20 +25,24 @@ PasswordStdin = Annotated[
 
 
 def _read_password(from_stdin: bool) -> str:
+    # Without a password to read the command cannot run as given: usage errors (status 2).
     if sys.stdin is None:  # started with standard input closed (`<&-`)
-        raise CliError(
+        raise UsageError(
             "no password on standard input (it is closed)"
             if from_stdin
             else "no terminal to ask for the password: use --password-stdin"
         )
+    if from_stdin and sys.stdin.isatty():
+        # Typed at a terminal after all: not shown on the screen, nor kept in its scrollback.
+        return str(typer.prompt("Password", hide_input=True))
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
-            raise CliError("no password on standard input")
+            raise UsageError("no password on standard input")
         # Only the line ending goes: the password is kept exactly as typed.
         return line.removesuffix("\n").removesuffix("\r")
     if not sys.stdin.isatty():
-        raise CliError("no terminal to ask for the password: use --password-stdin")
+        raise UsageError("no terminal to ask for the password: use --password-stdin")
     first = typer.prompt("Password", hide_input=True)
     if typer.prompt("Repeat password", hide_input=True) != first:
         raise CliError("the two passwords differ")
