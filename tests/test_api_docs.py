@@ -287,7 +287,10 @@ class TestErrorCodes:
         )
 
     def test_every_documented_code_is_answered(self) -> None:
+        # The nginx of deploy/ answers some itself, in the API's shape.
+        nginx = (ROOT / "deploy" / "nginx-conductor-api.conf").read_text()
         answered = set(error_class_codes()) | set(literal_codes())
+        answered |= set(re.findall(r'"code": "([a-z_]+)"', nginx))
         stale = sorted(column(doc_text(), {"code"}) - answered)
         assert not stale, (
             "docs/api.md documents error codes the server never answers: "
