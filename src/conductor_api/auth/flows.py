@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from conductor_api.auth.principal import Principal
 from conductor_api.auth.service import Device
 from conductor_api.container import Container
-from conductor_api.errors import InvalidDPoPProof, InvalidRefreshToken, InvalidToken, NotFound
+from conductor_api.errors import InvalidDPoPProof, InvalidRefreshToken, NotFound
 from conductor_api.security.dpop import DPoPError, Proof, WrongKey
 from conductor_api.sessions import service as sessions
 from conductor_api.users import service as users
@@ -129,6 +129,5 @@ async def live_caller(db: AsyncSession, c: Container, principal: Principal) -> U
     user = await users.lock(db, principal.user_id)
     if user is None:
         raise NotFound("No such user")
-    if not await sessions.is_live(db, principal.session_id, c.clock.now()):
-        raise InvalidToken("This session was signed out")
+    await sessions.require_live(db, principal.session_id, c.clock.now())
     return user

@@ -26,7 +26,7 @@ from conductor_api.config import Settings
 from conductor_api.db import Autocommit, Writer
 from conductor_api.devices import service as devices
 from conductor_api.devices.service import TrustedDevice
-from conductor_api.errors import InvalidPasskey, InvalidToken, MfaRequired, NotFound
+from conductor_api.errors import InvalidPasskey, MfaRequired, NotFound
 from conductor_api.events.models import EventType
 from conductor_api.mfa.service import METHODS, PENDING_SECONDS, Owner, SecondFactor
 from conductor_api.passkeys.service import Assertion, PasskeyService
@@ -265,8 +265,7 @@ class SignInService:
             async with attempt.finish(verified, exclusive=True) as db:
                 # Under the user row's lock: a session that another one signed out while
                 # this change was checked changes nothing (see `flows.live_caller`).
-                if not await sessions.is_live(db, principal.session_id, self.steps.clock.now()):
-                    raise InvalidToken("This session was signed out")
+                await sessions.require_live(db, principal.session_id, self.steps.clock.now())
                 await users.set_password(
                     db, verified.user, new_hash, now=self.steps.clock.now(),
                     keep_session=principal.session_id, client=client,

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conductor_api.config import Settings
 from conductor_api.db import Writer
-from conductor_api.errors import InvalidRefreshToken, NotFound, RefreshTokenReused
+from conductor_api.errors import InvalidRefreshToken, InvalidToken, NotFound, RefreshTokenReused
 from conductor_api.events import repository as events
 from conductor_api.events.models import EventType
 from conductor_api.security.tokens import Claims, TokenService, digests_equal, token_digest
@@ -291,10 +291,12 @@ async def revoke_users_session(
     await revoke_session(db, user, session_id, now, client, reason="revoked")
 
 
-async def is_live(db: AsyncSession, session_id: uuid.UUID, now: datetime) -> bool:
-    """Whether a session is live now, read afresh (within the caller's transaction)."""
+async def require_live(db: AsyncSession, session_id: uuid.UUID, now: datetime) -> None:
+    """The caller's session read afresh, within the caller's transaction: `InvalidToken`
+    (as its next request would get) when another request revoked it meanwhile."""
     session = await repository.get(db, session_id)
-    return session is not None and _is_live(session, now)
+    if session is None or not _is_live(session, now):
+        raise InvalidToken("This session was signed out")
 
 
 def _is_live(session: DeviceSession, now: datetime) -> bool:
