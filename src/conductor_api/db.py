@@ -493,8 +493,7 @@ class Autocommit:
                     for pragma in self._pragmas:
                         await connection.statement(pragma, (), False)
                 except BaseException:
-                    with contextlib.suppress(sqlite3.Error, ValueError):
-                        await connection.close()
+                    await _close_quietly(connection)
                     raise
                 self._sqlite = connection
         return self._sqlite
@@ -503,8 +502,7 @@ class Autocommit:
         """Close the SQLite connection, or the pool this object made."""
         connection, self._sqlite = self._sqlite, None
         if connection is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await connection.close()
+            await _close_quietly(connection)
         if self._own is not None:
             await self._own.close()
 
