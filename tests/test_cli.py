@@ -315,6 +315,27 @@ class TestCommand:
         env_file.write_text("# only comments and settings\nLOG_LEVEL=info\n\n")
         assert cli("migrate").returncode == 0
 
+    def test_a_misspelt_dotenv_name_is_one_line_naming_the_setting(self, cli: Cli) -> None:
+        """A name a letter or two from a setting's would leave that setting at its default
+        without a word (a lockout of 15 minutes where the operator wrote 60): refused, with
+        the line and the name it most likely meant. Names of other programs are left alone."""
+        env_file = cli.data_dir.parent / ".env"
+        for text, line, meant in (
+            ("LOG_LEVEL=info\nLOKOUT_MINUTES=60\n", 2, "LOCKOUT_MINUTES"),
+            ("\n# c\nmax_failed_login_attempt=3\n", 3, "MAX_FAILED_LOGIN_ATTEMPTS"),
+            ("TRUSTED_PROXY=10.0.0.1\n", 1, "TRUSTED_PROXIES"),
+        ):
+            env_file.write_text(text)
+            for command in (("migrate",), ("serve", "--port", "1")):
+                result = cli(*command)
+                one_line_error(result, f".env: line {line}: ", f"did you mean {meant}?")
+                assert result.returncode == 2, result.stderr
+                assert "60" not in result.stderr.replace(meant, "")
+        env_file.write_text(
+            "POSTGRES_PASSWORD=x\nSECRET_KEY=django\nNODE_ENV=production\nlockout_minutes=60\n"
+        )
+        assert cli("migrate").returncode == 0
+
     def test_a_database_migrated_by_a_newer_release_is_one_line(self, cli: Cli) -> None:
         assert cli("migrate").returncode == 0
         database = sqlite3.connect(cli.data_dir / "conductor.db")

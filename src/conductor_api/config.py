@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import fcntl
 import io
 import ipaddress
@@ -679,10 +680,22 @@ def _add_kek(path: Path) -> dict[str, str]:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
 
+def _near_miss(name: str) -> str | None:
+    """The setting `name` was most likely meant as, when it is none itself but one letter or
+    two away from one (`LOKOUT_MINUTES`); None for a name of its own (another program's)."""
+    names = [field.upper() for field in Settings.model_fields]
+    if name.upper() in names:
+        return None
+    close = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
 def check_env_file(path: Path = Path(".env")) -> None:
     """A `.env` line that is not `NAME=value` (or a comment) is a setting error, not a
     warning the settings go on without: one line naming its number, never its text (it may
-    hold a secret). python-dotenv's own parser, the one the settings are read with."""
+    hold a secret). python-dotenv's own parser, the one the settings are read with. So is a
+    name a letter or two from a setting's: the setting it misspells would silently keep its
+    default (a `.env` may hold other programs' names, which are left alone)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -692,13 +705,17 @@ def check_env_file(path: Path = Path(".env")) -> None:
     except UnicodeDecodeError as e:
         raise ConfigError(f".env: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     for binding in parse_stream(io.StringIO(text)):
+        # The parser counts from the end of the binding before, blank lines included.
+        string = binding.original.string
+        line = binding.original.line + string[: len(string) - len(string.lstrip())].count("\n")
         # A name alone (no `=`) parses without an error, as a name with no value, which
         # the settings would then ignore: refused as well.
         if binding.error or (binding.key is not None and binding.value is None):
-            # The parser counts from the end of the binding before, blank lines included.
-            string = binding.original.string
-            line = binding.original.line + string[: len(string) - len(string.lstrip())].count("\n")
             raise ConfigError(f".env: line {line} is not NAME=value; fix or remove it")
+        if binding.key is not None and (meant := _near_miss(binding.key)) is not None:
+            raise ConfigError(
+                f".env: line {line}: {binding.key[:64]} is no setting; did you mean {meant}?"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:
