@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -249,6 +250,52 @@ class TestMalformedBodies:
         raw = json.dumps({**body, "extra": {"a": 1, "b": 2}})
         response = await client.post(
             LOGIN, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+
+    @pytest.mark.parametrize("coding", ["gzip", "br", "deflate", "GZIP ", "identity, gzip"])
+    async def test_a_coded_body_is_415(
+        self, coding: str, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """The server decodes no Content-Encoding: a body sent with one is refused, also when
+        its bytes are plain JSON with the right password (a filter that decodes it would see
+        another body than the server), and nothing is signed in."""
+        raw = json.dumps({"username": "alice", "password": PASSWORD, "device_name": "P"})
+        for content in (raw.encode(), gzip.compress(raw.encode())):
+            response = await client.post(
+                LOGIN,
+                content=content,
+                headers={"content-type": "application/json", "content-encoding": coding},
+            )
+            assert response.status_code == 415, response.text
+            assert response.json() == {
+                "detail": "Content-Encoding is not supported: send the body as it is",
+                "code": "unsupported_media_type",
+            }
+        form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+        response = await client.post(
+            "/api/v1/auth/token", data=form, headers={"content-encoding": coding}
+        )
+        assert response.status_code == 415, response.text
+        pair = await tokens(client)
+        listed = await client.get("/api/v1/auth/sessions", headers=bearer(pair["access_token"]))
+        assert len(listed.json()) == 1
+
+    async def test_identity_and_bodiless_requests_are_served(
+        self, client: httpx.AsyncClient, alice: Account
+    ) -> None:
+        """`identity` is no coding; and a request without a body is not refused for the
+        header."""
+        raw = json.dumps({"username": "alice", "password": PASSWORD, "device_name": "P"})
+        response = await client.post(
+            LOGIN,
+            content=raw.encode(),
+            headers={"content-type": "application/json", "content-encoding": "Identity"},
+        )
+        assert response.status_code == 200, response.text
+        access = response.json()["access_token"]
+        response = await client.get(
+            "/api/v1/auth/me", headers={**bearer(access), "content-encoding": "gzip"}
         )
         assert response.status_code == 200, response.text
 

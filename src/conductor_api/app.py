@@ -53,7 +53,12 @@ DATABASE_DOWN = (
 # SQLite result codes (the low byte) that mean the file cannot be used right now rather than
 # a bad statement: BUSY, LOCKED, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
 _SQLITE_DOWN = frozenset({5, 6, 10, 11, 13, 14, 15, 26})
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+_STATUS_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    400: "bad_request",
+    415: "unsupported_media_type",
+}
 
 
 def _reason(error: BaseException) -> str:

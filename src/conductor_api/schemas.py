@@ -46,10 +46,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
         404: "Not found",
         409: "Conflict",
         413: "Request body over 64 KiB",
+        415: "A request body sent with a Content-Encoding (none is decoded)",
         422: "The body failed validation (submitted secrets are never echoed)",
         429: "Too many failed attempts; see Retry-After",
         503: "The database is not answering; see Retry-After",
     }
     # A 422 is either a rule's ErrorOut (password_rejected) or a validation list.
     models: dict[int, object] = {422: ValidationErrorOut | ErrorOut}
-    return {s: {"model": models.get(s, ErrorOut), "description": described[s]} for s in statuses}
+    # Where a body is read (and may be too large), it may also come coded.
+    listed = sorted({*statuses, 415}) if 413 in statuses else statuses
+    return {s: {"model": models.get(s, ErrorOut), "description": described[s]} for s in listed}

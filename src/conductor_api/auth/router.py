@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -118,11 +117,12 @@ def _described(error: RequestValidationError) -> str:
     return "; ".join(parts) or "the form is invalid"
 
 
-class _OAuthRoute(APIRoute):
+class _OAuthRoute(StrictJSONRoute):
     """The token endpoint's route: what is refused before the endpoint runs keeps RFC 6749
     section 5.2's shape too, as 400 `invalid_request`: a form that cannot be read (too many
     fields, broken multipart), or a field that fails validation (too long, a NUL; `code`
-    `validation_error`, as the JSON endpoints would give)."""
+    `validation_error`, as the JSON endpoints would give). A coded body is the HTTP layer's
+    415, as at every route."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The endpoint's handler, answering its 400s and 422s as `invalid_request`."""
