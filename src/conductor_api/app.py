@@ -181,11 +181,28 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse(INTERNAL_ERROR, status_code=500)
 
 
+def _document_validation(schema: dict[str, Any]) -> dict[str, Any]:
+    """A 422 only on operations where validation can fail: those with a body or a query
+    parameter. FastAPI lists one on every route with a parameter (a path's id, read as free
+    text and answered 404 when it names nothing), which a client generated from the
+    document would then handle for nothing."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            parameters = operation.get("parameters", [])
+            if "requestBody" in operation or any(p.get("in") == "query" for p in parameters):
+                continue
+            operation.get("responses", {}).pop("422", None)
+    return schema
+
+
 def _document_dpop(app: FastAPI) -> None:
-    """The OpenAPI document, with the DPoP header on the operations behind a token (and
-    no 422 on the token endpoint, whose validation failures are RFC 6749's 400)."""
+    """The OpenAPI document, with the DPoP header on the operations behind a token, and a
+    422 only where a request can fail validation (not on the token endpoint, whose
+    validation failures are RFC 6749's 400)."""
     generate = app.openapi
-    app.openapi = lambda: document_dpop(document_token_errors(generate()))  # type: ignore[method-assign]
+    app.openapi = lambda: document_dpop(  # type: ignore[method-assign]
+        document_token_errors(_document_validation(generate()))
+    )
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -208,7 +225,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         description="Authentication for the Conductor Android app: JWT access and rotating "
         "refresh tokens, device sessions, brute-force protection.",
         lifespan=lifespan,
-        responses={422: {"description": "Validation error"}},
         # FastAPI's own OpenTelemetry hooks asked the global providers on every request
         # (3 µs each, a percent of an /auth/me); the service's metrics are Prometheus's.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -204,7 +204,7 @@ async def token(
 
 def document_token_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """The token endpoint answers validation failures as 400 `invalid_request` (RFC 6749
-    section 5.2), not 422: the app-wide 422 is taken off its operation."""
+    section 5.2), not 422: FastAPI's 422 is taken off its operation."""
     for path, operations in schema.get("paths", {}).items():
         if path.endswith("/auth/token"):
             operations.get("post", {}).get("responses", {}).pop("422", None)
