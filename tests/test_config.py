@@ -47,6 +47,11 @@ BAD_VALUES = [
     ({"ANDROID_API_HOST": ""}, "ANDROID_API_HOST"),
     ({"ANDROID_API_HOST": "host name with spaces"}, "ANDROID_API_HOST"),
     ({"METRICS_HOST": "-bad-.example"}, "METRICS_HOST"),
+    # Settings that do nothing without another one.
+    ({"METRICS_HOST": "10.0.0.5"}, "METRICS_HOST"),
+    ({"WEBAUTHN_ORIGINS": "https://conductor.example"}, "WEBAUTHN_ORIGINS"),
+    ({"WEBAUTHN_RP_NAME": "Conductor Beta"}, "WEBAUTHN_RP_NAME"),
+    ({"WEBAUTHN_CHALLENGE_SECONDS": "120"}, "WEBAUTHN_CHALLENGE_SECONDS"),
     ({"KEY_ENCRYPTION_KEY": "A" * 43}, "KEY_ENCRYPTION_KEY"),
     ({"ACCESS_TOKEN_EXPIRE_MINUTES": "-5"}, "ACCESS_TOKEN_EXPIRE_MINUTES"),
     ({"REFRESH_TOKEN_EXPIRE_DAYS": "-1"}, "REFRESH_TOKEN_EXPIRE_DAYS"),
@@ -310,12 +315,83 @@ class TestAcceptedValues:
         ],
     )  # fmt: skip
     def test_listen_hosts(self, env: Path, value: str, kept: str) -> None:
-        s = load_settings(android_api_host=value, metrics_host=value)
+        s = load_settings(android_api_host=value, metrics_host=value, metrics_port=9464)
         assert (s.android_api_host, s.metrics_host) == (kept, kept)
 
     def test_random_hex_secrets_are_accepted(self, env: Path) -> None:
         s = load_settings(jwt_secret_key=secrets.token_hex(32), jwt_refresh_secret_key=GOOD_B)
         assert len(s.access_secret) == 64
+
+
+# The settings whose empty value (`NAME=`) is their default: docs/api.md, "Configuration".
+EMPTY_IS_THE_DEFAULT = {
+    "JWT_SECRET_KEY", "JWT_REFRESH_SECRET_KEY", "KEY_ENCRYPTION_KEY", "DATABASE_URL",
+    "CORS_ORIGINS", "TRUSTED_PROXIES", "WEBAUTHN_ORIGINS", "ANDROID_CERT_FINGERPRINTS",
+    "METRICS_PORT", "WEBAUTHN_RP_ID", "ANDROID_PACKAGE_NAME", "CONDUCTOR_DATA_DIR",
+}  # fmt: skip
+
+
+class TestSettingsThatNeedAnother:
+    @pytest.mark.parametrize(
+        ("name", "value", "needs"),
+        [
+            ("METRICS_HOST", "10.0.0.5", "METRICS_PORT"),
+            ("WEBAUTHN_ORIGINS", "https://conductor.example", "WEBAUTHN_RP_ID"),
+            ("WEBAUTHN_RP_NAME", "Conductor Beta", "WEBAUTHN_RP_ID"),
+            ("WEBAUTHN_CHALLENGE_SECONDS", "120", "WEBAUTHN_RP_ID"),
+        ],
+    )
+    def test_alone_it_is_one_line_saying_what_is_missing(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, needs: str
+    ) -> None:
+        """Set alone, it would do nothing (metrics and passkeys are off): refused with the
+        setting it needs; with that one set too, taken."""
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        off = "metrics" if needs == "METRICS_PORT" else "passkeys"
+        assert str(raised.value) == f"{name}: set {needs} too ({off} are off without it)"
+        if needs == "METRICS_PORT":
+            monkeypatch.setenv("METRICS_PORT", "9464")
+        else:
+            monkeypatch.setenv("WEBAUTHN_RP_ID", "conductor.example")
+            monkeypatch.setenv("WEBAUTHN_ORIGINS", "https://conductor.example")
+        settings = load_settings()
+        assert str(getattr(settings, name.lower())).strip("[]'") == value
+
+    def test_the_empty_list_alone_is_the_default(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("WEBAUTHN_ORIGINS", "")
+        assert load_settings().passkeys_on is False
+
+
+class TestEmptyValues:
+    def test_empty_is_the_default_only_where_the_default_is_nothing(
+        self, env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Every setting, each on its own set to the empty string: the ones documented as
+        taking it for their default start with the default; every other is refused with
+        one line naming it."""
+        defaults = load_settings()
+        names = [field.upper() for field in type(defaults).model_fields]
+        assert set(names) >= EMPTY_IS_THE_DEFAULT
+        for name in names:
+            with monkeypatch.context() as patch:
+                patch.setenv(name, "")
+                if name in EMPTY_IS_THE_DEFAULT:
+                    settings = load_settings()
+                    field = name.lower()
+                    if name.endswith("_KEY"):
+                        continue  # generated: read from secrets.json, checked elsewhere
+                    if name == "CONDUCTOR_DATA_DIR":  # ./data, here the working directory's
+                        assert settings.conductor_data_dir.resolve() == env / "data"
+                        continue
+                    assert getattr(settings, field) == getattr(defaults, field), name
+                else:
+                    with pytest.raises(ConfigError) as raised:
+                        load_settings()
+                    assert str(raised.value).startswith(f"{name}: "), str(raised.value)
 
 
 class TestBadValues:

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
                 "ANDROID_CERT_FINGERPRINTS, or neither"
             )
         if self.webauthn_rp_id is None:
+            # Passkey settings without the RP ID would do nothing, without a word.
+            for name in ("webauthn_origins", "webauthn_rp_name", "webauthn_challenge_seconds"):
+                if name in self.model_fields_set and getattr(self, name):
+                    raise ValueError(
+                        f"{name.upper()}: set WEBAUTHN_RP_ID too (passkeys are off without it)"
+                    )
             return self
         rp_id = self.webauthn_rp_id
         if not self.webauthn_origins:
@@ -423,6 +429,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_metrics_port(self) -> Settings:
+        if self.metrics_port is None and "metrics_host" in self.model_fields_set:
+            raise ValueError("METRICS_HOST: set METRICS_PORT too (metrics are off without it)")
         if self.metrics_port is not None and self.metrics_port == self.android_api_port:
             raise ValueError("METRICS_PORT: must differ from ANDROID_API_PORT (the API's port)")
         return self
