@@ -336,6 +336,23 @@ class TestCommand:
         )
         assert cli("migrate").returncode == 0
 
+    def test_standard_output_closed_is_one_line_not_a_silent_success(self, cli: Cli) -> None:
+        """Started with standard output closed (`>&-`), a listing wrote nothing and exited
+        0: a script took the empty answer for "no users". Now its first write fails."""
+        assert (
+            cli("users", "create", "alice", "--password-stdin", stdin=PASSWORD + "\n").returncode
+            == 0
+        )
+        for command in ("users list", "sessions list alice", "openapi"):
+            result = subprocess.run(
+                ["sh", "-c", f'exec "$0" {command} >&-', cli_path()],
+                env=cli.env, cwd=cli.data_dir.parent, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            one_line_error(result, "standard output is closed")
+            assert result.returncode == 1, result.stderr
+        # With it open, the same listing works.
+        assert "alice" in cli("users", "list").stdout
+
     def test_a_database_migrated_by_a_newer_release_is_one_line(self, cli: Cli) -> None:
         assert cli("migrate").returncode == 0
         database = sqlite3.connect(cli.data_dir / "conductor.db")

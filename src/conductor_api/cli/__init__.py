@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
@@ -161,8 +163,22 @@ def _not_text(error: UnicodeError) -> str:
     return f"not valid UTF-8 text: {text!r}" if isinstance(text, str) else "not valid UTF-8 text"
 
 
+class _ClosedStdout(io.TextIOBase):
+    """Standard output when the process was started with it closed (`>&-`): Python leaves
+    `sys.stdout` None, where click's echo writes nothing and a listing would exit 0 having
+    listed nothing. Here the first write fails, as it would on a closed pipe."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
+
+
 def main() -> None:
     """Run the command line; never show a traceback."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
     # A command's security events (`users reset-mfa`: mfa_disabled) are in the database;
     # without this, logging's last resort would print them on standard error, which is
     # for errors. `serve` configures real handlers, which still get them.
