@@ -28,6 +28,7 @@ from tests.conftest import (
     make_settings,
     tokens,
 )
+from tests.dpop.keys import PhoneKey
 from tests.e2e.server import free_port
 from tests.metrics.scrape import LOGIN_RESULT, REFRESH_RESULT, Scrape
 from tests.mfa.helpers import code_at, enable_totp, verify
@@ -222,6 +223,27 @@ class TestLogins:
         assert s.value("conductor_logins_total", method="password", result="disabled") == 1
         assert s.value("conductor_logins_total", result="failed") == 0
 
+    async def test_a_proof_that_does_not_verify_is_a_failed_attempt(
+        self, client: httpx.AsyncClient, container: Container, alice: Account
+    ) -> None:
+        """A sign-in refused for its DPoP proof counts against the address like a wrong
+        password: an operator who sees the address throttled sees the failures too."""
+        phone, at = PhoneKey(), container.clock.now().timestamp()
+        body = {"username": "alice", "password": PASSWORD, "device_name": "P"}
+        for proof in (
+            "not a proof",
+            phone.proof("POST", f"{API}/refresh", at),  # for another URL
+            phone.proof("GET", f"{API}/login", at),  # for another method
+        ):
+            response = await client.post(f"{API}/login", json=body, headers={"DPoP": proof})
+            assert response.json()["code"] == "invalid_dpop_proof", response.text
+        form = {"grant_type": "password", "username": "alice", "password": PASSWORD}
+        response = await client.post(f"{API}/token", data=form, headers={"DPoP": "x"})
+        assert response.json()["code"] == "invalid_dpop_proof", response.text
+        s = scrape(container)
+        assert s.value("conductor_logins_total", method="password", result="failed") == 4
+        assert s.value("conductor_logins_total", result="succeeded") == 0
+
     async def test_bad_request_is_no_login_attempt(
         self, client: httpx.AsyncClient, container: Container
     ) -> None:
@@ -256,6 +278,25 @@ class TestRefreshes:
         assert s.value("conductor_refreshes_total", result="reused") == 1
         assert s.value("conductor_refreshes_total", result="invalid") == 2
         assert first["refresh_token"] not in s.text
+
+    async def test_a_proof_that_does_not_verify_is_an_invalid_refresh(
+        self, client: httpx.AsyncClient, container: Container, alice: Account
+    ) -> None:
+        phone, at = PhoneKey(), container.clock.now().timestamp()
+        proof = phone.proof("POST", f"{API}/login", at)
+        response = await client.post(
+            f"{API}/login",
+            json={"username": "alice", "password": PASSWORD, "device_name": "P"},
+            headers={"DPoP": proof},
+        )
+        bound = response.json()["refresh_token"]
+        # Without a proof, and with another key's: refused, nothing spent.
+        for headers in ({}, {"DPoP": PhoneKey().proof("POST", f"{API}/refresh", at)}):
+            r = await client.post(f"{API}/refresh", json={"refresh_token": bound}, headers=headers)
+            assert r.json()["code"] == "invalid_dpop_proof", r.text
+        s = scrape(container)
+        assert s.value("conductor_refreshes_total", result="invalid") == 2
+        assert s.value("conductor_refreshes_total", result="rotated") == 0
 
 
 class TestHashing:

@@ -30,12 +30,19 @@ _LOGIN_RESULT_OF = {
     # sign-in that is unknown, spent or expired, is a failed attempt like a wrong password.
     "invalid_mfa_code": "failed",
     "invalid_mfa_token": "failed",
+    # A DPoP proof that does not verify counts against the address like a wrong password;
+    # `use_dpop_nonce` is a step of the protocol (the client retries with the nonce): none.
+    "invalid_dpop_proof": "failed",
     "account_locked": "locked",
     "too_many_attempts": "throttled",
     "account_disabled": "disabled",
     "mfa_required": "mfa_required",
 }
-_REFRESH_RESULT_OF = {"invalid_refresh_token": "invalid", "refresh_token_reused": "reused"}
+_REFRESH_RESULT_OF = {
+    "invalid_refresh_token": "invalid",
+    "refresh_token_reused": "reused",
+    "invalid_dpop_proof": "invalid",
+}
 # The `method` label takes these (RFC 9110's methods, and PATCH) or "other": a client must
 # not be able to mint label values.
 HTTP_METHODS = frozenset(
