@@ -286,6 +286,9 @@ class TestRequestErrors:
         assert body["error_description"].startswith(f"{field}: "), body
         assert all(" " <= ch <= "~" and ch not in '"\\' for ch in body["error_description"])
         assert form[field] not in response.text
+        if "\x00" in form[field]:
+            # In words: the pattern's backslash may not appear in a description.
+            assert body["error_description"] == f"{field}: must not contain a NUL character"
         async with container.sessionmaker() as db:
             assert await db.scalar(select(func.count()).select_from(LoginThrottle)) == 0
 

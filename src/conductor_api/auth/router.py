@@ -107,13 +107,23 @@ def _rfc6749_text(text: str) -> str:
     return "".join(("?" if not " " <= ch <= "~" else ch) for ch in text if ch not in '"\\')
 
 
+# The form's patterns in words: an `error_description` may not hold a backslash (RFC 6749
+# section 5.2), so pydantic's "should match pattern '^[^\x00]*$'" would lose its meaning.
+_PATTERNS_IN_WORDS = {
+    NO_NUL: "must not contain a NUL character",
+    NO_CONTROL: "must not contain control characters",
+}
+
+
 def _described(error: RequestValidationError) -> str:
     """A validation failure as an `error_description`: each field and what is wrong with it
     (never the value)."""
     parts = []
     for each in error.errors():
         field = ".".join(str(part) for part in each.get("loc", ())[1:]) or "form"
-        parts.append(f"{field}: {each.get('msg', 'invalid')}")
+        pattern = str((each.get("ctx") or {}).get("pattern"))
+        message = _PATTERNS_IN_WORDS.get(pattern) or each.get("msg", "invalid")
+        parts.append(f"{field}: {message}")
     return "; ".join(parts) or "the form is invalid"
 
 
