@@ -34,6 +34,7 @@ TABLES = {
     "mfa_tokens",
     "kek_checks",
     "setting_checks",
+    "generated_secrets",
 }
 
 

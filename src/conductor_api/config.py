@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from dotenv.parser import parse_stream
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
 
     jwt_secret_key: SecretStr | None = None
     jwt_refresh_secret_key: SecretStr | None = None
+    # The names of the secrets taken from the data directory's secrets file (generated there
+    # on a first start) rather than set: see `_resolve_secrets`.
+    _generated: frozenset[str] = PrivateAttr(default=frozenset())
     # EdDSA and ES256 sign with the database's key set; the HS* modes with JWT_SECRET_KEY.
     jwt_algorithm: Literal["EdDSA", "ES256", "HS256", "HS384", "HS512"] = "EdDSA"
     jwt_issuer: str = Field(default="conductor-api", min_length=1, max_length=256)
@@ -291,6 +295,20 @@ class Settings(BaseSettings):
                     "or one of its subdomains"
                 )
         return self
+
+    @property
+    def generated_jwt_secrets(self) -> dict[str, str]:
+        """The JWT secrets this process took from the data directory's secrets file
+        (generated there on a first start), by setting name; none that were set."""
+        values = {
+            "JWT_SECRET_KEY": self.jwt_secret_key,
+            "JWT_REFRESH_SECRET_KEY": self.jwt_refresh_secret_key,
+        }
+        return {
+            name: value.get_secret_value()
+            for name, value in values.items()
+            if name in self._generated and value is not None
+        }
 
     @property
     def passkeys_on(self) -> bool:
@@ -586,7 +604,9 @@ def _resolve_secrets(settings: Settings) -> Settings:
         update["jwt_refresh_secret_key"] = SecretStr(stored["jwt_refresh_secret_key"])
     if settings.key_encryption_key is None:
         update["key_encryption_key"] = SecretStr(stored[KEK_NAME])
-    return settings.model_copy(update=update)
+    resolved = settings.model_copy(update=update)
+    resolved._generated = frozenset(name.upper() for name in update)
+    return resolved
 
 
 KEK_NAME = "key_encryption_key"
@@ -632,6 +652,20 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
     if KEK_NAME not in stored:
         stored = _add_kek(path)
     return stored
+
+
+def adopt_generated_secrets(data_dir: Path, values: dict[str, str]) -> None:
+    """Replace generated JWT secrets in the data directory's secrets file by `values` (by
+    setting name), the database's: what every later start and every worker then reads."""
+    path = data_dir / SECRETS_FILE_NAME
+    stored = _read_secrets(path)
+    wanted = {**stored, **{name.lower(): value for name, value in values.items()}}
+    if wanted == stored:
+        return
+    try:
+        os.replace(_write_draft(path, wanted), path)
+    except OSError as e:
+        raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
 
 def _write_draft(path: Path, values: dict[str, str]) -> Path:

@@ -5,7 +5,7 @@ from conductor_api.db import Base
 from conductor_api.devices.models import DeviceToken
 from conductor_api.dpop.models import SeenProof
 from conductor_api.events.models import SecurityEvent
-from conductor_api.keys.models import KekCheck, SettingCheck, SigningKey
+from conductor_api.keys.models import GeneratedSecret, KekCheck, SettingCheck, SigningKey
 from conductor_api.mfa.models import MfaToken, RecoveryCode, TotpFactor
 from conductor_api.passkeys.models import Passkey, WebAuthnChallenge
 from conductor_api.sessions.models import DeviceSession
@@ -15,6 +15,7 @@ __all__ = [
     "Base",
     "DeviceSession",
     "DeviceToken",
+    "GeneratedSecret",
     "KekCheck",
     "LoginThrottle",
     "MfaToken",

@@ -194,7 +194,8 @@ class TestTwoInstancesOnePostgres:
     def test_tokens_cross_instances_through_rotation_and_revocation(
         self, tmp_path: Path, pg_database: str
     ) -> None:
-        # No JWT secret and no key in the environment: only the key-encryption key is shared.
+        # No JWT secret and no key in the environment: only the key-encryption key is shared
+        # (the JWT secrets the first start generated are in the database, sealed under it).
         shared = {"DATABASE_URL": pg_database, "KEY_ENCRYPTION_KEY": TEST_KEK}
         shared["KEY_REFRESH_SECONDS"] = "1"
         env_a = {**shared, "CONDUCTOR_DATA_DIR": str(tmp_path / "a" / "data")}
@@ -204,6 +205,14 @@ class TestTwoInstancesOnePostgres:
             from_a, from_b = login(a)["access_token"], login(b)["access_token"]
             assert kid_of(from_a) == kid_of(from_b)
             assert me(b, from_a) == 200 and me(a, from_b) == 200
+            # A refresh token of one instance rotates on the other, and back.
+            refresh = login(a)["refresh_token"]
+            for server in (b, a):
+                response = httpx.post(
+                    server.url + API + "/refresh", json={"refresh_token": refresh}
+                )
+                assert response.status_code == 200, response.text
+                refresh = response.json()["refresh_token"]
 
             rotated = cli(tmp_path / "b", env_b, "keys", "rotate", "--now")
             assert rotated.returncode == 0, rotated.stderr

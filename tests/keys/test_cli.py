@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -141,12 +143,16 @@ def _changed(result: subprocess.CompletedProcess[str]) -> set[str]:
 def test_a_start_names_the_shared_settings_the_last_start_had_otherwise(
     tmp_path: Path, empty_database_url: str
 ) -> None:
-    # Two machines on one database with the same KEY_ENCRYPTION_KEY but the JWT secrets each
-    # generated for itself: the KEK check passes, and each would refuse the other's refresh
-    # tokens. Each start names what differs from the start before; the same settings again
-    # name nothing, nor does the first start on a database.
+    # Each start names what differs from the start before (set so on purpose: a new refresh
+    # secret signs everyone out); the same settings again name nothing, nor does the first
+    # start on a database. Two machines on one database with the same KEY_ENCRYPTION_KEY
+    # and no JWT secret set share the ones the first generated (see the test below).
     shared = {"DATABASE_URL": empty_database_url, "KEY_ENCRYPTION_KEY": TEST_KEK}
-    hs256 = {**shared, "JWT_ALGORITHM": "HS256"}
+    explicit = {
+        **shared,
+        "JWT_SECRET_KEY": secrets.token_urlsafe(32),
+        "JWT_REFRESH_SECRET_KEY": secrets.token_urlsafe(32),
+    }
     one, two = Cli(tmp_path / "one"), Cli(tmp_path / "two")
     with socket.socket() as taken:  # past the checks, serve stops at the port instead
         taken.bind(("127.0.0.1", 0))
@@ -166,8 +172,9 @@ def test_a_start_names_the_shared_settings_the_last_start_had_otherwise(
             _read_only(empty_database_url, True)
             serve(one, shared)
             _read_only(empty_database_url, False)
-        other = serve(two, shared)
-        assert _changed(other) == {"JWT_REFRESH_SECRET_KEY"}
+        assert _changed(serve(two, shared)) == set()  # it took the first one's
+        said = serve(two, explicit).stderr
+        assert _changed(serve(two, explicit)) == set()
         assert _changed(serve(one, shared)) == {"JWT_REFRESH_SECRET_KEY"}
         moved = {**shared, "JWT_ISSUER": "elsewhere", "DPOP_MAX_SKEW_SECONDS": "120"}
         assert _changed(serve(one, moved)) == {"JWT_ISSUER", "DPOP_MAX_SKEW_SECONDS"}
@@ -175,12 +182,54 @@ def test_a_start_names_the_shared_settings_the_last_start_had_otherwise(
             "KEY_PUBLISH_SECONDS"
         }
         # The access secret counts only where it signs, in the HS* modes (its first record).
-        assert _changed(serve(one, {**hs256, "KEY_PUBLISH_SECONDS": "600"})) == {
-            "JWT_ISSUER", "DPOP_MAX_SKEW_SECONDS",
-        }  # fmt: skip
-        assert _changed(serve(two, hs256)) == {"JWT_REFRESH_SECRET_KEY", "JWT_SECRET_KEY"}
-    generated = json.loads((tmp_path / "two" / "secrets.json").read_text())
-    assert not any(value in other.stderr for value in generated.values())
+        hs256 = {**shared, "JWT_ALGORITHM": "HS256", "KEY_PUBLISH_SECONDS": "600"}
+        assert _changed(serve(one, hs256)) == {"JWT_ISSUER", "DPOP_MAX_SKEW_SECONDS"}
+        hs256_set = {**explicit, "JWT_ALGORITHM": "HS256", "KEY_PUBLISH_SECONDS": "600"}
+        said += serve(two, hs256_set).stderr
+        assert _changed(serve(one, hs256)) == {"JWT_REFRESH_SECRET_KEY", "JWT_SECRET_KEY"}
+    for machine in ("one", "two"):
+        generated = json.loads((tmp_path / machine / "secrets.json").read_text())
+        assert not any(value in said + first.stderr for value in generated.values())
+
+
+def test_instances_that_generated_their_jwt_secrets_share_the_first_ones(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    """With only KEY_ENCRYPTION_KEY set alike, a second machine's generated JWT secrets
+    give way to the first's, stored in the database sealed under that key: its secrets
+    file is rewritten before its workers read it, and the first's tokens verify there. Its
+    own key-encryption key stays its own setting."""
+    shared = {"DATABASE_URL": empty_database_url, "KEY_ENCRYPTION_KEY": TEST_KEK}
+    one, two = Cli(tmp_path / "one"), Cli(tmp_path / "two")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for cli in (one, two, two):
+            result = cli("serve", "--port", port, env=shared)
+            assert "address" in result.stderr.lower() and "Traceback" not in result.stderr
+    first = json.loads((tmp_path / "one" / "secrets.json").read_text())
+    second = json.loads((tmp_path / "two" / "secrets.json").read_text())
+    for name in ("jwt_secret_key", "jwt_refresh_secret_key"):
+        assert second[name] == first[name]
+    assert second["key_encryption_key"] != first["key_encryption_key"]  # generated, unused
+    assert oct((tmp_path / "two" / "secrets.json").stat().st_mode & 0o777) == "0o600"
+
+    async def stored() -> list[bytes]:
+        if empty_database_url.startswith("sqlite"):
+            path = empty_database_url.removeprefix("sqlite:///")
+            with sqlite3.connect(path) as conn:
+                return [row[0] for row in conn.execute("SELECT sealed FROM generated_secrets")]
+        conn = await asyncpg.connect(empty_database_url)
+        try:
+            return [row[0] for row in await conn.fetch("SELECT sealed FROM generated_secrets")]
+        finally:
+            await conn.close()
+
+    sealed = asyncio.run(stored())
+    assert len(sealed) == 2
+    for value in (first["jwt_secret_key"], first["jwt_refresh_secret_key"]):
+        assert all(value.encode() not in blob for blob in sealed)  # sealed, not in clear
 
 
 def _read_only(database_url: str, on: bool) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api import migrate
 from conductor_api.clock import Clock
-from conductor_api.config import ConfigError, Settings, load_settings
+from conductor_api.config import ConfigError, Settings, adopt_generated_secrets, load_settings
 from conductor_api.db import make_engine, make_session_factory
 from conductor_api.keys import service as key_service
 from conductor_api.mfa.service import SecondFactor
@@ -80,7 +80,12 @@ def check_stored_secrets() -> list[str]:
     (`key_service.shared_setting_digests`), and returns those the last start on this
     database had otherwise: not an error, since an operator may change them on purpose
     (a new refresh secret signs everyone out), but worth a warning, since an instance still
-    running with the other values refuses this one's tokens."""
+    running with the other values refuses this one's tokens.
+
+    JWT secrets this instance generated (none was set) are the database's: the first
+    instance to generate its own stored them there, sealed under KEY_ENCRYPTION_KEY, and
+    the others write them into their data directory's secrets file, which their workers
+    read. So instances that share a database and that key accept each other's tokens."""
     s = settings()
     kek = s.kek
     mfa = SecondFactor(kek)
@@ -90,7 +95,14 @@ def check_stored_secrets() -> list[str]:
             return "the TOTP secrets stored in the database"
         if not await key_service.kek_opens_check(db, kek, now):
             return "what the first instance on this database sealed with its key"
-        digests = key_service.shared_setting_digests(s)
+        current = s
+        generated = s.generated_jwt_secrets
+        if generated:
+            shared = await key_service.share_generated_secrets(db, kek, generated, now)
+            if shared != generated:
+                adopt_generated_secrets(s.conductor_data_dir, shared)
+                current = settings()
+        digests = key_service.shared_setting_digests(current)
         return await key_service.shared_settings_changed(db, digests, now)
 
     outcome = run_db(go)

@@ -72,3 +72,16 @@ class SettingCheck(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     digest: Mapped[bytes] = mapped_column(LargeBinary)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GeneratedSecret(Base):
+    """A JWT secret the first instance on this database generated for itself (its data
+    directory's secrets file), sealed under KEY_ENCRYPTION_KEY: an instance that generated
+    its own takes this one instead, so that instances sharing the database and the key
+    accept each other's tokens without the secrets being set on each."""
+
+    __tablename__ = "generated_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

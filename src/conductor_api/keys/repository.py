@@ -10,7 +10,7 @@ from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from conductor_api.db import dialect_insert, dialect_of
-from conductor_api.keys.models import KekCheck, SettingCheck, SigningKey
+from conductor_api.keys.models import GeneratedSecret, KekCheck, SettingCheck, SigningKey
 
 # Any constant: the advisory lock that serializes key-set changes across instances.
 _PG_LOCK_ID = 0x436F6E644B657973  # "CondKeys"
@@ -63,6 +63,20 @@ async def add_kek_check(db: AsyncSession, sealed: bytes, now: datetime) -> None:
     """Store the check value unless another instance stored one first."""
     statement = dialect_insert(dialect_of(db), KekCheck).values(id=1, sealed=sealed, created_at=now)
     await db.execute(statement.on_conflict_do_nothing(index_elements=["id"]))
+
+
+async def generated_secrets(db: AsyncSession) -> dict[str, bytes]:
+    """The sealed JWT secrets the first instance that generated its own stored, by name."""
+    rows = await db.execute(select(GeneratedSecret.name, GeneratedSecret.sealed))
+    return {name: sealed for name, sealed in rows}
+
+
+async def add_generated_secret(db: AsyncSession, name: str, sealed: bytes, now: datetime) -> None:
+    """Store a generated secret unless another instance stored one first."""
+    statement = dialect_insert(dialect_of(db), GeneratedSecret).values(
+        name=name, sealed=sealed, created_at=now
+    )
+    await db.execute(statement.on_conflict_do_nothing(index_elements=["name"]))
 
 
 async def setting_digests(db: AsyncSession) -> dict[str, bytes]:

@@ -81,6 +81,28 @@ async def kek_opens_check(db: AsyncSession, kek: bytes, now: datetime) -> bool:
     return True
 
 
+_GENERATED = b"conductor-api generated secret v1"
+
+
+async def share_generated_secrets(
+    db: AsyncSession, kek: bytes, values: dict[str, str], now: datetime
+) -> dict[str, str]:
+    """The database's value of each generated secret in `values` (by setting name): the one
+    the first instance that generated its own stored, sealed under KEY_ENCRYPTION_KEY, or
+    else this instance's, stored now (of instances starting at once, one stores, and the
+    others take what it stored). The caller has checked that the key opens the database's
+    check value."""
+    box = SecretBox(kek, _GENERATED)
+    stored = await repository.generated_secrets(db)
+    missing = [name for name in values if name not in stored]
+    for name in missing:
+        sealed = box.seal(values[name].encode(), name.encode())
+        await repository.add_generated_secret(db, name, sealed, now)
+    if missing:
+        stored = await repository.generated_secrets(db)
+    return {name: box.open(stored[name], name.encode()).decode() for name in values}
+
+
 def shared_setting_digests(settings: Settings) -> dict[str, bytes]:
     """A digest of each setting that instances on one database must share, by name, keyed
     with a key derived from KEY_ENCRYPTION_KEY: stored in the database, the digest of a
