@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -657,15 +658,8 @@ def load_or_create_secrets(data_dir: Path) -> dict[str, str]:
 def adopt_generated_secrets(data_dir: Path, values: dict[str, str]) -> None:
     """Replace generated JWT secrets in the data directory's secrets file by `values` (by
     setting name), the database's: what every later start and every worker then reads."""
-    path = data_dir / SECRETS_FILE_NAME
-    stored = _read_secrets(path)
-    wanted = {**stored, **{name.lower(): value for name, value in values.items()}}
-    if wanted == stored:
-        return
-    try:
-        os.replace(_write_draft(path, wanted), path)
-    except OSError as e:
-        raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
+    lowered = {name.lower(): value for name, value in values.items()}
+    _rewrite_secrets(data_dir / SECRETS_FILE_NAME, lambda stored: {**stored, **lowered})
 
 
 def _write_draft(path: Path, values: dict[str, str]) -> Path:
@@ -704,20 +698,29 @@ def _read_secrets(path: Path) -> dict[str, str]:
 
 
 def _add_kek(path: Path) -> dict[str, str]:
-    """Add a key-encryption key to a secrets file written before signing keys existed.
+    """Add a key-encryption key to a secrets file written before signing keys existed (of
+    processes starting together, the first adds it and the others read it)."""
+    return _rewrite_secrets(
+        path, lambda stored: stored if KEK_NAME in stored else {**stored, KEK_NAME: _new_kek()}
+    )
 
-    Under an exclusive lock on a file beside it, so that processes starting together agree
-    on one key; the file is replaced atomically, never left half written."""
+
+def _rewrite_secrets(
+    path: Path, change: Callable[[dict[str, str]], dict[str, str]]
+) -> dict[str, str]:
+    """The secrets file as `change` makes it of what it holds, written back when that differs.
+
+    Under an exclusive lock on a file beside it, so that processes changing it together each
+    read what the one before wrote; the file is replaced atomically, never left half written."""
     lock_path = path.with_name(path.name + ".lock")
     try:
         with open(lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = _read_secrets(path)
-            if KEK_NAME in stored:
-                return stored
-            stored[KEK_NAME] = _new_kek()
-            os.replace(_write_draft(path, stored), path)
-            return stored
+            wanted = change(stored)
+            if wanted != stored:
+                os.replace(_write_draft(path, wanted), path)
+            return wanted
     except OSError as e:
         raise ConfigError(f"CONDUCTOR_DATA_DIR: cannot write {path}: {e.strerror}") from None
 
