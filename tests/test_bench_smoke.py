@@ -94,8 +94,14 @@ def test_bench_quick_sqlite(tmp_path: Path) -> None:
     # (s): one round of 1 worker against 2, side by side, and its target from the median.
     section = proc.stdout.split("## s. /auth/me, 1 worker against 2, alternating", 1)[1]
     (round_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | 1 | ")]
-    one, two, ratio = (float(x.strip().replace(",", "")) for x in round_row.split("|")[3:6])
+    cells = round_row.split("|")
+    one, two, ratio = (float(x.strip().replace(",", "")) for x in cells[3:6])
     assert one > 0 and two > 0 and ratio == pytest.approx(two / one, abs=0.01)
+    # The ceiling: the two workers' CPU over the one worker's, as cores (a positive number
+    # that two processes can reach, not a blank when the CPU was sampled).
+    assert 0 < float(cells[7]) < 4
+    (median_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | median")]
+    assert 0 < float(median_row.split("|")[7]) < 4
     target = [line for line in lines if line.startswith("| sqlite s: /auth/me with 2 workers")]
     assert len(target) == 1 and f"| {ratio:.2f} |" in target[0]
     assert "## Targets" in proc.stdout

@@ -19,7 +19,7 @@ from conductor_bench.common import (
     log,
 )
 from conductor_bench.load import Result, uneven
-from conductor_bench.scaling import Scaling
+from conductor_bench.scaling import Scaling, scaling_ceiling
 from conductor_bench.scenarios import ConfigResult, Options
 
 # Hash timings before and after (d) further apart than this are noted under the table.
@@ -68,24 +68,34 @@ def scaling_table(scalings: list[Scaling], by: dict[tuple[str, int], ConfigResul
         f"({scalings[0].seconds} s each, the order swapped every round), so each pair was "
         "measured seconds apart. The ratio is the median round's. The quotient of the (b) "
         "rows above, measured minutes apart, is given beside it: the machine's speed drifts "
-        "between those.",
+        "between those. The ceiling is the CPU the two workers had over the CPU the one "
+        "worker had: the ratio the round would reach if a request cost each worker the same "
+        "CPU on both servers. What the two workers did not get went to wrk and the database, "
+        "which share the same cores, so the ceiling is below 2 on a machine of 2 cores.",
         "",
         "| db | round | 1 worker req/s | 2 workers req/s | ratio "
-        "| CPU srv/db/wrk/other (2 workers) |",
-        "|---|---:|---:|---:|---:|---|",
+        "| CPU srv/db/wrk/other (2 workers) | ceiling |",
+        "|---|---:|---:|---:|---:|---|---:|",
     ]
     for sc in scalings:
         for i, (one, two, ratio) in enumerate(zip(sc.one, sc.two, sc.ratios, strict=True)):
             lines.append(
                 f"| {sc.db} | {i + 1} | {fmt_rate(one.rps)} | {fmt_rate(two.rps)} "
-                f"| {ratio:.2f} | {fmt_cpu(two)} |"
+                f"| {ratio:.2f} | {fmt_cpu(two)} | {ceiling_text(scaling_ceiling(one, two))} |"
             )
         b = ""
         if (sc.db, 1) in by and (sc.db, 2) in by:
             one_b, two_b = by[(sc.db, 1)].results["b"].rps, by[(sc.db, 2)].results["b"].rps
             b = f"; (b) rows: {two_b / one_b:.2f}" if one_b else ""
-        lines.append(f"| {sc.db} | median | | | **{sc.ratio:.2f}** | {b.lstrip('; ')} |")
+        lines.append(
+            f"| {sc.db} | median | | | **{sc.ratio:.2f}** | {b.lstrip('; ')} "
+            f"| {ceiling_text(sc.ceiling)} |"
+        )
     return lines
+
+
+def ceiling_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def login_rounds_table(configs: list[ConfigResult]) -> list[str]:

@@ -40,6 +40,21 @@ class Scaling:
         """The median round: one disturbed round moves it no more than any other."""
         return statistics.median(self.ratios) if self.ratios else 0.0
 
+    @property
+    def ceiling(self) -> float | None:
+        """The median round's `scaling_ceiling` (None when the CPU was not sampled)."""
+        found = [c for a, b in zip(self.one, self.two, strict=True) if (c := scaling_ceiling(a, b))]
+        return statistics.median(found) if found else None
+
+
+def scaling_ceiling(one: Result, two: Result) -> float | None:
+    """The CPU the two workers had over the CPU the one worker had: the ratio of a round in
+    which a request cost each worker as much CPU on either server. On a machine whose cores
+    wrk and the database share, it is what the cores left to the workers allow."""
+    if not one.server_cpu or two.server_cpu is None:
+        return None
+    return two.server_cpu / one.server_cpu
+
 
 def measure_scaling(
     db: str,
