@@ -97,8 +97,8 @@ def test_bench_quick_sqlite(tmp_path: Path) -> None:
     cells = round_row.split("|")
     one, two, ratio = (float(x.strip().replace(",", "")) for x in cells[3:6])
     assert one > 0 and two > 0 and ratio == pytest.approx(two / one, abs=0.01)
-    # The ceiling: the two workers' CPU over the one worker's, as cores (a positive number
-    # that two processes can reach, not a blank when the CPU was sampled).
+    # The ceiling: the two workers' CPU over the one worker's (a positive quotient, not a
+    # blank, whenever the CPU was sampled), for each round and for the median round.
     assert 0 < float(cells[7]) < 4
     (median_row,) = [line for line in section.splitlines() if line.startswith("| sqlite | median")]
     assert 0 < float(median_row.split("|")[7]) < 4
