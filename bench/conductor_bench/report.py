@@ -19,7 +19,7 @@ from conductor_bench.common import (
     log,
 )
 from conductor_bench.load import Result, uneven
-from conductor_bench.scaling import Scaling, scaling_ceiling
+from conductor_bench.scaling import Scaling
 from conductor_bench.scenarios import ConfigResult, Options
 
 # Hash timings before and after (d) further apart than this are noted under the table.
@@ -78,10 +78,11 @@ def scaling_table(scalings: list[Scaling], by: dict[tuple[str, int], ConfigResul
         "|---|---:|---:|---:|---:|---|---:|",
     ]
     for sc in scalings:
-        for i, (one, two, ratio) in enumerate(zip(sc.one, sc.two, sc.ratios, strict=True)):
+        rounds = zip(sc.one, sc.two, sc.ratios, sc.ceilings, strict=True)
+        for i, (one, two, ratio, ceiling) in enumerate(rounds):
             lines.append(
                 f"| {sc.db} | {i + 1} | {fmt_rate(one.rps)} | {fmt_rate(two.rps)} "
-                f"| {ratio:.2f} | {fmt_cpu(two)} | {ceiling_text(scaling_ceiling(one, two))} |"
+                f"| {ratio:.2f} | {fmt_cpu(two)} | {ceiling_text(ceiling)} |"
             )
         b = ""
         if (sc.db, 1) in by and (sc.db, 2) in by:

@@ -41,13 +41,18 @@ class Scaling:
         return statistics.median(self.ratios) if self.ratios else 0.0
 
     @property
+    def ceilings(self) -> list[float | None]:
+        """Each round's `_ceiling`, as `ratios` gives each round's ratio."""
+        return [_ceiling(a, b) for a, b in zip(self.one, self.two, strict=True)]
+
+    @property
     def ceiling(self) -> float | None:
-        """The median round's `scaling_ceiling` (None when the CPU was not sampled)."""
-        found = [c for a, b in zip(self.one, self.two, strict=True) if (c := scaling_ceiling(a, b))]
+        """The median round's ceiling (None when the CPU was not sampled)."""
+        found = [c for c in self.ceilings if c is not None]
         return statistics.median(found) if found else None
 
 
-def scaling_ceiling(one: Result, two: Result) -> float | None:
+def _ceiling(one: Result, two: Result) -> float | None:
     """The CPU the two workers had over the CPU the one worker had: the ratio of a round in
     which a request cost each worker as much CPU on either server. On a machine whose cores
     wrk and the database share, it is what the cores left to the workers allow."""
