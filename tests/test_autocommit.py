@@ -20,12 +20,15 @@ import asyncpg
 import pytest
 from sqlalchemy import (
     Column,
+    DateTime,
     Integer,
     MetaData,
     String,
     Table,
     bindparam,
+    func,
     insert,
+    select,
     text,
     update,
 )
@@ -629,3 +632,54 @@ async def test_a_statement_on_other_tables_carries_the_queued_inserts(
     finally:
         async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
             await conn.run_sync(other.metadata.drop_all)
+
+
+async def test_a_statement_with_its_own_with_carries_the_queued_inserts(
+    probe: Probe, database_url: str
+) -> None:
+    # The limits' settlement, a sign-in's last statement, is such a statement: the
+    # session's inserts queued before it go with it, one round trip rather than two.
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's queue")
+    stamped = Table(
+        f"autocommit_stamped_{secrets.token_hex(4)}",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        # When the statement that inserted the row began: one statement, one value.
+        Column("stamp", DateTime(timezone=True), server_default=text("statement_timestamp()")),
+    )
+    async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+        await conn.run_sync(stamped.metadata.create_all)
+    t = probe.table
+    bumped = (
+        update(t).where(t.c.id == bindparam("p_id")).values(n=t.c.n + 1).returning(t.c.n)
+    ).cte("bumped")
+    bump_with = select(bumped.c.n, func.statement_timestamp())
+    try:
+        async with probe.autocommit.transaction() as tx:
+            await insert_later(tx, insert(stamped).values(id=bindparam("p_id")), {"p_id": 7})
+            await insert_later(tx, insert(stamped).values(id=bindparam("p_id")), {"p_id": 8})
+            [(n, began)] = await execute_direct(tx, bump_with, {"p_id": 1})
+            assert n == 2
+            rows = await execute_direct(tx, select(stamped.c.id, stamped.c.stamp), {})
+        assert sorted(rows) == [(7, began), (8, began)]
+        assert await others_see(probe, database_url) == [(1, 2, "start")]
+    finally:
+        async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.run_sync(stamped.metadata.drop_all)
+
+
+async def test_only_inserts_without_a_with_of_their_own_are_queued(
+    probe: Probe, database_url: str
+) -> None:
+    # PostgreSQL takes a WITH that modifies data only at the top of a statement, and a
+    # queued insert becomes a CTE of the next one.
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's queue")
+    t = probe.table
+    first = select(bindparam("p_id", type_=Integer).label("id")).cte("first")
+    insert_with = insert(t).from_select(["id", "n"], select(first.c.id, first.c.id))
+    async with probe.autocommit.transaction() as tx:
+        with pytest.raises(ValueError, match="only inserts"):
+            tx.queue(insert_with, {"p_id": 2})
+    assert await others_see(probe, database_url) == [(1, 1, "start")]

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.elements import ClauseElement, TextClause
+from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeDecorator
 
@@ -549,7 +550,13 @@ class DirectTransaction:
         """Queue an insert that returns nothing, for the next statement or `flush`
         (PostgreSQL)."""
         compiled = _compiled(statement, self._dialect)
-        if compiled.returns_rows or not isinstance(statement, Insert) or not compiled.tables:
+        if (
+            compiled.returns_rows
+            or not isinstance(statement, Insert)
+            or not compiled.tables
+            or _with_of(compiled.sql) is not None
+        ):
+            # PostgreSQL allows a WITH with data-modifying statements only at the top.
             raise ValueError("only inserts that return nothing are queued")
         self._later.append((compiled, compiled.arguments(params)))
 
@@ -582,8 +589,9 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 def _chained(parts: tuple[_Compiled, ...]) -> str:
     """PostgreSQL's text of `parts` as one statement: each but the last (inserts) a CTE,
-    the last the statement whose rows it returns; their parameters numbered on from one
-    part to the next (in SQL that SQLAlchemy built: its only `$` are parameters)."""
+    the last the statement whose rows it returns (its own CTEs, if it has a WITH, after
+    theirs); their parameters numbered on from one part to the next (in SQL that
+    SQLAlchemy built: its only `$` are parameters)."""
     key = tuple(id(part) for part in parts)
     sql = _CHAINED.get(key)
     if sql is None:
@@ -593,8 +601,22 @@ def _chained(parts: tuple[_Compiled, ...]) -> str:
             texts.append(_PLACEHOLDER.sub(partial(_renumbered, offset), part.sql))
             offset += part.parameter_count
         ctes = ", ".join(f"later_{i} AS ({text})" for i, text in enumerate(texts[:-1]))
-        sql = _CHAINED[key] = f"WITH {ctes} {texts[-1]}" if ctes else texts[-1]
+        own = _with_of(texts[-1])
+        if not ctes:
+            sql = texts[-1]
+        elif own is None:
+            sql = f"WITH {ctes} {texts[-1]}"
+        else:
+            sql = f"WITH {ctes}, {own}"
+        _CHAINED[key] = sql
     return sql
+
+
+def _with_of(sql: str) -> str | None:
+    """What follows the WITH that begins `sql` (its CTEs, then its statement), or None when
+    it has no WITH of its own."""
+    head = sql.lstrip()
+    return head[5:] if head[:5].upper() == "WITH " else None
 
 
 def _renumbered(offset: int, placeholder: re.Match[str]) -> str:
@@ -735,13 +757,13 @@ class _Compiled:
 
 def _tables(statement: Executable, sql: str) -> frozenset[str]:
     """The tables a statement reads or writes; none when they are not known (SQL text) or
-    it has a WITH of its own."""
-    if isinstance(statement, TextClause) or sql.lstrip()[:4].upper() == "WITH":
+    its WITH is recursive (the queued inserts could not join it)."""
+    if isinstance(statement, TextClause) or (_with_of(sql) or "").upper().startswith("RECURSIVE"):
         return frozenset()
-    found = find_tables(
-        cast(ClauseElement, statement), include_aliases=True, include_joins=True, include_crud=True
-    )
-    return frozenset(table.name for table in found)
+    # The tables themselves, also under an alias, a join or a CTE (their names are not
+    # tables'); and the ones inserted into, updated or deleted from.
+    found = find_tables(cast(ClauseElement, statement), include_crud=True)
+    return frozenset(table.name for table in found if isinstance(table, TableClause))
 
 
 _COMPILED: dict[tuple[int, str], _Compiled] = {}
