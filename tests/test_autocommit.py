@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,20 @@ async def stored(probe: Probe) -> tuple[int, str | None, datetime | None]:
     async with probe.engine.connect() as conn:  # type: ignore[attr-defined]
         row = (await conn.execute(t.select().where(t.c.id == 1))).one()
     return row.n, row.label, row.at
+
+
+@asynccontextmanager
+async def side_table(probe: Probe, table: Table, *rows: dict[str, Any]) -> AsyncIterator[Table]:
+    """`table`, holding `rows`, on the probe's database for the block; dropped after."""
+    async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+        await conn.run_sync(table.metadata.create_all)
+        for row in rows:
+            await conn.execute(table.insert().values(**row))
+    try:
+        yield table
+    finally:
+        async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.run_sync(table.metadata.drop_all)
 
 
 async def test_a_matching_row_is_updated_and_returned(probe: Probe) -> None:
@@ -602,17 +617,14 @@ async def test_only_inserts_that_return_nothing_are_queued(probe: Probe, databas
 async def test_a_statement_on_other_tables_carries_the_queued_inserts(
     probe: Probe, database_url: str
 ) -> None:
-    other = probe_table()
-    async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
-        await conn.run_sync(other.metadata.create_all)
-        await conn.execute(other.insert().values(id=1, n=100, label="other", at=WHEN))
-    bump_other = (
-        update(other)
-        .where(other.c.id == bindparam("p_id"))
-        .values(n=other.c.n + bindparam("p_by"))
-        .returning(other.c.n)
-    )
-    try:
+    row = {"id": 1, "n": 100, "label": "other", "at": WHEN}
+    async with side_table(probe, probe_table(), row) as other:
+        bump_other = (
+            update(other)
+            .where(other.c.id == bindparam("p_id"))
+            .values(n=other.c.n + bindparam("p_by"))
+            .returning(other.c.n)
+        )
         async with probe.autocommit.transaction() as tx:
             await insert_later(tx, probe.add, {"p_id": 2, "p_n": 20, "p_at": WHEN})
             await insert_later(tx, probe.add, {"p_id": 3, "p_n": 30, "p_at": None})
@@ -629,9 +641,6 @@ async def test_a_statement_on_other_tables_carries_the_queued_inserts(
                 await execute_direct(tx, bump_other, {"p_id": 1, "p_by": 1000})
         async with probe.engine.connect() as conn:  # type: ignore[attr-defined]
             assert (await conn.execute(other.select())).all() == [(1, 105, "other", WHEN)]
-    finally:
-        async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
-            await conn.run_sync(other.metadata.drop_all)
 
 
 async def test_a_statement_with_its_own_with_carries_the_queued_inserts(
@@ -648,14 +657,12 @@ async def test_a_statement_with_its_own_with_carries_the_queued_inserts(
         # When the statement that inserted the row began: one statement, one value.
         Column("stamp", DateTime(timezone=True), server_default=text("statement_timestamp()")),
     )
-    async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
-        await conn.run_sync(stamped.metadata.create_all)
     t = probe.table
     bumped = (
         update(t).where(t.c.id == bindparam("p_id")).values(n=t.c.n + 1).returning(t.c.n)
     ).cte("bumped")
     bump_with = select(bumped.c.n, func.statement_timestamp())
-    try:
+    async with side_table(probe, stamped):
         async with probe.autocommit.transaction() as tx:
             await insert_later(tx, insert(stamped).values(id=bindparam("p_id")), {"p_id": 7})
             await insert_later(tx, insert(stamped).values(id=bindparam("p_id")), {"p_id": 8})
@@ -664,9 +671,6 @@ async def test_a_statement_with_its_own_with_carries_the_queued_inserts(
             rows = await execute_direct(tx, select(stamped.c.id, stamped.c.stamp), {})
         assert sorted(rows) == [(7, began), (8, began)]
         assert await others_see(probe, database_url) == [(1, 2, "start")]
-    finally:
-        async with probe.engine.begin() as conn:  # type: ignore[attr-defined]
-            await conn.run_sync(stamped.metadata.drop_all)
 
 
 async def test_only_inserts_without_a_with_of_their_own_are_queued(
