@@ -554,7 +554,7 @@ class DirectTransaction:
             compiled.returns_rows
             or not isinstance(statement, Insert)
             or not compiled.tables
-            or _with_of(compiled.sql) is not None
+            or compiled.has_with
         ):
             # PostgreSQL allows a WITH with data-modifying statements only at the top.
             raise ValueError("only inserts that return nothing are queued")
@@ -732,6 +732,7 @@ class _Compiled:
         self.parameter_count = len(self._slots)
         # What `DirectTransaction` needs to send it with queued inserts as one statement.
         self.tables = _tables(statement, self.sql)
+        self.has_with = _with_of(self.sql) is not None
         self._results = [
             column[3].dialect_impl(dialect).result_processor(dialect, None)
             for column in compiled._result_columns
